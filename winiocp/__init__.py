@@ -1,0 +1,12 @@
+"""winiocp: Windows I/O completion ports and overlapped Winsock for Python.
+
+``winiocp.raw`` is the C API (cffi, typed); the wrappers on top encode the rules of IOCP
+programming (see the README).
+"""
+
+import sys
+
+if sys.platform != "win32":  # pragma: no cover - the one line a non-Windows user sees
+    raise ImportError(f"winiocp binds Windows I/O completion ports: it needs Windows, not {sys.platform}")
+
+__version__ = "0.1.0"
