@@ -40,7 +40,8 @@ HOST_REQUIREMENTS = ROOT / "tools" / "requirements-host.txt"
 PYTHONS = {"3.13": "3.13.0", "3.10": "3.10.0"}
 DEFAULT_PYTHON = "3.13"
 ON_WINDOWS = sys.platform == "win32"
-APT_PACKAGES = {"wine": "wine", "wine64": "wine64", "x86_64-w64-mingw32-gcc": "gcc-mingw-w64-x86-64"}
+# Debian package -> a command it puts on PATH (wine64 installs no command of its own).
+APT_PACKAGES = {"wine": "wine", "wine64": "wine", "gcc-mingw-w64-x86-64": "x86_64-w64-mingw32-gcc"}
 
 
 def log(message: str) -> None:
@@ -67,7 +68,7 @@ def stamp_is_current(stamp: Path, content: str) -> bool:
 def ensure_system_packages() -> None:
     if sys.platform == "win32":
         return
-    missing = sorted({pkg for tool, pkg in APT_PACKAGES.items() if shutil.which(tool) is None})
+    missing = sorted(pkg for pkg, tool in APT_PACKAGES.items() if shutil.which(tool) is None)
     if not missing:
         return
     log(f"installing {' '.join(missing)} with apt-get")

@@ -10,3 +10,22 @@ if sys.platform != "win32":  # pragma: no cover - the one line a non-Windows use
     raise ImportError(f"winiocp binds Windows I/O completion ports: it needs Windows, not {sys.platform}")
 
 __version__ = "0.1.0"
+
+from .errors import (
+    ClosedHandleError,
+    Failure,
+    OperationCancelledError,
+    OperationPendingError,
+    PortClosedError,
+)
+from .handles import Handle
+from .operations import Operation, OpKind, OpState, RecvOperation, SendOperation
+from .port import Completion, CompletionPort, Outcome
+from .sockets import AcceptOperation, ConnectOperation, Socket, create_connection
+
+__all__ = [
+    "AcceptOperation", "ClosedHandleError", "Completion", "CompletionPort", "ConnectOperation",
+    "Failure", "Handle", "OpKind", "OpState", "Operation", "OperationCancelledError",
+    "OperationPendingError", "Outcome", "PortClosedError", "RecvOperation", "SendOperation",
+    "Socket", "create_connection",
+]

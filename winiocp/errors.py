@@ -1,0 +1,110 @@
+"""Windows errors as Python exceptions, and the classification of a failed operation.
+
+Two jobs, both small: turn a Windows error code into the exception a Python programmer expects
+(``ConnectionResetError`` for a reset, ``TimeoutError`` for a time-out, ``OSError`` with
+``.winerror`` for the rest), and say what kind of failure a completed operation suffered, so
+callers branch on a name instead of on a table of numbers.
+"""
+
+from __future__ import annotations
+
+import errno
+from enum import Enum
+
+from .constants import WinError
+
+#: "The specified network name is no longer available": how Windows reports a reset on a socket
+#: whose I/O was pending. Grouped with the other reset codes.
+RESET_ERRORS = frozenset({
+    WinError.ERROR_NETNAME_DELETED, WinError.WSAECONNRESET, WinError.ERROR_CONNECTION_ABORTED,
+    WinError.WSAECONNABORTED, WinError.WSAENETRESET,
+})
+CANCELLED_ERRORS = frozenset({WinError.ERROR_OPERATION_ABORTED})
+REFUSED_ERRORS = frozenset({WinError.ERROR_CONNECTION_REFUSED, WinError.WSAECONNREFUSED})
+TIMEOUT_ERRORS = frozenset({WinError.ERROR_SEM_TIMEOUT, WinError.WSAETIMEDOUT})
+
+
+class Failure(Enum):
+    """Why an operation failed (a completion dequeued with FALSE and a non-NULL OVERLAPPED)."""
+
+    #: The connection was reset or aborted (ERROR_NETNAME_DELETED, WSAECONNRESET, ...).
+    RESET = "reset"
+    #: ERROR_OPERATION_ABORTED after this library's ``cancel()`` asked for it.
+    CANCELLED = "cancelled"
+    #: ERROR_OPERATION_ABORTED without a cancel request: the handle was closed under it.
+    CLOSED = "closed"
+    #: The peer refused the connection.
+    REFUSED = "refused"
+    #: The operation timed out (ERROR_SEM_TIMEOUT, WSAETIMEDOUT).
+    TIMED_OUT = "timed out"
+    #: Anything else; the error code says what.
+    OTHER = "other"
+
+
+def classify_failure(code: int, cancel_requested: bool) -> Failure:
+    if code in RESET_ERRORS:
+        return Failure.RESET
+    if code in CANCELLED_ERRORS:
+        return Failure.CANCELLED if cancel_requested else Failure.CLOSED
+    if code in REFUSED_ERRORS:
+        return Failure.REFUSED
+    if code in TIMEOUT_ERRORS:
+        return Failure.TIMED_OUT
+    return Failure.OTHER
+
+
+class OperationCancelledError(OSError):
+    """The operation ended with ERROR_OPERATION_ABORTED (cancelled, or its handle closed)."""
+
+
+class PortClosedError(OSError):
+    """The completion port was closed (ERROR_ABANDONED_WAIT_0 / ERROR_INVALID_HANDLE)."""
+
+
+class ClosedHandleError(OSError):
+    """An operation was asked of a socket, handle or port this process already closed.
+
+    Raised instead of touching the old handle value, which Windows may have handed to a new
+    object since (rule 6 of the notes).
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__(errno.EBADF, f"{what} is closed")
+
+
+class OperationPendingError(RuntimeError):
+    """An OVERLAPPED that is still owned by the kernel was offered for another operation."""
+
+
+_EXCEPTION_TYPES: dict[frozenset[WinError], type[OSError]] = {
+    RESET_ERRORS: ConnectionResetError,
+    CANCELLED_ERRORS: OperationCancelledError,
+    REFUSED_ERRORS: ConnectionRefusedError,
+    TIMEOUT_ERRORS: TimeoutError,
+}
+
+
+def _describe(code: int) -> str:
+    from .raw import ffi  # imported late: tools read this module without loading the DLLs
+
+    text = ffi.getwinerror(code)[1].strip()
+    return text or f"Windows error {code}"
+
+
+def error_name(code: int) -> str:
+    try:
+        return WinError(code).name
+    except ValueError:
+        return str(code)
+
+
+def exception_for(code: int, context: str) -> OSError:
+    """The exception for Windows error ``code``; ``context`` says what was being done."""
+    message = f"{context}: {_describe(code)} [{error_name(code)}]"
+    for codes, exception_type in _EXCEPTION_TYPES.items():
+        if code in codes:
+            if code == WinError.ERROR_CONNECTION_ABORTED or code == WinError.WSAECONNABORTED:
+                exception_type = ConnectionAbortedError
+            return exception_type(None, message, None, code)
+    # OSError maps a winerror to the matching errno (and subclass) by itself.
+    return OSError(None, message, None, code)

@@ -1,0 +1,255 @@
+"""Operation objects: one per overlapped call, owning everything the kernel may write.
+
+An overlapped call hands the kernel pointers: the OVERLAPPED, the data buffers, the WSABUF
+array, the flags word, address buffers and their lengths. The kernel may write through them
+until the operation's completion packet is dequeued, which can be long after every Python
+reference to the call is gone. So each call gets an ``Operation`` that owns all of that memory
+(cffi-owned, or a pinned user buffer), and the completion port keeps the operation in its
+registry, keyed by the OVERLAPPED's address, from just before the call is issued until its
+completion is dequeued (see ``port.py``). A dequeued completion hands the operation back.
+
+Rule 11 of the notes: a connection's receive (or accept) OVERLAPPED may be reused serially, so
+receive and accept operations can be re-armed with ``reuse=``; re-arming one that is still
+pending raises ``OperationPendingError``. Sends, DisconnectEx and the rest always get their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+from ._cdata import CData
+from .addresses import Address, decode_cdata
+from .errors import Failure, OperationPendingError
+from .raw import ffi
+
+if TYPE_CHECKING:
+    from .port import CompletionPort
+
+#: Anything with the buffer protocol: bytes, bytearray, memoryview, array, mmap, ...
+BufferLike = bytes | bytearray | memoryview
+MAX_DWORD = 0xFFFFFFFF
+
+
+class OpKind(Enum):
+    ACCEPT = "AcceptEx"
+    CONNECT = "ConnectEx"
+    RECV = "WSARecv"
+    SEND = "WSASend"
+    RECVFROM = "WSARecvFrom"
+    SENDTO = "WSASendTo"
+    DISCONNECT = "DisconnectEx"
+    TRANSMIT_FILE = "TransmitFile"
+    READ = "ReadFile"
+    WRITE = "WriteFile"
+    CONNECT_PIPE = "ConnectNamedPipe"
+
+
+class OpState(Enum):
+    IDLE = "idle"  # created or re-armable; the kernel holds no pointer into it
+    PENDING = "pending"  # issued; only its dequeued completion may end this state
+    DONE = "done"  # completion dequeued (or the call failed at once)
+
+
+class Owner(Protocol):
+    """What an operation is issued on: a Socket or an overlapped Handle."""
+
+    @property
+    def port(self) -> CompletionPort | None: ...
+    def __repr__(self) -> str: ...
+
+
+class Operation:
+    """One overlapped operation and the memory it lends the kernel."""
+
+    __slots__ = (
+        "kind", "owner", "overlapped", "address", "state", "bytes_transferred", "error",
+        "failure", "cancel_requested", "context", "_keepalive", "__weakref__",
+    )
+
+    #: Whether this kind may be re-armed for another call (rule 11).
+    reusable = False
+
+    def __init__(self, kind: OpKind, owner: Owner) -> None:
+        self.kind = kind
+        self.owner = owner
+        self.overlapped: CData = ffi.new("OVERLAPPED *")
+        #: The OVERLAPPED's address: the registry key and what the completion packet carries.
+        self.address: int = int(ffi.cast("uintptr_t", self.overlapped))
+        self.state = OpState.IDLE
+        self.bytes_transferred = 0
+        #: The Windows error the operation completed with (0 for success).
+        self.error = 0
+        self.failure: Failure | None = None
+        self.cancel_requested = False
+        #: Free for the caller: whatever helps it route the completion.
+        self.context: object = None
+        self._keepalive: tuple[object, ...] = ()
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.kind.value} {self.state.value} "
+                f"on {self.owner!r} at 0x{self.address:x}>")
+
+    @property
+    def pending(self) -> bool:
+        return self.state is OpState.PENDING
+
+    def keep_alive(self, *objects: object) -> None:
+        """Hold ``objects`` (buffers, out-parameters) until the completion is dequeued."""
+        self._keepalive = objects
+
+    def rearm(self) -> None:
+        """Make a finished (or new) operation ready for another call."""
+        if self.state is OpState.PENDING:
+            raise OperationPendingError(
+                f"{self!r} is still pending: the kernel owns its OVERLAPPED until its "
+                "completion is dequeued"
+            )
+        ov = self.overlapped
+        ov.Internal = ov.InternalHigh = ov.Offset = ov.OffsetHigh = 0
+        ov.hEvent = ffi.NULL
+        self.bytes_transferred = self.error = 0
+        self.failure = None
+        self.cancel_requested = False
+        self._keepalive = ()
+
+    def finish(self, error: int, bytes_transferred: int) -> None:
+        """Called once, by the port, when the completion is dequeued (before user code)."""
+        self.state = OpState.DONE
+        self.bytes_transferred = bytes_transferred
+        self.error = error or self.on_success()
+        self.release()
+
+    def on_success(self) -> int:
+        """Per-kind work on a successful completion (AcceptEx's context, ...): 0 or an error."""
+        return 0
+
+    def release(self) -> None:
+        """Drop what only the kernel needed; results the caller reads stay."""
+        self._keepalive = ()
+
+
+class BufferOperation(Operation):
+    """An operation over a list of buffers (WSARecv/WSASend and their -From/-To forms)."""
+
+    __slots__ = ("buffers", "wsabufs", "flags", "count")
+
+    def __init__(self, kind: OpKind, owner: Owner) -> None:
+        super().__init__(kind, owner)
+        self.buffers: tuple[BufferLike, ...] = ()
+        self.wsabufs: CData = ffi.NULL
+        self.flags: CData = ffi.new("DWORD *")
+        self.count: CData = ffi.new("DWORD *")
+
+    def set_buffers(self, buffers: Sequence[BufferLike], writable: bool) -> int:
+        """Pin ``buffers`` (zero-copy) into a WSABUF array; return the total length."""
+        if not buffers:
+            raise ValueError("at least one buffer is needed")
+        pinned = []
+        wsabufs = ffi.new("WSABUF[]", len(buffers))
+        total = 0
+        for index, buffer in enumerate(buffers):
+            cbuffer = pin(buffer, writable)
+            length = len(cbuffer)
+            if length > MAX_DWORD:
+                raise OverflowError("a buffer may hold at most 4 GiB - 1 bytes")
+            wsabufs[index].buf = cbuffer
+            wsabufs[index].len = length
+            pinned.append(cbuffer)
+            total += length
+        self.buffers = tuple(buffers)
+        self.wsabufs = wsabufs
+        self.keep_alive(tuple(pinned), wsabufs)
+        return total
+
+    @property
+    def all_buffers_empty(self) -> bool:
+        return all(len(memoryview(buffer)) == 0 for buffer in self.buffers)
+
+    def release(self) -> None:
+        super().release()
+        self.wsabufs = ffi.NULL
+
+
+class RecvOperation(BufferOperation):
+    """WSARecv: ``data`` is what arrived (a copy of the filled part of the buffer)."""
+
+    __slots__ = ()
+    reusable = True
+
+    @property
+    def peer_closed(self) -> bool:
+        """A 0-byte success on non-empty buffers: the peer's graceful close (rule 1)."""
+        return self.error == 0 and self.bytes_transferred == 0 and not self.all_buffers_empty
+
+    @property
+    def data(self) -> bytes:
+        """The received bytes, gathered from the buffers in order."""
+        remaining = self.bytes_transferred
+        parts = []
+        for buffer in self.buffers:
+            view = memoryview(buffer).cast("B")
+            take = min(remaining, len(view))
+            parts.append(bytes(view[:take]))
+            remaining -= take
+            if not remaining:
+                break
+        return b"".join(parts)
+
+
+class SendOperation(BufferOperation):
+    __slots__ = ()
+
+
+class AddressedOperation(BufferOperation):
+    """WSARecvFrom / WSASendTo: a buffer operation with a peer address."""
+
+    __slots__ = ("sockaddr", "sockaddr_length", "peer")
+
+    def __init__(self, kind: OpKind, owner: Owner) -> None:
+        super().__init__(kind, owner)
+        self.sockaddr: CData = ffi.new("struct sockaddr_storage *")
+        self.sockaddr_length: CData = ffi.new("int *", ffi.sizeof("struct sockaddr_storage"))
+        self.peer: Address | None = None
+
+
+class RecvFromOperation(AddressedOperation):
+    __slots__ = ()
+    reusable = True
+
+    data = RecvOperation.data
+
+    def on_success(self) -> int:
+        self.peer = decode_cdata(ffi.cast("struct sockaddr *", self.sockaddr),
+                                 self.sockaddr_length[0])
+        return 0
+
+
+class SendToOperation(AddressedOperation):
+    __slots__ = ()
+
+
+def pin(buffer: object, writable: bool) -> CData:
+    """A ``char[]`` over ``buffer``'s memory, without copying; the caller keeps it alive."""
+    try:
+        return ffi.from_buffer("char[]", buffer, writable)
+    except TypeError as exc:
+        if writable:
+            raise TypeError(
+                f"a receive needs a writable buffer (bytearray, memoryview of one, ...), "
+                f"not {type(buffer).__name__}"
+            ) from exc
+        raise TypeError(f"a buffer-protocol object is needed, not {type(buffer).__name__}") from exc
+    except ValueError as exc:  # e.g. a non-contiguous memoryview
+        raise TypeError(f"buffer must be C-contiguous: {exc}") from exc
+
+
+def check_size(size: int, what: str = "size") -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"{what} must be an int, not {type(size).__name__}")
+    if size < 0:
+        raise ValueError(f"{what} must not be negative, got {size}")
+    if size > MAX_DWORD:
+        raise OverflowError(f"{what} must fit in a DWORD (< 4 GiB), got {size}")
+    return size

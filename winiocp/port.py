@@ -1,0 +1,337 @@
+"""The completion port: associate handles, post packets, and dequeue classified completions.
+
+GetQueuedCompletionStatus says what happened through two things at once, its return value and
+whether ``lpOverlapped`` came back NULL (rule 2 of the notes; Boost.Asio's three cases):
+
+=========  ==============  ================================================================
+returns    lpOverlapped    meaning
+=========  ==============  ================================================================
+TRUE       non-NULL        an operation completed (0 bytes on a receive: the peer closed)
+FALSE      non-NULL        that one operation failed; GetLastError says why
+TRUE       NULL            a packet posted with PostQueuedCompletionStatus
+FALSE      NULL            nothing dequeued: WAIT_TIMEOUT, or the port closed, or a port error
+=========  ==============  ================================================================
+
+``CompletionPort.get`` turns each case into a ``Completion`` with an ``Outcome``; ``get_many``
+does the same per entry of a GetQueuedCompletionStatusEx batch, where each entry's status is the
+NTSTATUS left in its OVERLAPPED's ``Internal`` field.
+
+The port also keeps the registry of pending operations (OVERLAPPED address -> Operation). An
+operation enters it just before its call is issued, because another thread may dequeue the
+completion before the issuing call returns, and leaves it when its completion is dequeued. The
+registry is what keeps the operation's memory alive while only the kernel refers to it. If the
+port is closed while operations are pending, their memory is never freed (it moves to a
+process-wide list): the kernel may still write it, and no completion will ever say when it
+stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from enum import Enum
+from types import TracebackType
+from typing import Protocol
+
+from ._cdata import CData
+from .constants import INFINITE, WinError
+from .errors import (
+    ClosedHandleError,
+    Failure,
+    PortClosedError,
+    classify_failure,
+    exception_for,
+)
+from .operations import Operation, OpState, RecvOperation
+from .raw import INVALID_HANDLE, ffi, kernel32, ntdll
+
+#: Longest single wait when the caller asked for no time-out: Python sees Ctrl-C between waits.
+INTERRUPT_CHECK_SECONDS = 0.5
+MAX_WAIT_MS = INFINITE - 1
+_PORT_CLOSED_ERRORS = frozenset({WinError.ERROR_ABANDONED_WAIT_0, WinError.ERROR_INVALID_HANDLE})
+# Operations of closed ports that may still be written by the kernel: never freed.
+_ORPHANED: list[dict[int, Operation]] = []
+_keys = itertools.count(1)
+
+
+class Outcome(Enum):
+    """What one dequeue produced."""
+
+    COMPLETED = "completed"  # TRUE, non-NULL
+    PEER_CLOSED = "peer closed"  # TRUE, non-NULL, a receive of 0 bytes into non-empty buffers
+    FAILED = "failed"  # FALSE, non-NULL: see Completion.failure and .error
+    POSTED = "posted"  # TRUE, NULL: PostQueuedCompletionStatus
+    TIMED_OUT = "timed out"  # FALSE, NULL, WAIT_TIMEOUT
+    PORT_CLOSED = "port closed"  # FALSE, NULL, ERROR_ABANDONED_WAIT_0 / ERROR_INVALID_HANDLE
+
+
+class Completion:
+    """One dequeued completion packet, classified."""
+
+    __slots__ = ("outcome", "key", "bytes_transferred", "operation", "error", "failure",
+                 "overlapped")
+
+    def __init__(self, outcome: Outcome, key: int = 0, bytes_transferred: int = 0,
+                 operation: Operation | None = None, error: int = 0,
+                 failure: Failure | None = None, overlapped: int = 0) -> None:
+        self.outcome = outcome
+        #: The completion key: the associated handle's key, or what was posted.
+        self.key = key
+        self.bytes_transferred = bytes_transferred
+        #: The operation this completes (None for posted packets and unknown OVERLAPPEDs).
+        self.operation = operation
+        #: The Windows error (0 unless the outcome is FAILED).
+        self.error = error
+        self.failure = failure
+        #: The OVERLAPPED address the packet carried (0 for NULL).
+        self.overlapped = overlapped
+
+    def __repr__(self) -> str:
+        detail = f" {self.failure.value} ({self.error})" if self.failure else ""
+        return (f"<Completion {self.outcome.value}{detail} key={self.key} "
+                f"bytes={self.bytes_transferred} {self.operation!r}>")
+
+    def exception(self) -> OSError | None:
+        """The exception a caller would raise for this completion (None unless FAILED)."""
+        if self.outcome is not Outcome.FAILED:
+            return None
+        kind = self.operation.kind.value if self.operation else "operation"
+        return exception_for(self.error, kind)
+
+    def raise_for_failure(self) -> Completion:
+        error = self.exception()
+        if error is not None:
+            raise error
+        return self
+
+
+class Associable(Protocol):
+    """A socket or handle that can be associated with a port."""
+
+    def _handle_for_port(self) -> CData: ...
+    def _set_port(self, port: CompletionPort, key: int) -> None: ...
+
+
+class _DequeueBuffers(threading.local):
+    """Per-thread out-parameters and entry array, allocated once (no per-call allocation)."""
+
+    def __init__(self) -> None:
+        self.bytes = ffi.new("DWORD *")
+        self.key = ffi.new("ULONG_PTR *")
+        self.overlapped = ffi.new("LPOVERLAPPED *")
+        self.entries: CData = ffi.NULL
+        self.capacity = 0
+        self.removed = ffi.new("ULONG *")
+
+
+class CompletionPort:
+    """An I/O completion port. Several threads may wait on it at once; the GIL is released."""
+
+    def __init__(self, concurrency: int = 0, *, batch_size: int = 64) -> None:
+        if not 0 <= concurrency <= 0xFFFFFFFF:
+            raise ValueError(f"concurrency must be 0 (one per CPU) or a positive DWORD, got {concurrency}")
+        if not 1 <= batch_size <= 0xFFFF:
+            raise ValueError(f"batch_size must be 1-65535, got {batch_size}")
+        handle = kernel32.CreateIoCompletionPort(INVALID_HANDLE, ffi.NULL, 0, concurrency)
+        if handle == ffi.NULL:
+            raise exception_for(kernel32.GetLastError(), "CreateIoCompletionPort")
+        self._handle: CData | None = handle
+        self._batch_size = batch_size
+        self._pending: dict[int, Operation] = {}
+        self._buffers = _DequeueBuffers()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._handle is None else f"{len(self._pending)} pending"
+        return f"<CompletionPort {state}>"
+
+    def __enter__(self) -> CompletionPort:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    @property
+    def handle(self) -> CData:
+        """The port's HANDLE, for raw calls (raises once the port is closed)."""
+        handle = self._handle
+        if handle is None:
+            raise ClosedHandleError("completion port")
+        return handle
+
+    # -- registry ------------------------------------------------------------------------
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def pending_operations(self) -> list[Operation]:
+        return list(self._pending.values())
+
+    def register(self, operation: Operation) -> None:
+        """Record ``operation`` as pending; call just before issuing it."""
+        if operation.state is OpState.PENDING:
+            raise RuntimeError(f"{operation!r} is already pending")
+        self.handle  # noqa: B018 - raises if closed: nothing will ever dequeue it
+        operation.state = OpState.PENDING
+        self._pending[operation.address] = operation
+
+    def unregister(self, operation: Operation, error: int) -> None:
+        """The call failed at once: no packet will come, the memory is ours again."""
+        self._pending.pop(operation.address, None)
+        operation.finish(error, 0)
+        if error:
+            operation.failure = classify_failure(error, operation.cancel_requested)
+
+    # -- association and posting -----------------------------------------------------------
+
+    def associate(self, target: Associable, key: int | None = None) -> int:
+        """Associate a socket or handle; return its completion key.
+
+        Without ``key``, a fresh number is used, never reused for the life of the process, so a
+        key names one connection, not a handle value the OS may recycle (rule 6).
+        """
+        key = next(_keys) if key is None else key
+        if not 0 <= key < 1 << (8 * ffi.sizeof("ULONG_PTR")):
+            raise ValueError(f"key must fit in a ULONG_PTR, got {key}")
+        result = kernel32.CreateIoCompletionPort(target._handle_for_port(), self.handle, key, 0)
+        if result == ffi.NULL:
+            raise exception_for(kernel32.GetLastError(),
+                                f"CreateIoCompletionPort (associate {target!r})")
+        target._set_port(self, key)
+        return key
+
+    def post(self, key: int = 0, bytes_transferred: int = 0) -> None:
+        """Queue a packet (PostQueuedCompletionStatus with a NULL OVERLAPPED)."""
+        if not 0 <= bytes_transferred <= 0xFFFFFFFF:
+            raise ValueError("bytes_transferred must fit in a DWORD")
+        if not 0 <= key < 1 << (8 * ffi.sizeof("ULONG_PTR")):
+            raise ValueError(f"key must fit in a ULONG_PTR, got {key}")
+        if not kernel32.PostQueuedCompletionStatus(self.handle, bytes_transferred, key, ffi.NULL):
+            raise exception_for(kernel32.GetLastError(), "PostQueuedCompletionStatus")
+
+    # -- dequeue ---------------------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Completion:
+        """Dequeue one completion, waiting up to ``timeout`` seconds (None: until one comes).
+
+        Never raises for an operation's failure (that is a FAILED completion); raises only for
+        a failure of the port itself. With ``timeout=None`` the wait is sliced so Ctrl-C works.
+        """
+        if timeout is not None:
+            return self._get_once(_milliseconds(timeout))
+        slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)
+        while True:
+            completion = self._get_once(slice_ms)
+            if completion.outcome is not Outcome.TIMED_OUT:
+                return completion
+
+    def _get_once(self, milliseconds: int) -> Completion:
+        handle = self._handle
+        if handle is None:
+            return Completion(Outcome.PORT_CLOSED)
+        out = self._buffers
+        ok = kernel32.GetQueuedCompletionStatus(handle, out.bytes, out.key, out.overlapped,
+                                                milliseconds)
+        overlapped = out.overlapped[0]
+        if overlapped == ffi.NULL:
+            if ok:
+                return Completion(Outcome.POSTED, out.key[0], out.bytes[0])
+            error = kernel32.GetLastError()
+            if error == WinError.WAIT_TIMEOUT:
+                # Wine reports WAIT_TIMEOUT to a waiter whose port was closed under it.
+                return Completion(Outcome.PORT_CLOSED if self._handle is None else Outcome.TIMED_OUT)
+            if error in _PORT_CLOSED_ERRORS:
+                return Completion(Outcome.PORT_CLOSED, error=error)
+            raise exception_for(error, "GetQueuedCompletionStatus")
+        error = 0 if ok else kernel32.GetLastError()
+        return self._complete(int(ffi.cast("uintptr_t", overlapped)), out.key[0], out.bytes[0],
+                              error)
+
+    def get_many(self, timeout: float | None = None, max_entries: int | None = None
+                 ) -> list[Completion]:
+        """Dequeue up to ``max_entries`` (default: ``batch_size``) completions at once.
+
+        Uses GetQueuedCompletionStatusEx into a per-thread array allocated once. Returns an
+        empty list on time-out; raises ``PortClosedError`` if the port is closed.
+        """
+        count = self._batch_size if max_entries is None else max_entries
+        if not 1 <= count <= self._batch_size:
+            raise ValueError(f"max_entries must be 1-{self._batch_size}, got {count}")
+        out = self._buffers
+        if out.capacity < self._batch_size:
+            out.entries = ffi.new("OVERLAPPED_ENTRY[]", self._batch_size)
+            out.capacity = self._batch_size
+        milliseconds = INFINITE if timeout is None else _milliseconds(timeout)
+        handle = self._handle
+        if handle is None:
+            raise PortClosedError(None, "completion port is closed", None,
+                                  WinError.ERROR_INVALID_HANDLE)
+        if not kernel32.GetQueuedCompletionStatusEx(handle, out.entries, count, out.removed,
+                                                    milliseconds, 0):
+            error = kernel32.GetLastError()
+            if error == WinError.WAIT_TIMEOUT and self._handle is not None:
+                return []
+            if error in _PORT_CLOSED_ERRORS or self._handle is None:
+                raise PortClosedError(None, "completion port was closed", None, error)
+            raise exception_for(error, "GetQueuedCompletionStatusEx")
+        return list(self._classify_entries(out.entries, out.removed[0]))
+
+    def _classify_entries(self, entries: CData, count: int) -> Iterator[Completion]:
+        for index in range(count):
+            entry = entries[index]
+            overlapped = entry.lpOverlapped
+            if overlapped == ffi.NULL:
+                yield Completion(Outcome.POSTED, entry.lpCompletionKey,
+                                 entry.dwNumberOfBytesTransferred)
+                continue
+            status = overlapped.Internal & 0xFFFFFFFF
+            # NT_SUCCESS: success and informational statuses are non-negative as 32-bit signed.
+            error = 0 if status < 0x80000000 else ntdll.RtlNtStatusToDosError(status - (1 << 32))
+            yield self._complete(int(ffi.cast("uintptr_t", overlapped)), entry.lpCompletionKey,
+                                 entry.dwNumberOfBytesTransferred, error)
+
+    def _complete(self, address: int, key: int, transferred: int, error: int) -> Completion:
+        operation = self._pending.pop(address, None)
+        if operation is None:  # an OVERLAPPED posted by raw code, not one of ours
+            outcome = Outcome.FAILED if error else Outcome.COMPLETED
+            failure = classify_failure(error, False) if error else None
+            return Completion(outcome, key, transferred, None, error, failure, address)
+        operation.finish(error, transferred)
+        error = operation.error  # finishing may fail (e.g. SO_UPDATE_ACCEPT_CONTEXT)
+        if error:
+            operation.failure = failure = classify_failure(error, operation.cancel_requested)
+            return Completion(Outcome.FAILED, key, transferred, operation, error, failure, address)
+        if transferred == 0 and isinstance(operation, RecvOperation) and operation.peer_closed:
+            return Completion(Outcome.PEER_CLOSED, key, 0, operation, 0, None, address)
+        return Completion(Outcome.COMPLETED, key, transferred, operation, 0, None, address)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the port (idempotent). Pending operations' memory is kept, never freed."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        if self._pending:
+            _ORPHANED.append(self._pending)
+            self._pending = {}
+        kernel32.CloseHandle(handle)
+
+
+def _milliseconds(timeout: float) -> int:
+    if timeout != timeout or timeout < 0:  # NaN or negative
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
+    return min(int(timeout * 1000 + 0.999), MAX_WAIT_MS)
+
+
+def orphaned_operation_count() -> int:
+    """Operations of closed ports kept alive because the kernel might still write them."""
+    return sum(len(registry) for registry in _ORPHANED)

@@ -1,0 +1,592 @@
+"""``Socket``: an overlapped Winsock socket whose operations complete on a completion port.
+
+What it guarantees, beyond the raw calls:
+
+* the SOCKET value is closed exactly once, and no call touches it after ``close()`` (Windows
+  hands recently closed values to new sockets: rule 6), even from another thread;
+* every accepted socket gets SO_UPDATE_ACCEPT_CONTEXT before user code sees it (rule 7), and
+  every ConnectEx'd socket SO_UPDATE_CONNECT_CONTEXT;
+* every operation owns its memory until its completion is dequeued (``operations.py``), and a
+  call that fails at once raises the classified error and gives the memory back (rule 10);
+* bad arguments raise Python exceptions before any pointer reaches Winsock.
+"""
+
+from __future__ import annotations
+
+import socket as _stdlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from . import addresses
+from ._cdata import CData
+from .addresses import Address
+from .constants import (
+    INVALID_SOCKET,
+    SOCKET_ERROR,
+    AddressFamily,
+    IPProto,
+    Shutdown,
+    SocketLevel,
+    SocketOption,
+    SocketType,
+    TcpOption,
+    TransmitFileFlags,
+    WinError,
+    WSASocketFlags,
+)
+from .errors import ClosedHandleError, exception_for
+from .operations import (
+    AddressedOperation,
+    BufferLike,
+    Operation,
+    OpKind,
+    OpState,
+    RecvFromOperation,
+    RecvOperation,
+    SendOperation,
+    SendToOperation,
+    check_size,
+)
+from .raw import ExtensionFunctions, extension_functions, ffi, kernel32, ws2_32
+
+if TYPE_CHECKING:
+    from .handles import Handle
+    from .port import CompletionPort
+
+#: AcceptEx's address slots: the largest sockaddr plus the 16 bytes the documentation demands.
+ACCEPT_ADDRESS_SIZE = addresses.SOCKADDR_STORAGE_SIZE + 16
+_EXTENSIONS: dict[tuple[int, int, int], ExtensionFunctions] = {}
+
+
+class Socket:
+    """An overlapped, non-inheritable socket (IPv4/IPv6, TCP/UDP)."""
+
+    def __init__(self, family: int = AddressFamily.AF_INET, type: int = SocketType.SOCK_STREAM,
+                 proto: int = 0) -> None:
+        if family not in (AddressFamily.AF_INET, AddressFamily.AF_INET6):
+            raise ValueError(f"family must be AF_INET or AF_INET6, not {family}")
+        if type not in (SocketType.SOCK_STREAM, SocketType.SOCK_DGRAM):
+            raise ValueError(f"type must be SOCK_STREAM or SOCK_DGRAM, not {type}")
+        flags = WSASocketFlags.WSA_FLAG_OVERLAPPED | WSASocketFlags.WSA_FLAG_NO_HANDLE_INHERIT
+        handle = ws2_32.WSASocketW(family, type, proto, ffi.NULL, 0, flags)
+        if handle == INVALID_SOCKET:
+            raise exception_for(ws2_32.WSAGetLastError(), "WSASocketW")
+        self._init(handle, family, type, proto)
+
+    def _init(self, handle: int, family: int, type: int, proto: int) -> None:
+        self._handle: int | None = handle
+        self.family = AddressFamily(family)
+        self.type = SocketType(type)
+        self.proto = proto
+        self._lock = threading.Lock()
+        self._port: CompletionPort | None = None
+        self.key = 0
+        self._listening = False
+        self._bound = False
+
+    @classmethod
+    def _adopt(cls, handle: int, family: int, type: int, proto: int) -> Socket:
+        sock = cls.__new__(cls)
+        sock._init(handle, family, type, proto)
+        return sock
+
+    @classmethod
+    def from_stdlib(cls, sock: _stdlib.socket) -> Socket:
+        """Take over a stdlib socket (which Python creates overlapped); ``sock`` is detached."""
+        if sock.family not in (_stdlib.AF_INET, _stdlib.AF_INET6):
+            raise ValueError(f"only AF_INET/AF_INET6 sockets can be adopted, not {sock.family!r}")
+        family, type, proto = int(sock.family), int(sock.type), sock.proto
+        return cls._adopt(sock.detach(), family, type, proto)
+
+    def to_stdlib(self) -> _stdlib.socket:
+        """Give the SOCKET to a stdlib ``socket.socket``; this wrapper is closed afterwards.
+
+        Refused while operations are pending. Associations with a port stay (Windows has no
+        way to undo one).
+        """
+        with self._lock:
+            handle = self._checked()
+            if self._port is not None and any(
+                op.owner is self for op in self._port.pending_operations()
+            ):
+                raise RuntimeError(f"{self!r} has pending operations")
+            self._handle = None
+        return _stdlib.socket(self.family, self.type, self.proto, fileno=handle)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._handle is None else f"fd={self._handle}"
+        return f"<winiocp.Socket {self.family.name} {self.type.name} {state}>"
+
+    def __enter__(self) -> Socket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- handle ownership ------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _checked(self) -> int:
+        handle = self._handle
+        if handle is None:
+            raise ClosedHandleError("socket")
+        return handle
+
+    def fileno(self) -> int:
+        """The SOCKET value. Only meaningful until ``close()``: the OS reuses values."""
+        return self._checked()
+
+    def close(self) -> bool:
+        """Close the socket (idempotent); True if this call closed it.
+
+        Pending operations complete with ERROR_OPERATION_ABORTED (or a reset); their memory
+        stays owned until those completions are dequeued.
+        """
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is None:
+            return False
+        ws2_32.closesocket(handle)
+        return True
+
+    @property
+    def port(self) -> CompletionPort | None:
+        return self._port
+
+    def _handle_for_port(self) -> CData:
+        if self._port is not None:
+            raise ValueError(f"{self!r} is already associated with {self._port!r}")
+        return ffi.cast("HANDLE", self._checked())
+
+    def _set_port(self, port: CompletionPort, key: int) -> None:
+        self._port = port
+        self.key = key
+
+    def _raise_last(self, what: str) -> None:
+        raise exception_for(ws2_32.WSAGetLastError(), f"{what} on {self!r}")
+
+    def _extensions(self) -> ExtensionFunctions:
+        kind = (self.family, self.type, self.proto)
+        found = _EXTENSIONS.get(kind)
+        if found is None:
+            found = _EXTENSIONS[kind] = extension_functions(self._checked())
+        return found
+
+    # -- plain calls -------------------------------------------------------------------------
+
+    def bind(self, address: tuple[object, ...]) -> None:
+        sockaddr = addresses.Sockaddr(self.family, address)
+        with self._lock:
+            if ws2_32.bind(self._checked(), sockaddr.pointer, sockaddr.length) == SOCKET_ERROR:
+                self._raise_last(f"bind({address!r})")
+        self._bound = True
+
+    def listen(self, backlog: int = 128) -> None:
+        if self.type != SocketType.SOCK_STREAM:
+            raise ValueError("listen() needs a SOCK_STREAM socket")
+        with self._lock:
+            if ws2_32.listen(self._checked(), backlog) == SOCKET_ERROR:
+                self._raise_last("listen")
+        self._listening = True
+
+    def _name(self, getter: Callable[[int, CData, CData], int], what: str) -> Address:
+        storage = ffi.new("struct sockaddr_storage *")
+        length = ffi.new("int *", ffi.sizeof("struct sockaddr_storage"))
+        pointer = ffi.cast("struct sockaddr *", storage)
+        with self._lock:
+            if getter(self._checked(), pointer, length) == SOCKET_ERROR:
+                self._raise_last(what)
+        return addresses.decode_cdata(pointer, length[0])
+
+    def getsockname(self) -> Address:
+        return self._name(ws2_32.getsockname, "getsockname")
+
+    def getpeername(self) -> Address:
+        return self._name(ws2_32.getpeername, "getpeername")
+
+    def shutdown(self, how: int = Shutdown.SD_SEND) -> None:
+        if how not in (Shutdown.SD_RECEIVE, Shutdown.SD_SEND, Shutdown.SD_BOTH):
+            raise ValueError(f"how must be SD_RECEIVE, SD_SEND or SD_BOTH, not {how}")
+        with self._lock:
+            if ws2_32.shutdown(self._checked(), how) == SOCKET_ERROR:
+                self._raise_last("shutdown")
+
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        """Set an option: an int (as a 4-byte int) or raw bytes."""
+        data = value if isinstance(value, bytes) else int(value).to_bytes(4, "little", signed=True)
+        with self._lock:
+            if ws2_32.setsockopt(self._checked(), level, option, data, len(data)) == SOCKET_ERROR:
+                self._raise_last(f"setsockopt({level}, {option})")
+
+    def getsockopt(self, level: int, option: int, size: int = 4) -> bytes:
+        """Read an option's raw bytes (at most ``size``)."""
+        check_size(size)
+        buffer = ffi.new("char[]", max(size, 1))
+        length = ffi.new("int *", size)
+        with self._lock:
+            if ws2_32.getsockopt(self._checked(), level, option, buffer, length) == SOCKET_ERROR:
+                self._raise_last(f"getsockopt({level}, {option})")
+        return ffi.buffer(buffer, length[0])[:]
+
+    def getsockopt_int(self, level: int, option: int) -> int:
+        return int.from_bytes(self.getsockopt(level, option, 4).ljust(4, b"\0"), "little",
+                              signed=True)
+
+    def set_linger(self, enabled: bool, seconds: int = 0) -> None:
+        """SO_LINGER. ``set_linger(True, 0)``: close() then resets (RST), never TIME_WAIT."""
+        if not 0 <= seconds <= 0xFFFF:
+            raise ValueError(f"linger seconds must be 0-65535, got {seconds}")
+        value = int(enabled).to_bytes(2, "little") + seconds.to_bytes(2, "little")
+        self.setsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_LINGER, value)
+
+    def get_linger(self) -> tuple[bool, int]:
+        raw = self.getsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_LINGER, 4)
+        return bool(int.from_bytes(raw[:2], "little")), int.from_bytes(raw[2:4], "little")
+
+    def set_nodelay(self, enabled: bool) -> None:
+        self.setsockopt(SocketLevel.IPPROTO_TCP, TcpOption.TCP_NODELAY, int(enabled))
+
+    def get_nodelay(self) -> bool:
+        return bool(self.getsockopt_int(SocketLevel.IPPROTO_TCP, TcpOption.TCP_NODELAY))
+
+    def set_buffer_sizes(self, receive: int | None = None, send: int | None = None) -> None:
+        for option, size in ((SocketOption.SO_RCVBUF, receive), (SocketOption.SO_SNDBUF, send)):
+            if size is not None:
+                self.setsockopt(SocketLevel.SOL_SOCKET, option, check_size(size, "buffer size"))
+
+    def get_buffer_sizes(self) -> tuple[int, int]:
+        return (self.getsockopt_int(SocketLevel.SOL_SOCKET, SocketOption.SO_RCVBUF),
+                self.getsockopt_int(SocketLevel.SOL_SOCKET, SocketOption.SO_SNDBUF))
+
+    def set_reuse_address(self, enabled: bool) -> None:
+        self.setsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_REUSEADDR, int(enabled))
+
+    def set_exclusive_address_use(self, enabled: bool) -> None:
+        self.setsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_EXCLUSIVEADDRUSE, int(enabled))
+
+    # -- overlapped operations ---------------------------------------------------------------
+
+    def _issue(self, operation: Operation, what: str, call: Callable[[int], int],
+               returns_bool: bool) -> Operation:
+        """Register ``operation``, make the call, and sort out a synchronous failure."""
+        port = self._port
+        if port is None:
+            raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
+        with self._lock:
+            handle = self._checked()
+            port.register(operation)
+            try:
+                result = call(handle)
+            except BaseException:
+                port.unregister(operation, 0)  # cffi refused the arguments: no call was made
+                raise
+            if (not result) if returns_bool else result == SOCKET_ERROR:
+                error = ws2_32.WSAGetLastError()
+                if error != WinError.WSA_IO_PENDING:
+                    port.unregister(operation, error)
+                    raise exception_for(error, f"{what} on {self!r}")
+        return operation
+
+    def _reusable(self, reuse: Operation | None, kind: OpKind,
+                  factory: Callable[[], Operation]) -> Operation:
+        if reuse is None:
+            return factory()
+        if reuse.kind is not kind or not reuse.reusable:
+            raise ValueError(f"{reuse!r} cannot be reused for {kind.value} (rule 11: only a "
+                             "receive or accept OVERLAPPED is reused)")
+        if reuse.owner is not self and kind is not OpKind.ACCEPT:
+            raise ValueError(f"{reuse!r} belongs to another socket")
+        reuse.rearm()
+        return reuse
+
+    def _need_stream(self, what: str, connected: bool = True) -> None:
+        if self.type != SocketType.SOCK_STREAM:
+            raise ValueError(f"{what} needs a SOCK_STREAM socket")
+        if connected and self._listening:
+            raise ValueError(f"{what} needs a connected socket, not a listening one")
+
+    def recv(self, size: int = 65536, *, reuse: RecvOperation | None = None) -> RecvOperation:
+        """Post a WSARecv into a new ``size``-byte buffer. ``size=0`` posts a zero-byte read."""
+        return self.recv_into([bytearray(check_size(size))], reuse=reuse)
+
+    def recv_into(self, buffers: Sequence[BufferLike], *, reuse: RecvOperation | None = None,
+                  flags: int = 0) -> RecvOperation:
+        """Post a WSARecv scattering into writable ``buffers`` (pinned until it completes)."""
+        if self._listening:
+            raise ValueError("recv needs a connected socket, not a listening one")
+        operation = self._reusable(reuse, OpKind.RECV, lambda: RecvOperation(OpKind.RECV, self))
+        assert isinstance(operation, RecvOperation)
+        operation.set_buffers(buffers, writable=True)
+        operation.flags[0] = flags
+        self._issue(operation, "WSARecv", lambda h: ws2_32.WSARecv(
+            h, operation.wsabufs, len(buffers), operation.count, operation.flags,
+            operation.overlapped, ffi.NULL), returns_bool=False)
+        return operation
+
+    def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0) -> SendOperation:
+        """Post a WSASend of ``data`` (one buffer, or a list to gather), zero-copy."""
+        if self._listening:
+            raise ValueError("send needs a connected socket, not a listening one")
+        buffers = _as_buffer_list(data)
+        operation = SendOperation(OpKind.SEND, self)
+        operation.set_buffers(buffers, writable=False)
+        self._issue(operation, "WSASend", lambda h: ws2_32.WSASend(
+            h, operation.wsabufs, len(buffers), operation.count, flags, operation.overlapped,
+            ffi.NULL), returns_bool=False)
+        return operation
+
+    def recvfrom(self, size: int = 65536, *, reuse: RecvFromOperation | None = None
+                 ) -> RecvFromOperation:
+        """Post a WSARecvFrom (UDP); the completed operation has ``.data`` and ``.peer``."""
+        if self.type != SocketType.SOCK_DGRAM:
+            raise ValueError("recvfrom needs a SOCK_DGRAM socket")
+        operation = self._reusable(reuse, OpKind.RECVFROM,
+                                   lambda: RecvFromOperation(OpKind.RECVFROM, self))
+        assert isinstance(operation, RecvFromOperation)
+        buffers = [bytearray(check_size(size))]
+        operation.set_buffers(buffers, writable=True)
+        operation.sockaddr_length[0] = ffi.sizeof("struct sockaddr_storage")
+        self._issue(operation, "WSARecvFrom", lambda h: ws2_32.WSARecvFrom(
+            h, operation.wsabufs, 1, operation.count, operation.flags,
+            ffi.cast("struct sockaddr *", operation.sockaddr), operation.sockaddr_length,
+            operation.overlapped, ffi.NULL), returns_bool=False)
+        return operation
+
+    def sendto(self, data: BufferLike, address: tuple[object, ...]) -> SendToOperation:
+        if self.type != SocketType.SOCK_DGRAM:
+            raise ValueError("sendto needs a SOCK_DGRAM socket")
+        operation = SendToOperation(OpKind.SENDTO, self)
+        operation.set_buffers([data], writable=False)
+        encoded = addresses.encode(self.family, address)
+        ffi.memmove(operation.sockaddr, encoded, len(encoded))
+        self._issue(operation, "WSASendTo", lambda h: ws2_32.WSASendTo(
+            h, operation.wsabufs, 1, operation.count, 0,
+            ffi.cast("struct sockaddr *", operation.sockaddr), len(encoded),
+            operation.overlapped, ffi.NULL), returns_bool=False)
+        return operation
+
+    def accept(self, accept_socket: Socket | None = None, *, recv_size: int = 0,
+               reuse: AcceptOperation | None = None) -> AcceptOperation:
+        """Post an AcceptEx. On completion the operation's ``accepted`` socket already has
+        SO_UPDATE_ACCEPT_CONTEXT set, and ``local_address``/``remote_address``/``data`` are
+        filled in. With ``recv_size`` > 0 it completes only after that much data arrives."""
+        if not self._listening:
+            raise ValueError("accept needs a listening socket: call listen() first")
+        check_size(recv_size, "recv_size")
+        if accept_socket is self:
+            raise ValueError("the accept socket must not be the listening socket")
+        created = accept_socket is None
+        target = Socket(self.family, self.type, self.proto) if accept_socket is None else accept_socket
+        try:
+            operation = self._reusable(reuse, OpKind.ACCEPT,
+                                       lambda: AcceptOperation(self, target))
+            assert isinstance(operation, AcceptOperation)
+            operation.prepare(target, recv_size)
+            accept_ex = self._extensions().AcceptEx
+            accepted = target._checked()
+            self._issue(operation, "AcceptEx", lambda h: accept_ex(
+                h, accepted, operation.output, recv_size, ACCEPT_ADDRESS_SIZE,
+                ACCEPT_ADDRESS_SIZE, operation.received, operation.overlapped), returns_bool=True)
+        except BaseException:
+            if created:
+                target.close()
+            raise
+        return operation
+
+    def connect(self, address: tuple[object, ...], data: BufferLike = b"") -> ConnectOperation:
+        """Post a ConnectEx (binding to the wildcard address first if unbound, as it requires);
+        on completion SO_UPDATE_CONNECT_CONTEXT is set and ``data`` has been sent."""
+        self._need_stream("connect")
+        if not self._bound:
+            self.bind(("", 0))
+        sockaddr = addresses.Sockaddr(self.family, address)
+        operation = ConnectOperation(self)
+        send_buffer = operation.set_data(data)
+        connect_ex = self._extensions().ConnectEx
+        operation.keep_alive(sockaddr, send_buffer)
+        self._issue(operation, "ConnectEx", lambda h: connect_ex(
+            h, sockaddr.pointer, sockaddr.length, send_buffer, len(send_buffer), operation.sent,
+            operation.overlapped), returns_bool=True)
+        return operation
+
+    def disconnect(self, reuse: bool = False) -> Operation:
+        """Post a DisconnectEx; with ``reuse`` (TF_REUSE_SOCKET) the socket can then be given
+        to ``accept()`` or ``connect()`` again."""
+        self._need_stream("disconnect")
+        operation = Operation(OpKind.DISCONNECT, self)
+        flags = TransmitFileFlags.TF_REUSE_SOCKET if reuse else 0
+        disconnect_ex = self._extensions().DisconnectEx
+        self._issue(operation, "DisconnectEx",
+                    lambda h: disconnect_ex(h, operation.overlapped, flags, 0), returns_bool=True)
+        if reuse:
+            self._bound = False
+        return operation
+
+    def transmit_file(self, file: Handle, count: int = 0, *, head: bytes = b"",
+                      tail: bytes = b"", flags: int = 0) -> Operation:
+        """Post a TransmitFile of ``count`` bytes (0: the whole file) from ``file``'s current
+        position (set ``offset`` on it first), with optional ``head`` and ``tail`` data."""
+        self._need_stream("transmit_file")
+        check_size(count, "count")
+        operation = Operation(OpKind.TRANSMIT_FILE, self)
+        buffers = ffi.new("TRANSMIT_FILE_BUFFERS *")
+        head_c, tail_c = ffi.new("char[]", head), ffi.new("char[]", tail)
+        buffers.Head, buffers.HeadLength = head_c, len(head)
+        buffers.Tail, buffers.TailLength = tail_c, len(tail)
+        operation.keep_alive(buffers, head_c, tail_c, file)
+        transmit = self._extensions().TransmitFile
+        file_handle = file.handle
+        self._issue(operation, "TransmitFile", lambda h: transmit(
+            h, file_handle, count, 0, operation.overlapped, buffers, flags), returns_bool=True)
+        return operation
+
+    def cancel(self, operation: Operation | None = None) -> bool:
+        """Ask Windows to cancel ``operation`` (or every operation on this socket).
+
+        A request only: the operation stays owned until its completion (success or
+        ERROR_OPERATION_ABORTED) is dequeued. False if there was nothing left to cancel
+        (ERROR_NOT_FOUND: it already completed).
+        """
+        if operation is not None:
+            if operation.owner is not self:
+                raise ValueError(f"{operation!r} belongs to another socket")
+            if operation.state is not OpState.PENDING:
+                return False
+            operation.cancel_requested = True
+        with self._lock:
+            handle = ffi.cast("HANDLE", self._checked())
+            target = operation.overlapped if operation is not None else ffi.NULL
+            if operation is None and self._port is not None:
+                for pending in self._port.pending_operations():
+                    if pending.owner is self:
+                        pending.cancel_requested = True
+            if kernel32.CancelIoEx(handle, target):
+                return True
+            error = kernel32.GetLastError()
+        if error == WinError.ERROR_NOT_FOUND:
+            return False
+        raise exception_for(error, "CancelIoEx")
+
+    def _update_accept_context(self, listener: Socket) -> int:
+        """SO_UPDATE_ACCEPT_CONTEXT with the listening socket's value: 0 or the error."""
+        value = ffi.new("SOCKET *", listener._checked())
+        with self._lock:
+            handle = self._handle
+            if handle is None:
+                return WinError.WSAENOTSOCK
+            if ws2_32.setsockopt(handle, SocketLevel.SOL_SOCKET,
+                                 SocketOption.SO_UPDATE_ACCEPT_CONTEXT, ffi.cast("char *", value),
+                                 ffi.sizeof("SOCKET")) == SOCKET_ERROR:
+                return ws2_32.WSAGetLastError()
+        return 0
+
+    def _update_connect_context(self) -> int:
+        with self._lock:
+            handle = self._handle
+            if handle is None:
+                return WinError.WSAENOTSOCK
+            if ws2_32.setsockopt(handle, SocketLevel.SOL_SOCKET,
+                                 SocketOption.SO_UPDATE_CONNECT_CONTEXT, ffi.NULL,
+                                 0) == SOCKET_ERROR:
+                return ws2_32.WSAGetLastError()
+        return 0
+
+
+class AcceptOperation(Operation):
+    """AcceptEx: owns the output buffer (first data + both addresses) and the byte count."""
+
+    __slots__ = ("listener", "accepted", "output", "received", "recv_size", "local_address",
+                 "remote_address", "data", "context_updated")
+    reusable = True
+
+    def __init__(self, listener: Socket, accepted: Socket) -> None:
+        super().__init__(OpKind.ACCEPT, listener)
+        self.listener = listener
+        self.accepted = accepted
+        self.output: CData = ffi.NULL
+        self.received: CData = ffi.new("DWORD *")
+        self.recv_size = 0
+        self.local_address: Address | None = None
+        self.remote_address: Address | None = None
+        self.data = b""
+        #: Whether SO_UPDATE_ACCEPT_CONTEXT was set (rule 7): True after every success.
+        self.context_updated = False
+
+    def prepare(self, accepted: Socket, recv_size: int) -> None:
+        self.accepted = accepted
+        self.recv_size = recv_size
+        self.output = ffi.new("char[]", recv_size + 2 * ACCEPT_ADDRESS_SIZE)
+        self.local_address = self.remote_address = None
+        self.data = b""
+        self.context_updated = False
+        self.keep_alive(self.output, accepted)
+
+    def on_success(self) -> int:
+        error = self.accepted._update_accept_context(self.listener)
+        if error:
+            return error
+        self.context_updated = True
+        local, local_length = ffi.new("struct sockaddr **"), ffi.new("int *")
+        remote, remote_length = ffi.new("struct sockaddr **"), ffi.new("int *")
+        self.listener._extensions().GetAcceptExSockaddrs(
+            self.output, self.recv_size, ACCEPT_ADDRESS_SIZE, ACCEPT_ADDRESS_SIZE, local,
+            local_length, remote, remote_length)
+        self.local_address = addresses.decode_cdata(local[0], local_length[0])
+        self.remote_address = addresses.decode_cdata(remote[0], remote_length[0])
+        self.data = ffi.buffer(self.output, self.bytes_transferred)[:]
+        return 0
+
+    def release(self) -> None:
+        super().release()
+        self.output = ffi.NULL
+
+
+class ConnectOperation(Operation):
+    """ConnectEx: owns the address, the optional first data and the sent-bytes count."""
+
+    __slots__ = ("sent", "data")
+
+    def __init__(self, sock: Socket) -> None:
+        super().__init__(OpKind.CONNECT, sock)
+        self.sent: CData = ffi.new("DWORD *")
+        self.data: BufferLike = b""
+
+    def set_data(self, data: BufferLike) -> CData:
+        self.data = data
+        return ffi.from_buffer("char[]", data) if len(memoryview(data)) else ffi.new("char[]", 0)
+
+    def on_success(self) -> int:
+        assert isinstance(self.owner, Socket)
+        return self.owner._update_connect_context()
+
+
+def _as_buffer_list(data: BufferLike | Sequence[BufferLike]) -> Sequence[BufferLike]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return [data]
+    if isinstance(data, str):
+        raise TypeError("send() needs bytes-like data, not str")
+    try:
+        memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        return list(data)
+    return [data]  # type: ignore[list-item]
+
+
+def create_connection(address: tuple[object, ...], port: CompletionPort,
+                      family: int = AddressFamily.AF_INET) -> tuple[Socket, ConnectOperation]:
+    """A new TCP socket associated with ``port`` and a ConnectEx to ``address`` posted."""
+    sock = Socket(family, SocketType.SOCK_STREAM, IPProto.IPPROTO_TCP)
+    try:
+        port.associate(sock)
+        return sock, sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+
+
+__all__ = ["Socket", "AcceptOperation", "ConnectOperation", "AddressedOperation",
+           "create_connection"]
