@@ -63,14 +63,28 @@ class TypeNamer:
             node = self.typedefs[name]
         return names
 
+    def is_const(self, node: c_ast.Node) -> bool:
+        """Whether a type is const-qualified anywhere along its typedef chain."""
+        while isinstance(node, c_ast.TypeDecl):
+            if "const" in node.quals:
+                return True
+            if not isinstance(node.type, c_ast.IdentifierType):
+                break
+            name = " ".join(node.type.names)
+            if name not in self.typedefs:
+                break
+            node = self.typedefs[name]
+        return False
+
     def annotation(self, node: c_ast.Node, *, is_return: bool = False) -> str:
         node = self.resolve(node)
         if isinstance(node, c_ast.PtrDecl):
-            # cffi converts bytes (char *) and str (wchar_t *) arguments itself.
+            # cffi converts bytes (char *) and str (wchar_t *) arguments itself, but hands C a
+            # pointer into the bytes object: only a const pointee (C only reads) may take one.
             base = self.spelled_names(node.type)
-            if not is_return and "char" in base:
+            if not is_return and self.is_const(node.type) and "char" in base:
                 return "CData | bytes"
-            if not is_return and "wchar_t" in base:
+            if not is_return and self.is_const(node.type) and "wchar_t" in base:
                 return "CData | str"
             return "CData"
         if isinstance(node, c_ast.TypeDecl):
