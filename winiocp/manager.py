@@ -1,0 +1,276 @@
+"""The dequeue loop that drives connections, the close queue and the accept pool.
+
+``ConnectionManager.run_once`` waits on the port (never longer than the nearest close
+deadline), routes each completion to the object that issued the operation (``op.context``:
+a ``Connection`` or an ``AcceptPool``), then force-closes whatever the close queue says has
+expired. Several worker threads may call it at once on one manager. No exception from a
+handler escapes the loop: the connection it came from is aborted and the error logged.
+
+``AcceptPool`` keeps N AcceptEx operations posted (rule 9). A failed accept, synchronous or
+completed (a client that connected and reset before the accept was processed), closes that
+accept socket and posts a new accept; it never stops the listener. Sockets of finished
+connections can be recycled into the pool with DisconnectEx(TF_REUSE_SOCKET).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .closequeue import CloseQueue
+from .connections import CloseReason, Connection, Handler
+from .errors import ClosedHandleError
+from .operations import OpKind
+from .port import Completion, CompletionPort, Outcome
+from .sockets import AcceptOperation, Socket
+
+log = logging.getLogger("winiocp")
+#: How many times a synchronously failing AcceptEx is retried before the pool gives up a slot.
+ACCEPT_RETRIES = 64
+
+
+@dataclass
+class Stats:
+    """Counters of one manager (updated under its lock)."""
+
+    accepted: int = 0
+    accept_failures: int = 0
+    connections_closed: int = 0
+    closed_by_reason: dict[CloseReason, int] = field(
+        default_factory=lambda: dict.fromkeys(CloseReason, 0))
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    handler_errors: int = 0
+
+    @property
+    def forced_closes(self) -> int:
+        return self.closed_by_reason[CloseReason.FORCED]
+
+
+class ConnectionManager:
+    """Owns a completion port's connections: routing, close queue, statistics."""
+
+    def __init__(self, port: CompletionPort | None = None, *, close_timeout: float = 5.0,
+                 time_wait_avoidance: bool = True, recv_size: int = 65536,
+                 zero_byte_reads: bool = False,
+                 on_forced_close: Callable[[Connection], None] | None = None) -> None:
+        self.port = port if port is not None else CompletionPort()
+        self._owns_port = port is None
+        self.close_queue: CloseQueue[Connection] = CloseQueue(close_timeout)
+        self.time_wait_avoidance = time_wait_avoidance
+        self.recv_size = recv_size
+        self.zero_byte_reads = zero_byte_reads
+        self.on_forced_close = on_forced_close
+        self.stats = Stats()
+        self.live: set[Connection] = set()
+        self.pools: list[AcceptPool] = []
+        self._lock = threading.Lock()
+
+    # -- connections -----------------------------------------------------------------------
+
+    def add(self, sock: Socket, handler: Handler,
+            recycle: Callable[[Socket], bool] | None = None) -> Connection:
+        """Manage a connected socket: associate it (if needed) and keep a receive pending."""
+        if sock.port is None:
+            self.port.associate(sock)
+        elif sock.port is not self.port:
+            raise ValueError(f"{sock!r} is associated with another port")
+        connection = Connection(self, sock, handler, recv_size=self.recv_size,
+                                zero_byte_reads=self.zero_byte_reads, recycle=recycle)
+        with self._lock:
+            self.live.add(connection)
+        connection.start()
+        return connection
+
+    def listen(self, listener: Socket, handler_factory: Callable[[], Handler], *,
+               accepts: int = 16, recycle: bool = False) -> AcceptPool:
+        """Keep ``accepts`` AcceptEx posted on ``listener`` (bound and listening)."""
+        pool = AcceptPool(self, listener, handler_factory, accepts=accepts, recycle=recycle)
+        self.pools.append(pool)
+        pool.start()
+        return pool
+
+    def _closing(self, connection: Connection) -> None:
+        self.close_queue.add(connection)
+
+    def _closed(self, connection: Connection, reason: CloseReason) -> None:
+        self.close_queue.discard(connection)
+        with self._lock:
+            self.live.discard(connection)
+            self.stats.connections_closed += 1
+            self.stats.closed_by_reason[reason] += 1
+            self.stats.bytes_received += connection.bytes_received
+            self.stats.bytes_sent += connection.bytes_sent
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run_once(self, timeout: float | None = None) -> bool:
+        """Dequeue and handle one completion (or a time-out); False once the port is closed."""
+        wait = timeout
+        due = self.close_queue.seconds_until_next()
+        if due is not None:
+            wait = due if wait is None else min(wait, due)
+        completion = self.port.get(wait) if wait is not None else self.port.get(0.5)
+        if completion.outcome is Outcome.PORT_CLOSED:
+            return False
+        if completion.outcome is not Outcome.TIMED_OUT:
+            self.dispatch(completion)
+        self.expire()
+        return True
+
+    def dispatch(self, completion: Completion) -> None:
+        operation = completion.operation
+        target = operation.context if operation is not None else None
+        if isinstance(target, (Connection, AcceptPool)):
+            try:
+                target.on_completion(completion)
+            except Exception:
+                log.exception("handler failed on %r", completion)
+                with self._lock:
+                    self.stats.handler_errors += 1
+                if isinstance(target, Connection):
+                    target.abort()
+
+    def expire(self, now: float | None = None) -> int:
+        """Force-close every connection whose close deadline passed; return how many."""
+        expired = self.close_queue.expired(now)
+        for connection in expired:
+            connection.force_close()
+            if self.on_forced_close is not None:
+                self.on_forced_close(connection)
+        return len(expired)
+
+    def run(self, until: Callable[[], bool], poll: float = 0.1) -> None:
+        """Run the loop until ``until()`` is true (checked at least every ``poll`` seconds)."""
+        while not until():
+            if not self.run_once(poll):
+                return
+
+    def close_all(self, timeout: float | None = None) -> None:
+        """Stop accepting, close every connection gracefully and run until all are done
+        (connections still closing at their deadline are forced)."""
+        for pool in self.pools:
+            pool.close()
+        with self._lock:
+            connections = list(self.live)
+        for connection in connections:
+            connection.close()
+        deadline = time.monotonic() + (timeout if timeout is not None else
+                                       self.close_queue.timeout + 1.0)
+        while (self.live or self._pending_accepts()) and time.monotonic() < deadline:
+            self.run_once(0.1)
+
+    def _pending_accepts(self) -> bool:
+        return any(op.kind is OpKind.ACCEPT for op in self.port.pending_operations())
+
+    def close(self) -> None:
+        """Close everything, then the port if this manager created it."""
+        self.close_all()
+        if self._owns_port:
+            self.port.close()
+
+
+class AcceptPool:
+    """N AcceptEx always posted on one listening socket; failed accepts never stop it."""
+
+    def __init__(self, manager: ConnectionManager, listener: Socket,
+                 handler_factory: Callable[[], Handler], *, accepts: int = 16,
+                 recycle: bool = False) -> None:
+        if accepts < 1:
+            raise ValueError(f"accepts must be >= 1, got {accepts}")
+        self.manager = manager
+        self.listener = listener
+        self.handler_factory = handler_factory
+        self.accepts = accepts
+        self.recycle = recycle
+        self.free_sockets: list[Socket] = []
+        self.recycled = 0
+        self.closed = False
+        self._lock = threading.Lock()
+        if listener.port is None:
+            manager.port.associate(listener)
+
+    def start(self) -> None:
+        for _ in range(self.accepts):
+            self._post(None)
+
+    def _post(self, reuse: AcceptOperation | None) -> None:
+        for _ in range(ACCEPT_RETRIES):
+            if self.closed:
+                return
+            with self._lock:
+                recycled = self.free_sockets.pop() if self.free_sockets else None
+            try:
+                operation = self.listener.accept(recycled, reuse=reuse)
+            except ClosedHandleError:
+                return  # the listener was closed: the pool is done
+            except OSError as exc:
+                # E.g. WSAECONNRESET: a client connected and reset before AcceptEx took it.
+                log.debug("AcceptEx failed at once: %s", exc)
+                self._count_failure()
+                if recycled is not None:
+                    recycled.close()
+                continue
+            operation.context = self
+            return
+        log.error("AcceptEx failed %d times in a row on %r; one accept slot is lost",
+                  ACCEPT_RETRIES, self.listener)
+
+    def _count_failure(self) -> None:
+        with self.manager._lock:
+            self.manager.stats.accept_failures += 1
+
+    def on_completion(self, completion: Completion) -> None:
+        operation = completion.operation
+        if operation is not None and operation.kind is OpKind.DISCONNECT:
+            self._recycled(completion, operation.owner)
+            return
+        assert isinstance(operation, AcceptOperation)
+        accepted = operation.accepted
+        if completion.outcome is Outcome.FAILED:
+            accepted.close()
+            if not self.closed:
+                self._count_failure()
+                self._post(operation)
+            return
+        with self.manager._lock:
+            self.manager.stats.accepted += 1
+        if self.closed:
+            accepted.close()
+            return
+        self._post(operation)  # re-arm first: the pool stays full while the handler runs
+        self.manager.add(accepted, self.handler_factory(),
+                         self.release if self.recycle else None)
+
+    def release(self, sock: Socket) -> bool:
+        """Take a finished connection's socket for reuse (DisconnectEx TF_REUSE_SOCKET).
+        False if the pool does not recycle (the caller closes the socket)."""
+        if not self.recycle or self.closed:
+            return False
+        try:
+            operation = sock.disconnect(reuse=True)
+        except OSError:
+            return False
+        operation.context = self
+        return True
+
+    def _recycled(self, completion: Completion, owner: object) -> None:
+        assert isinstance(owner, Socket)
+        if completion.outcome is Outcome.FAILED or self.closed:
+            owner.close()
+            return
+        with self._lock:
+            self.free_sockets.append(owner)
+            self.recycled += 1
+
+    def close(self) -> None:
+        """Stop accepting: pending AcceptEx complete as cancelled and are not re-posted."""
+        self.closed = True
+        self.listener.close()
+        with self._lock:
+            free, self.free_sockets = self.free_sockets, []
+        for sock in free:
+            sock.close()
