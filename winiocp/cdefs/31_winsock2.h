@@ -66,7 +66,9 @@ int WINAPI setsockopt(SOCKET s, int level, int optname, const char *optval, int 
 int WINAPI getsockopt(SOCKET s, int level, int optname, char *optval, int *optlen);
 int WINAPI getsockname(SOCKET s, struct sockaddr *name, int *namelen);
 int WINAPI getpeername(SOCKET s, struct sockaddr *name, int *namelen);
-int WINAPI ioctlsocket(SOCKET s, long cmd, u_long *argp);
+/* The SDK says `long cmd`, but its codes are unsigned values such as FIONBIO = 0x8004667E;
+   u_long has the same size and calling convention and accepts them as written. */
+int WINAPI ioctlsocket(SOCKET s, u_long cmd, u_long *argp);
 int WINAPI WSAIoctl(SOCKET s, DWORD dwIoControlCode, LPVOID lpvInBuffer, DWORD cbInBuffer,
                     LPVOID lpvOutBuffer, DWORD cbOutBuffer, LPDWORD lpcbBytesReturned,
                     LPWSAOVERLAPPED lpOverlapped,
