@@ -1,8 +1,11 @@
-"""``python -m winiocp``: small commands around the package.
+"""``python -m winiocp``: the demo, the example servers, and the raw-API example.
 
-``demo`` runs ``examples/raw_echo.py`` of this checkout for now (a later version brings a demo of
-its own). The example is loaded by path because ``examples/`` is not part of the package: an
-installed wheel has no example, and says so.
+    python -m winiocp demo [--clients N] [--duration S] [--workers N]
+    python -m winiocp serve echo|http [--host H] [--port P] [--workers N] [--duration S]
+    python -m winiocp raw-echo
+
+``raw-echo`` runs ``examples/raw_echo.py`` of a source checkout; it is loaded by path because
+``examples/`` is not part of the package.
 """
 
 from __future__ import annotations
@@ -36,13 +39,45 @@ def run_demo() -> int:
     return int(load_example(EXAMPLE).main())
 
 
+def serve(kind: str, host: str, port: int, workers: int, duration: float | None) -> int:
+    from .servers import EchoHandler, HttpHandler, Server
+
+    factory = EchoHandler if kind == "echo" else HttpHandler
+    server = Server(factory, host, port, workers=workers,
+                    idle_timeout=None if kind == "echo" else 30.0)
+
+    def ready(address: tuple[object, ...]) -> None:
+        print(f"listening on {address[0]}:{address[1]}", flush=True)
+
+    summary = server.serve(duration, ready)
+    print(summary.line(), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m winiocp",
                                      description="Windows I/O completion ports for Python.")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="echo a message through a completion port")
+    demo = commands.add_parser("demo", help="the echo server under load, every byte verified")
+    demo.add_argument("--clients", type=int, default=16)
+    demo.add_argument("--duration", type=float, default=3.0)
+    demo.add_argument("--workers", type=int, default=2)
+    serve_parser = commands.add_parser("serve", help="run the echo or HTTP server")
+    serve_parser.add_argument("kind", choices=("echo", "http"))
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=0)
+    serve_parser.add_argument("--workers", type=int, default=4)
+    serve_parser.add_argument("--duration", type=float, default=None)
+    commands.add_parser("raw-echo", help="echo one message with the raw API only")
     options = parser.parse_args(argv)
     if options.command == "demo":
+        from .demo import run
+
+        return run(options.clients, options.duration, options.workers)
+    if options.command == "serve":
+        return serve(options.kind, options.host, options.port, options.workers,
+                     options.duration)
+    if options.command == "raw-echo":
         return run_demo()
     parser.error(f"unknown command {options.command!r}")
 

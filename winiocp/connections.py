@@ -31,6 +31,7 @@ value, which Windows reuses (rule 6).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -86,6 +87,8 @@ class Connection:
         self.bytes_received = 0
         self.peer_fin = False
         self.shutdown_sent = False
+        #: time.monotonic() of the last data received (the idle deadline counts from it).
+        self.last_activity = time.monotonic()
         #: Whether our FIN went out before the peer's arrived (we are the active closer).
         self.we_closed_first = False
         self.zero_byte_reads = zero_byte_reads
@@ -113,17 +116,17 @@ class Connection:
             return
         probe = self.zero_byte_reads if probe is None else probe
         buffers: list[BufferLike] = [memoryview(self._buffer)[:0] if probe else self._buffer]
+        # Counted before the call: its completion may be handled first (it waits on our lock).
+        self.pending_recvs += 1
+        self._probing = probe
         try:
-            self._recv = self.sock.recv_into(buffers, reuse=self._recv)
+            self._recv = self.sock.recv_into(buffers, reuse=self._recv, context=self)
         except ClosedHandleError:
-            return
+            self.pending_recvs -= 1
         except OSError:
+            self.pending_recvs -= 1
             # Rule 10: a broken connection is also detected when posting.
             self._finish_abortively(CloseReason.PEER_RESET, linger=False)
-            return
-        self._recv.context = self
-        self._probing = probe
-        self.pending_recvs += 1
 
     def _on_recv(self, completion: Completion, operation: RecvOperation) -> None:
         with self._lock:
@@ -143,6 +146,7 @@ class Connection:
             else:
                 data = operation.data
                 self.bytes_received += len(data)
+                self.last_activity = time.monotonic()
         if data:
             self.handler.data_received(self, data)
             with self._lock:
@@ -158,10 +162,12 @@ class Connection:
         with self._lock:
             if self.state is not State.OPEN:
                 raise BrokenPipeError(f"{self!r}: no sends after close()")
-            operation = self.sock.send(data)
-            operation.context = self
             self.pending_sends += 1
-            return operation
+            try:
+                return self.sock.send(data, context=self)
+            except BaseException:
+                self.pending_sends -= 1
+                raise
 
     def _on_send(self, completion: Completion) -> None:
         with self._lock:

@@ -111,12 +111,13 @@ class Handle:
         return True
 
     def _issue(self, operation: Operation, what: str, call: Callable[[CData], int],
-               offset: int) -> Operation:
+               offset: int, context: object) -> Operation:
         port = self._port
         if port is None:
             raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
         if not 0 <= offset < 1 << 64:
             raise ValueError(f"offset must be 0 to 2**64-1, got {offset}")
+        operation.context = context  # before the call: another thread may dequeue it first
         operation.overlapped.Offset = offset & 0xFFFFFFFF
         operation.overlapped.OffsetHigh = offset >> 32
         with self._lock:
@@ -136,28 +137,29 @@ class Handle:
                     raise exception_for(error, f"{what} on {self!r}")
         return operation
 
-    def read(self, size: int, offset: int = 0) -> RecvOperation:
+    def read(self, size: int, offset: int = 0, *, context: object = None) -> RecvOperation:
         """Post a ReadFile of up to ``size`` bytes at ``offset`` (ignored for pipes)."""
         operation = RecvOperation(OpKind.READ, self)
         operation.set_buffers([bytearray(check_size(size))], writable=True)
         buffer = operation.wsabufs[0]
         self._issue(operation, "ReadFile", lambda h: kernel32.ReadFile(
-            h, buffer.buf, buffer.len, ffi.NULL, operation.overlapped), offset)
+            h, buffer.buf, buffer.len, ffi.NULL, operation.overlapped), offset, context)
         return operation
 
-    def write(self, data: BufferLike, offset: int = 0) -> SendOperation:
+    def write(self, data: BufferLike, offset: int = 0, *,
+              context: object = None) -> SendOperation:
         """Post a WriteFile of ``data`` at ``offset`` (ignored for pipes)."""
         operation = SendOperation(OpKind.WRITE, self)
         operation.set_buffers([data], writable=False)
         buffer = operation.wsabufs[0]
         self._issue(operation, "WriteFile", lambda h: kernel32.WriteFile(
-            h, buffer.buf, buffer.len, ffi.NULL, operation.overlapped), offset)
+            h, buffer.buf, buffer.len, ffi.NULL, operation.overlapped), offset, context)
         return operation
 
-    def connect_pipe(self) -> Operation:
+    def connect_pipe(self, *, context: object = None) -> Operation:
         """Post a ConnectNamedPipe. If a client is already connected, the returned operation
         is already done (``not op.pending``) and no completion will be queued for it."""
         operation = Operation(OpKind.CONNECT_PIPE, self)
         self._issue(operation, "ConnectNamedPipe",
-                    lambda h: kernel32.ConnectNamedPipe(h, operation.overlapped), 0)
+                    lambda h: kernel32.ConnectNamedPipe(h, operation.overlapped), 0, context)
         return operation

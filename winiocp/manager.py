@@ -55,11 +55,14 @@ class ConnectionManager:
 
     def __init__(self, port: CompletionPort | None = None, *, close_timeout: float = 5.0,
                  time_wait_avoidance: bool = True, recv_size: int = 65536,
-                 zero_byte_reads: bool = False,
+                 zero_byte_reads: bool = False, idle_timeout: float | None = None,
                  on_forced_close: Callable[[Connection], None] | None = None) -> None:
         self.port = port if port is not None else CompletionPort()
         self._owns_port = port is None
         self.close_queue: CloseQueue[Connection] = CloseQueue(close_timeout)
+        #: Open connections by idle deadline; one idle that long is closed (gracefully).
+        self.idle_queue: CloseQueue[Connection] | None = (
+            CloseQueue(idle_timeout) if idle_timeout is not None else None)
         self.time_wait_avoidance = time_wait_avoidance
         self.recv_size = recv_size
         self.zero_byte_reads = zero_byte_reads
@@ -82,6 +85,8 @@ class ConnectionManager:
                                 zero_byte_reads=self.zero_byte_reads, recycle=recycle)
         with self._lock:
             self.live.add(connection)
+        if self.idle_queue is not None:
+            self.idle_queue.add(connection)
         connection.start()
         return connection
 
@@ -98,6 +103,8 @@ class ConnectionManager:
 
     def _closed(self, connection: Connection, reason: CloseReason) -> None:
         self.close_queue.discard(connection)
+        if self.idle_queue is not None:
+            self.idle_queue.discard(connection)
         with self._lock:
             self.live.discard(connection)
             self.stats.connections_closed += 1
@@ -110,9 +117,10 @@ class ConnectionManager:
     def run_once(self, timeout: float | None = None) -> bool:
         """Dequeue and handle one completion (or a time-out); False once the port is closed."""
         wait = timeout
-        due = self.close_queue.seconds_until_next()
-        if due is not None:
-            wait = due if wait is None else min(wait, due)
+        for queue in (self.close_queue, self.idle_queue):
+            due = queue.seconds_until_next() if queue is not None else None
+            if due is not None:
+                wait = due if wait is None else min(wait, due)
         completion = self.port.get(wait) if wait is not None else self.port.get(0.5)
         if completion.outcome is Outcome.PORT_CLOSED:
             return False
@@ -135,7 +143,16 @@ class ConnectionManager:
                     target.abort()
 
     def expire(self, now: float | None = None) -> int:
-        """Force-close every connection whose close deadline passed; return how many."""
+        """Force-close every connection whose close deadline passed, and close those idle
+        too long; return how many were forced."""
+        now = time.monotonic() if now is None else now
+        if self.idle_queue is not None:
+            for connection in self.idle_queue.expired(now):
+                idle_until = connection.last_activity + self.idle_queue.timeout
+                if idle_until > now:
+                    self.idle_queue.add(connection, now=connection.last_activity)
+                else:
+                    connection.close()
         expired = self.close_queue.expired(now)
         for connection in expired:
             connection.force_close()
@@ -204,7 +221,7 @@ class AcceptPool:
             with self._lock:
                 recycled = self.free_sockets.pop() if self.free_sockets else None
             try:
-                operation = self.listener.accept(recycled, reuse=reuse)
+                self.listener.accept(recycled, reuse=reuse, context=self)
             except ClosedHandleError:
                 return  # the listener was closed: the pool is done
             except OSError as exc:
@@ -214,7 +231,6 @@ class AcceptPool:
                 if recycled is not None:
                     recycled.close()
                 continue
-            operation.context = self
             return
         log.error("AcceptEx failed %d times in a row on %r; one accept slot is lost",
                   ACCEPT_RETRIES, self.listener)
@@ -251,10 +267,9 @@ class AcceptPool:
         if not self.recycle or self.closed:
             return False
         try:
-            operation = sock.disconnect(reuse=True)
+            sock.disconnect(reuse=True, context=self)
         except OSError:
             return False
-        operation.context = self
         return True
 
     def _recycled(self, completion: Completion, owner: object) -> None:

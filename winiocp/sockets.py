@@ -271,11 +271,16 @@ class Socket:
     # -- overlapped operations ---------------------------------------------------------------
 
     def _issue(self, operation: Operation, what: str, call: Callable[[int], int],
-               returns_bool: bool) -> Operation:
-        """Register ``operation``, make the call, and sort out a synchronous failure."""
+               returns_bool: bool, context: object) -> Operation:
+        """Register ``operation``, make the call, and sort out a synchronous failure.
+
+        ``context`` is set before the call: another thread may dequeue the completion, and
+        route it by its context, before the call even returns.
+        """
         port = self._port
         if port is None:
             raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
+        operation.context = context
         with self._lock:
             handle = self._checked()
             port.register(operation)
@@ -309,12 +314,13 @@ class Socket:
         if connected and self._listening:
             raise ValueError(f"{what} needs a connected socket, not a listening one")
 
-    def recv(self, size: int = 65536, *, reuse: RecvOperation | None = None) -> RecvOperation:
+    def recv(self, size: int = 65536, *, reuse: RecvOperation | None = None,
+             context: object = None) -> RecvOperation:
         """Post a WSARecv into a new ``size``-byte buffer. ``size=0`` posts a zero-byte read."""
-        return self.recv_into([bytearray(check_size(size))], reuse=reuse)
+        return self.recv_into([bytearray(check_size(size))], reuse=reuse, context=context)
 
     def recv_into(self, buffers: Sequence[BufferLike], *, reuse: RecvOperation | None = None,
-                  flags: int = 0) -> RecvOperation:
+                  flags: int = 0, context: object = None) -> RecvOperation:
         """Post a WSARecv scattering into writable ``buffers`` (pinned until it completes)."""
         if self._listening:
             raise ValueError("recv needs a connected socket, not a listening one")
@@ -324,10 +330,11 @@ class Socket:
         operation.flags[0] = flags
         self._issue(operation, "WSARecv", lambda h: ws2_32.WSARecv(
             h, operation.wsabufs, len(buffers), operation.count, operation.flags,
-            operation.overlapped, ffi.NULL), returns_bool=False)
+            operation.overlapped, ffi.NULL), returns_bool=False, context=context)
         return operation
 
-    def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0) -> SendOperation:
+    def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0, *,
+             context: object = None) -> SendOperation:
         """Post a WSASend of ``data`` (one buffer, or a list to gather), zero-copy."""
         if self._listening:
             raise ValueError("send needs a connected socket, not a listening one")
@@ -336,11 +343,11 @@ class Socket:
         operation.set_buffers(buffers, writable=False)
         self._issue(operation, "WSASend", lambda h: ws2_32.WSASend(
             h, operation.wsabufs, len(buffers), operation.count, flags, operation.overlapped,
-            ffi.NULL), returns_bool=False)
+            ffi.NULL), returns_bool=False, context=context)
         return operation
 
-    def recvfrom(self, size: int = 65536, *, reuse: RecvFromOperation | None = None
-                 ) -> RecvFromOperation:
+    def recvfrom(self, size: int = 65536, *, reuse: RecvFromOperation | None = None,
+                 context: object = None) -> RecvFromOperation:
         """Post a WSARecvFrom (UDP); the completed operation has ``.data`` and ``.peer``."""
         if self.type != SocketType.SOCK_DGRAM:
             raise ValueError("recvfrom needs a SOCK_DGRAM socket")
@@ -353,10 +360,11 @@ class Socket:
         self._issue(operation, "WSARecvFrom", lambda h: ws2_32.WSARecvFrom(
             h, operation.wsabufs, 1, operation.count, operation.flags,
             ffi.cast("struct sockaddr *", operation.sockaddr), operation.sockaddr_length,
-            operation.overlapped, ffi.NULL), returns_bool=False)
+            operation.overlapped, ffi.NULL), returns_bool=False, context=context)
         return operation
 
-    def sendto(self, data: BufferLike, address: tuple[object, ...]) -> SendToOperation:
+    def sendto(self, data: BufferLike, address: tuple[object, ...], *,
+               context: object = None) -> SendToOperation:
         if self.type != SocketType.SOCK_DGRAM:
             raise ValueError("sendto needs a SOCK_DGRAM socket")
         operation = SendToOperation(OpKind.SENDTO, self)
@@ -366,11 +374,12 @@ class Socket:
         self._issue(operation, "WSASendTo", lambda h: ws2_32.WSASendTo(
             h, operation.wsabufs, 1, operation.count, 0,
             ffi.cast("struct sockaddr *", operation.sockaddr), len(encoded),
-            operation.overlapped, ffi.NULL), returns_bool=False)
+            operation.overlapped, ffi.NULL), returns_bool=False, context=context)
         return operation
 
     def accept(self, accept_socket: Socket | None = None, *, recv_size: int = 0,
-               reuse: AcceptOperation | None = None) -> AcceptOperation:
+               reuse: AcceptOperation | None = None,
+               context: object = None) -> AcceptOperation:
         """Post an AcceptEx. On completion the operation's ``accepted`` socket already has
         SO_UPDATE_ACCEPT_CONTEXT set, and ``local_address``/``remote_address``/``data`` are
         filled in. With ``recv_size`` > 0 it completes only after that much data arrives."""
@@ -390,14 +399,16 @@ class Socket:
             accepted = target._checked()
             self._issue(operation, "AcceptEx", lambda h: accept_ex(
                 h, accepted, operation.output, recv_size, ACCEPT_ADDRESS_SIZE,
-                ACCEPT_ADDRESS_SIZE, operation.received, operation.overlapped), returns_bool=True)
+                ACCEPT_ADDRESS_SIZE, operation.received, operation.overlapped),
+                returns_bool=True, context=context)
         except BaseException:
             if created:
                 target.close()
             raise
         return operation
 
-    def connect(self, address: tuple[object, ...], data: BufferLike = b"") -> ConnectOperation:
+    def connect(self, address: tuple[object, ...], data: BufferLike = b"", *,
+                context: object = None) -> ConnectOperation:
         """Post a ConnectEx (binding to the wildcard address first if unbound, as it requires);
         on completion SO_UPDATE_CONNECT_CONTEXT is set and ``data`` has been sent."""
         self._need_stream("connect")
@@ -410,10 +421,10 @@ class Socket:
         operation.keep_alive(sockaddr, send_buffer)
         self._issue(operation, "ConnectEx", lambda h: connect_ex(
             h, sockaddr.pointer, sockaddr.length, send_buffer, len(send_buffer), operation.sent,
-            operation.overlapped), returns_bool=True)
+            operation.overlapped), returns_bool=True, context=context)
         return operation
 
-    def disconnect(self, reuse: bool = False) -> Operation:
+    def disconnect(self, reuse: bool = False, *, context: object = None) -> Operation:
         """Post a DisconnectEx; with ``reuse`` (TF_REUSE_SOCKET) the socket can then be given
         to ``accept()`` or ``connect()`` again."""
         self._need_stream("disconnect")
@@ -421,13 +432,15 @@ class Socket:
         flags = TransmitFileFlags.TF_REUSE_SOCKET if reuse else 0
         disconnect_ex = self._extensions().DisconnectEx
         self._issue(operation, "DisconnectEx",
-                    lambda h: disconnect_ex(h, operation.overlapped, flags, 0), returns_bool=True)
+                    lambda h: disconnect_ex(h, operation.overlapped, flags, 0),
+                    returns_bool=True, context=context)
         if reuse:
             self._bound = False
         return operation
 
     def transmit_file(self, file: Handle, count: int = 0, *, head: bytes = b"",
-                      tail: bytes = b"", flags: int = 0) -> Operation:
+                      tail: bytes = b"", flags: int = 0,
+                      context: object = None) -> Operation:
         """Post a TransmitFile of ``count`` bytes (0: the whole file) from ``file``'s current
         position (set ``offset`` on it first), with optional ``head`` and ``tail`` data."""
         self._need_stream("transmit_file")
@@ -441,7 +454,8 @@ class Socket:
         transmit = self._extensions().TransmitFile
         file_handle = file.handle
         self._issue(operation, "TransmitFile", lambda h: transmit(
-            h, file_handle, count, 0, operation.overlapped, buffers, flags), returns_bool=True)
+            h, file_handle, count, 0, operation.overlapped, buffers, flags),
+            returns_bool=True, context=context)
         return operation
 
     def cancel(self, operation: Operation | None = None) -> bool:

@@ -1,0 +1,16 @@
+"""The echo handler: every byte received is sent back, zero-copy."""
+
+from __future__ import annotations
+
+from ..connections import CloseReason, Connection
+
+
+class EchoHandler:
+    def data_received(self, connection: Connection, data: bytes) -> None:
+        connection.send(data)
+
+    def eof_received(self, connection: Connection) -> None:
+        pass  # the connection closes itself once our echoes are sent
+
+    def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
+        pass
