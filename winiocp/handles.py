@@ -9,6 +9,7 @@ handle is closed exactly once.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,11 @@ class Handle:
     def __enter__(self) -> Handle:
         return self
 
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
+            self.close()
+
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
@@ -112,6 +118,7 @@ class Handle:
 
     def _issue(self, operation: Operation, what: str, call: Callable[[CData], int],
                offset: int, context: object) -> Operation:
+        self.handle  # noqa: B018 - a closed handle says so, whether or not it was associated
         port = self._port
         if port is None:
             raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ._cdata import CData
 from .addresses import Address, decode_cdata
+from .constants import WinError
 from .errors import Failure, OperationPendingError
 from .raw import ffi
 
@@ -118,12 +119,19 @@ class Operation:
         """Called once, by the port, when the completion is dequeued (before user code)."""
         self.state = OpState.DONE
         self.bytes_transferred = bytes_transferred
-        self.error = error or self.on_success()
+        try:
+            self.error = error or self.on_success()
+        except OSError as exc:  # never let one operation's post-processing break the dequeue
+            self.error = exc.winerror or WinError.ERROR_INVALID_HANDLE
         self.release()
 
     def on_success(self) -> int:
         """Per-kind work on a successful completion (AcceptEx's context, ...): 0 or an error."""
         return 0
+
+    def uses(self, target: object) -> bool:
+        """Whether the kernel may be using ``target`` (a socket or handle) for this operation."""
+        return self.owner is target
 
     def release(self) -> None:
         """Drop what only the kernel needed; results the caller reads stay."""
@@ -233,16 +241,17 @@ class SendToOperation(AddressedOperation):
 def pin(buffer: object, writable: bool) -> CData:
     """A ``char[]`` over ``buffer``'s memory, without copying; the caller keeps it alive."""
     try:
-        return ffi.from_buffer("char[]", buffer, writable)
+        view = memoryview(buffer)  # type: ignore[arg-type]
     except TypeError as exc:
-        if writable:
-            raise TypeError(
-                f"a receive needs a writable buffer (bytearray, memoryview of one, ...), "
-                f"not {type(buffer).__name__}"
-            ) from exc
-        raise TypeError(f"a buffer-protocol object is needed, not {type(buffer).__name__}") from exc
-    except ValueError as exc:  # e.g. a non-contiguous memoryview
-        raise TypeError(f"buffer must be C-contiguous: {exc}") from exc
+        raise TypeError(
+            f"a bytes-like object (buffer protocol) is needed, not {type(buffer).__name__}"
+        ) from exc
+    if writable and view.readonly:
+        raise TypeError(f"a receive needs a writable buffer (bytearray, memoryview of one, "
+                        f"...), not a read-only {type(buffer).__name__}")
+    if not view.c_contiguous:
+        raise TypeError("the buffer must be C-contiguous (no strided memoryview slices)")
+    return ffi.from_buffer("char[]", buffer, writable)
 
 
 def check_size(size: int, what: str = "size") -> int:

@@ -149,6 +149,10 @@ class CompletionPort:
     def __enter__(self) -> CompletionPort:
         return self
 
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self.close()  # pending operations move to the orphan list, never freed
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
@@ -268,7 +272,16 @@ class CompletionPort:
         if out.capacity < self._batch_size:
             out.entries = ffi.new("OVERLAPPED_ENTRY[]", self._batch_size)
             out.capacity = self._batch_size
-        milliseconds = INFINITE if timeout is None else _milliseconds(timeout)
+        if timeout is not None:
+            return self._get_many_once(out, count, _milliseconds(timeout))
+        slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)  # sliced, as in get(), for Ctrl-C
+        while True:
+            completions = self._get_many_once(out, count, slice_ms)
+            if completions:
+                return completions
+
+    def _get_many_once(self, out: _DequeueBuffers, count: int, milliseconds: int
+                       ) -> list[Completion]:
         handle = self._handle
         if handle is None:
             raise PortClosedError(None, "completion port is closed", None,
@@ -329,7 +342,9 @@ class CompletionPort:
 def _milliseconds(timeout: float) -> int:
     if timeout != timeout or timeout < 0:  # NaN or negative
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
-    return min(int(timeout * 1000 + 0.999), MAX_WAIT_MS)
+    if timeout >= MAX_WAIT_MS / 1000:  # also infinity: the longest finite wait
+        return MAX_WAIT_MS
+    return int(timeout * 1000 + 0.999)
 
 
 def orphaned_operation_count() -> int:

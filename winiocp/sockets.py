@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket as _stdlib
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -97,6 +98,9 @@ class Socket:
         if sock.family not in (_stdlib.AF_INET, _stdlib.AF_INET6):
             raise ValueError(f"only AF_INET/AF_INET6 sockets can be adopted, not {sock.family!r}")
         family, type, proto = int(sock.family), int(sock.type), sock.proto
+        # A stdlib time-out leaves the SOCKET non-blocking; give it back blocking, as a
+        # socket.socket(fileno=...) made from it later will assume.
+        sock.setblocking(True)
         return cls._adopt(sock.detach(), family, type, proto)
 
     def to_stdlib(self) -> _stdlib.socket:
@@ -108,7 +112,7 @@ class Socket:
         with self._lock:
             handle = self._checked()
             if self._port is not None and any(
-                op.owner is self for op in self._port.pending_operations()
+                op.uses(self) for op in self._port.pending_operations()
             ):
                 raise RuntimeError(f"{self!r} has pending operations")
             self._handle = None
@@ -120,6 +124,13 @@ class Socket:
 
     def __enter__(self) -> Socket:
         return self
+
+    def __del__(self) -> None:
+        # Reached only when no operation is pending: each pending operation references its
+        # socket, and the port's registry references the operation.
+        if getattr(self, "_handle", None) is not None:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
+            self.close()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
@@ -277,6 +288,7 @@ class Socket:
         ``context`` is set before the call: another thread may dequeue the completion, and
         route it by its context, before the call even returns.
         """
+        self._checked()  # a closed socket says so, whether or not it was ever associated
         port = self._port
         if port is None:
             raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
@@ -303,7 +315,7 @@ class Socket:
         if reuse.kind is not kind or not reuse.reusable:
             raise ValueError(f"{reuse!r} cannot be reused for {kind.value} (rule 11: only a "
                              "receive or accept OVERLAPPED is reused)")
-        if reuse.owner is not self and kind is not OpKind.ACCEPT:
+        if reuse.owner is not self:
             raise ValueError(f"{reuse!r} belongs to another socket")
         reuse.rearm()
         return reuse
@@ -486,16 +498,25 @@ class Socket:
         raise exception_for(error, "CancelIoEx")
 
     def _update_accept_context(self, listener: Socket) -> int:
-        """SO_UPDATE_ACCEPT_CONTEXT with the listening socket's value: 0 or the error."""
-        value = ffi.new("SOCKET *", listener._checked())
-        with self._lock:
-            handle = self._handle
-            if handle is None:
-                return WinError.WSAENOTSOCK
-            if ws2_32.setsockopt(handle, SocketLevel.SOL_SOCKET,
-                                 SocketOption.SO_UPDATE_ACCEPT_CONTEXT, ffi.cast("char *", value),
-                                 ffi.sizeof("SOCKET")) == SOCKET_ERROR:
-                return ws2_32.WSAGetLastError()
+        """SO_UPDATE_ACCEPT_CONTEXT with the listening socket's value: 0 or the error.
+
+        The listener's lock is held so its value cannot be closed (and reused by Windows for
+        another socket) while it is being passed.
+        """
+        with listener._lock:
+            listen_handle = listener._handle
+            if listen_handle is None:
+                return WinError.WSAENOTSOCK  # the listener was closed before we got here
+            value = ffi.new("SOCKET *", listen_handle)
+            with self._lock:
+                handle = self._handle
+                if handle is None:
+                    return WinError.WSAENOTSOCK
+                if ws2_32.setsockopt(handle, SocketLevel.SOL_SOCKET,
+                                     SocketOption.SO_UPDATE_ACCEPT_CONTEXT,
+                                     ffi.cast("char *", value),
+                                     ffi.sizeof("SOCKET")) == SOCKET_ERROR:
+                    return ws2_32.WSAGetLastError()
         return 0
 
     def _update_connect_context(self) -> int:
@@ -546,13 +567,16 @@ class AcceptOperation(Operation):
         self.context_updated = True
         local, local_length = ffi.new("struct sockaddr **"), ffi.new("int *")
         remote, remote_length = ffi.new("struct sockaddr **"), ffi.new("int *")
-        self.listener._extensions().GetAcceptExSockaddrs(
+        self.accepted._extensions().GetAcceptExSockaddrs(
             self.output, self.recv_size, ACCEPT_ADDRESS_SIZE, ACCEPT_ADDRESS_SIZE, local,
             local_length, remote, remote_length)
         self.local_address = addresses.decode_cdata(local[0], local_length[0])
         self.remote_address = addresses.decode_cdata(remote[0], remote_length[0])
         self.data = ffi.buffer(self.output, self.bytes_transferred)[:]
         return 0
+
+    def uses(self, target: object) -> bool:
+        return target is self.owner or target is self.accepted
 
     def release(self) -> None:
         super().release()
