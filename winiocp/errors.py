@@ -20,6 +20,8 @@ RESET_ERRORS = frozenset({
     WinError.WSAECONNABORTED, WinError.WSAENETRESET,
 })
 CANCELLED_ERRORS = frozenset({WinError.ERROR_OPERATION_ABORTED})
+#: "Handles were closed": how Wine (STATUS_HANDLES_CLOSED) ends I/O whose handle was closed.
+HANDLES_CLOSED_ERRORS = frozenset({WinError.ERROR_HANDLES_CLOSED})
 REFUSED_ERRORS = frozenset({WinError.ERROR_CONNECTION_REFUSED, WinError.WSAECONNREFUSED})
 TIMEOUT_ERRORS = frozenset({WinError.ERROR_SEM_TIMEOUT, WinError.WSAETIMEDOUT})
 
@@ -46,6 +48,8 @@ def classify_failure(code: int, cancel_requested: bool) -> Failure:
         return Failure.RESET
     if code in CANCELLED_ERRORS:
         return Failure.CANCELLED if cancel_requested else Failure.CLOSED
+    if code in HANDLES_CLOSED_ERRORS:
+        return Failure.CLOSED
     if code in REFUSED_ERRORS:
         return Failure.REFUSED
     if code in TIMEOUT_ERRORS:
@@ -79,6 +83,7 @@ class OperationPendingError(RuntimeError):
 _EXCEPTION_TYPES: dict[frozenset[WinError], type[OSError]] = {
     RESET_ERRORS: ConnectionResetError,
     CANCELLED_ERRORS: OperationCancelledError,
+    HANDLES_CLOSED_ERRORS: OperationCancelledError,
     REFUSED_ERRORS: ConnectionRefusedError,
     TIMEOUT_ERRORS: TimeoutError,
 }
