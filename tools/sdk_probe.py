@@ -44,7 +44,10 @@ MARKER = "SDK_PROBE_JSON "
 #: Names the binding declares that the SDK headers do not, each with the reason. A name that
 #: fails to compile and is not listed here is reported as a mismatch. Empty: every name winiocp
 #: declares is spelled as in the SDK.
-SDK_ABSENT: dict[str, str] = {}
+SDK_ABSENT: dict[str, str] = {
+    "ERROR_HANDLES_CLOSED": "MinGW-w64's winerror.h lacks it; Microsoft's winerror.h has "
+                            "`#define ERROR_HANDLES_CLOSED 676L`",
+}
 _FAMILY = ("MinGW-w64 declares the family `short`; Microsoft's SDK (ws2def.h, ws2ipdef.h) "
            "declares it ADDRESS_FAMILY, an unsigned short, as the binding does")
 #: Facts on which MinGW-w64's headers differ from Microsoft's SDK: label -> (the value the
