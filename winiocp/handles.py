@@ -8,10 +8,7 @@ handle is closed exactly once.
 
 from __future__ import annotations
 
-import threading
-import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ._cdata import CData
 from .constants import (
@@ -22,25 +19,21 @@ from .constants import (
     PipeMode,
     WinError,
 )
-from .errors import ClosedHandleError, exception_for
+from .errors import exception_for
 from .operations import BufferLike, Operation, OpKind, RecvOperation, SendOperation, check_size
+from .owner import OverlappedOwner
 from .raw import INVALID_HANDLE, ffi, kernel32
 
-if TYPE_CHECKING:
-    from .port import CompletionPort
 
-
-class Handle:
+class Handle(OverlappedOwner[CData]):
     """A kernel HANDLE opened with FILE_FLAG_OVERLAPPED."""
 
     def __init__(self, handle: CData, name: str) -> None:
         if handle == INVALID_HANDLE or handle == ffi.NULL:
             raise ValueError("not a valid handle")
-        self._handle: CData | None = handle
+        super().__init__(handle)
         self.name = name
-        self._lock = threading.Lock()
-        self._port: CompletionPort | None = None
-        self.key = 0
+        self.kind_name = f"handle {name!r}"
 
     @classmethod
     def open_file(cls, path: str, *, write: bool = False, create: bool = False) -> Handle:
@@ -73,76 +66,28 @@ class Handle:
     def __repr__(self) -> str:
         return f"<winiocp.Handle {self.name!r}{' closed' if self._handle is None else ''}>"
 
-    def __enter__(self) -> Handle:
-        return self
-
-    def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
-            self.close()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
     @property
     def handle(self) -> CData:
-        handle = self._handle
-        if handle is None:
-            raise ClosedHandleError(f"handle {self.name!r}")
+        """The HANDLE, for raw calls (raises once closed)."""
+        return self._checked()
+
+    def _close_handle(self, handle: CData) -> None:
+        kernel32.CloseHandle(handle)
+
+    def _as_port_handle(self, handle: CData) -> CData:
         return handle
 
-    @property
-    def port(self) -> CompletionPort | None:
-        return self._port
-
-    def _handle_for_port(self) -> CData:
-        if self._port is not None:
-            raise ValueError(f"{self!r} is already associated with {self._port!r}")
-        return self.handle
-
-    def _set_port(self, port: CompletionPort, key: int) -> None:
-        self._port = port
-        self.key = key
-
-    def close(self) -> bool:
-        with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is None:
-            return False
-        kernel32.CloseHandle(handle)
-        return True
+    def _last_error(self) -> int:
+        return kernel32.GetLastError()
 
     def _issue(self, operation: Operation, what: str, call: Callable[[CData], int],
                offset: int, context: object) -> Operation:
-        self.handle  # noqa: B018 - a closed handle says so, whether or not it was associated
-        port = self._port
-        if port is None:
-            raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
         if not 0 <= offset < 1 << 64:
             raise ValueError(f"offset must be 0 to 2**64-1, got {offset}")
-        operation.context = context  # before the call: another thread may dequeue it first
         operation.overlapped.Offset = offset & 0xFFFFFFFF
         operation.overlapped.OffsetHigh = offset >> 32
-        with self._lock:
-            handle = self.handle
-            port.register(operation)
-            try:
-                ok = call(handle)
-            except BaseException:
-                port.unregister(operation, 0)
-                raise
-            if not ok:
-                error = kernel32.GetLastError()
-                if error == WinError.ERROR_PIPE_CONNECTED:
-                    port.unregister(operation, 0)  # connected already: no packet will come
-                elif error != WinError.ERROR_IO_PENDING:
-                    port.unregister(operation, error)
-                    raise exception_for(error, f"{what} on {self!r}")
-        return operation
+        return self.issue(operation, what, call, _failed, context,
+                          done_at_once=(WinError.ERROR_PIPE_CONNECTED,))
 
     def read(self, size: int, offset: int = 0, *, context: object = None) -> RecvOperation:
         """Post a ReadFile of up to ``size`` bytes at ``offset`` (ignored for pipes)."""
@@ -164,9 +109,14 @@ class Handle:
         return operation
 
     def connect_pipe(self, *, context: object = None) -> Operation:
-        """Post a ConnectNamedPipe. If a client is already connected, the returned operation
-        is already done (``not op.pending``) and no completion will be queued for it."""
+        """Post a ConnectNamedPipe. If a client is already connected (ERROR_PIPE_CONNECTED),
+        the returned operation is already done (``not op.pending``) and no completion will be
+        queued for it."""
         operation = Operation(OpKind.CONNECT_PIPE, self)
         self._issue(operation, "ConnectNamedPipe",
                     lambda h: kernel32.ConnectNamedPipe(h, operation.overlapped), 0, context)
         return operation
+
+
+def _failed(result: object) -> bool:
+    return not result

@@ -14,8 +14,6 @@ What it guarantees, beyond the raw calls:
 from __future__ import annotations
 
 import socket as _stdlib
-import threading
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -49,6 +47,7 @@ from .operations import (
     SendToOperation,
     check_size,
 )
+from .owner import OverlappedOwner
 from .raw import ExtensionFunctions, extension_functions, ffi, kernel32, ws2_32
 
 if TYPE_CHECKING:
@@ -60,8 +59,10 @@ ACCEPT_ADDRESS_SIZE = addresses.SOCKADDR_STORAGE_SIZE + 16
 _EXTENSIONS: dict[tuple[int, int, int], ExtensionFunctions] = {}
 
 
-class Socket:
+class Socket(OverlappedOwner[int]):
     """An overlapped, non-inheritable socket (IPv4/IPv6, TCP/UDP)."""
+
+    kind_name = "socket"
 
     def __init__(self, family: int = AddressFamily.AF_INET, type: int = SocketType.SOCK_STREAM,
                  proto: int = 0) -> None:
@@ -76,13 +77,10 @@ class Socket:
         self._init(handle, family, type, proto)
 
     def _init(self, handle: int, family: int, type: int, proto: int) -> None:
-        self._handle: int | None = handle
+        super().__init__(handle)
         self.family = AddressFamily(family)
         self.type = SocketType(type)
         self.proto = proto
-        self._lock = threading.Lock()
-        self._port: CompletionPort | None = None
-        self.key = 0
         self._listening = False
         self._bound = False
 
@@ -122,60 +120,20 @@ class Socket:
         state = "closed" if self._handle is None else f"fd={self._handle}"
         return f"<winiocp.Socket {self.family.name} {self.type.name} {state}>"
 
-    def __enter__(self) -> Socket:
-        return self
+    # -- handle ownership (OverlappedOwner) ------------------------------------------------
 
-    def __del__(self) -> None:
-        # Reached only when no operation is pending: each pending operation references its
-        # socket, and the port's registry references the operation.
-        if getattr(self, "_handle", None) is not None:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
-            self.close()
+    def _close_handle(self, handle: int) -> None:
+        ws2_32.closesocket(handle)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def _as_port_handle(self, handle: int) -> CData:
+        return ffi.cast("HANDLE", handle)
 
-    # -- handle ownership ------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
-    def _checked(self) -> int:
-        handle = self._handle
-        if handle is None:
-            raise ClosedHandleError("socket")
-        return handle
+    def _last_error(self) -> int:
+        return ws2_32.WSAGetLastError()
 
     def fileno(self) -> int:
         """The SOCKET value. Only meaningful until ``close()``: the OS reuses values."""
         return self._checked()
-
-    def close(self) -> bool:
-        """Close the socket (idempotent); True if this call closed it.
-
-        Pending operations complete with ERROR_OPERATION_ABORTED (or a reset); their memory
-        stays owned until those completions are dequeued.
-        """
-        with self._lock:
-            handle, self._handle = self._handle, None
-        if handle is None:
-            return False
-        ws2_32.closesocket(handle)
-        return True
-
-    @property
-    def port(self) -> CompletionPort | None:
-        return self._port
-
-    def _handle_for_port(self) -> CData:
-        if self._port is not None:
-            raise ValueError(f"{self!r} is already associated with {self._port!r}")
-        return ffi.cast("HANDLE", self._checked())
-
-    def _set_port(self, port: CompletionPort, key: int) -> None:
-        self._port = port
-        self.key = key
 
     def _raise_last(self, what: str) -> None:
         raise exception_for(ws2_32.WSAGetLastError(), f"{what} on {self!r}")
@@ -283,30 +241,9 @@ class Socket:
 
     def _issue(self, operation: Operation, what: str, call: Callable[[int], int],
                returns_bool: bool, context: object) -> Operation:
-        """Register ``operation``, make the call, and sort out a synchronous failure.
-
-        ``context`` is set before the call: another thread may dequeue the completion, and
-        route it by its context, before the call even returns.
-        """
-        self._checked()  # a closed socket says so, whether or not it was ever associated
-        port = self._port
-        if port is None:
-            raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
-        operation.context = context
-        with self._lock:
-            handle = self._checked()
-            port.register(operation)
-            try:
-                result = call(handle)
-            except BaseException:
-                port.unregister(operation, 0)  # cffi refused the arguments: no call was made
-                raise
-            if (not result) if returns_bool else result == SOCKET_ERROR:
-                error = ws2_32.WSAGetLastError()
-                if error != WinError.WSA_IO_PENDING:
-                    port.unregister(operation, error)
-                    raise exception_for(error, f"{what} on {self!r}")
-        return operation
+        """Issue a Winsock call: BOOL functions fail with FALSE, int ones with SOCKET_ERROR."""
+        failed = _bool_failed if returns_bool else _int_failed
+        return self.issue(operation, what, call, failed, context)
 
     def _reusable(self, reuse: Operation | None, kind: OpKind,
                   factory: Callable[[], Operation]) -> Operation:
@@ -600,6 +537,14 @@ class ConnectOperation(Operation):
     def on_success(self) -> int:
         assert isinstance(self.owner, Socket)
         return self.owner._update_connect_context()
+
+
+def _bool_failed(result: object) -> bool:
+    return not result
+
+
+def _int_failed(result: object) -> bool:
+    return result == SOCKET_ERROR
 
 
 def _as_buffer_list(data: BufferLike | Sequence[BufferLike]) -> Sequence[BufferLike]:

@@ -1,0 +1,138 @@
+"""What sockets and handles share: one kernel handle, closed exactly once, and the one way
+an overlapped call is issued on it.
+
+``OverlappedOwner`` holds the handle value under a lock. ``close()`` swaps it out under that
+lock, so a call that is being issued finishes before the value is closed, and no later call
+can reach a value Windows may already have given to another object (rule 6). ``issue()``
+registers the operation with the port before the call (another thread may dequeue its
+completion before the call returns), and gives it back at once if the call fails
+synchronously (rule 10).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._cdata import CData
+from .constants import WinError
+from .errors import ClosedHandleError, exception_for
+from .operations import Operation
+
+if TYPE_CHECKING:
+    from .port import CompletionPort
+
+H = TypeVar("H")
+T = TypeVar("T", bound="OverlappedOwner[Any]")
+
+
+class OverlappedOwner(Generic[H]):
+    """A handle (``H``: a SOCKET int or a HANDLE pointer) for overlapped I/O on a port."""
+
+    #: Used in error messages ("socket is closed").
+    kind_name = "handle"
+
+    def __init__(self, handle: H) -> None:
+        self._handle: H | None = handle
+        self._lock = threading.Lock()
+        self._port: CompletionPort | None = None
+        #: The completion key given by ``CompletionPort.associate``.
+        self.key = 0
+
+    # -- subclass hooks ----------------------------------------------------------------------
+
+    def _close_handle(self, handle: H) -> None:
+        raise NotImplementedError
+
+    def _as_port_handle(self, handle: H) -> CData:
+        raise NotImplementedError
+
+    def _last_error(self) -> int:
+        raise NotImplementedError
+
+    # -- ownership -----------------------------------------------------------------------------
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Reached only when no operation is pending: each pending operation references its
+        # owner, and the port's registry references the operation.
+        if getattr(self, "_handle", None) is not None:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _checked(self) -> H:
+        handle = self._handle
+        if handle is None:
+            raise ClosedHandleError(self.kind_name)
+        return handle
+
+    def close(self) -> bool:
+        """Close the handle (idempotent); True if this call closed it.
+
+        Pending operations complete with an error; their memory stays owned until those
+        completions are dequeued.
+        """
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is None:
+            return False
+        self._close_handle(handle)
+        return True
+
+    @property
+    def port(self) -> CompletionPort | None:
+        return self._port
+
+    def _handle_for_port(self) -> CData:
+        if self._port is not None:
+            raise ValueError(f"{self!r} is already associated with {self._port!r}")
+        return self._as_port_handle(self._checked())
+
+    def _set_port(self, port: CompletionPort, key: int) -> None:
+        self._port = port
+        self.key = key
+
+    # -- issuing -------------------------------------------------------------------------------
+
+    def issue(self, operation: Operation, what: str, call: Callable[[H], object],
+              failed: Callable[[object], bool], context: object,
+              done_at_once: Collection[int] = ()) -> Operation:
+        """Register ``operation``, make ``call(handle)``, and sort out a synchronous failure.
+
+        ``failed(result)`` says whether the call reported an error; WSA_IO_PENDING is not one.
+        An error in ``done_at_once`` means it completed without a packet (e.g.
+        ERROR_PIPE_CONNECTED). ``context`` is set before the call, so a completion dequeued
+        by another thread before the call returns is still routed.
+        """
+        self._checked()  # a closed handle says so, whether or not it was ever associated
+        port = self._port
+        if port is None:
+            raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
+        operation.context = context
+        with self._lock:
+            handle = self._checked()
+            port.register(operation)
+            try:
+                result = call(handle)
+            except BaseException:
+                port.unregister(operation, 0)  # cffi refused the arguments: no call was made
+                raise
+            if failed(result):
+                error = self._last_error()
+                if error in done_at_once:
+                    port.unregister(operation, 0)
+                elif error != WinError.ERROR_IO_PENDING:
+                    port.unregister(operation, error)
+                    raise exception_for(error, f"{what} on {self!r}")
+        return operation
