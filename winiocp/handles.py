@@ -82,10 +82,7 @@ class Handle(OverlappedOwner[CData]):
 
     def _issue(self, operation: Operation, what: str, call: Callable[[CData], int],
                offset: int, context: object) -> Operation:
-        if not 0 <= offset < 1 << 64:
-            raise ValueError(f"offset must be 0 to 2**64-1, got {offset}")
-        operation.overlapped.Offset = offset & 0xFFFFFFFF
-        operation.overlapped.OffsetHigh = offset >> 32
+        operation.set_offset(offset)
         return self.issue(operation, what, call, _failed, context,
                           done_at_once=(WinError.ERROR_PIPE_CONNECTED,))
 

@@ -129,6 +129,13 @@ class Operation:
         """Per-kind work on a successful completion (AcceptEx's context, ...): 0 or an error."""
         return 0
 
+    def set_offset(self, offset: int) -> None:
+        """The file position a ReadFile/WriteFile/TransmitFile starts at (OVERLAPPED.Offset)."""
+        if not 0 <= offset < 1 << 64:
+            raise ValueError(f"offset must be 0 to 2**64-1, got {offset}")
+        self.overlapped.Offset = offset & 0xFFFFFFFF
+        self.overlapped.OffsetHigh = offset >> 32
+
     def uses(self, target: object) -> bool:
         """Whether the kernel may be using ``target`` (a socket or handle) for this operation."""
         return self.owner is target
@@ -172,6 +179,20 @@ class BufferOperation(Operation):
         return total
 
     @property
+    def data(self) -> bytes:
+        """The bytes transferred (received, or sent), gathered from the buffers in order."""
+        remaining = self.bytes_transferred
+        parts = []
+        for buffer in self.buffers:
+            view = memoryview(buffer).cast("B")
+            take = min(remaining, len(view))
+            parts.append(bytes(view[:take]))
+            remaining -= take
+            if not remaining:
+                break
+        return b"".join(parts)
+
+    @property
     def all_buffers_empty(self) -> bool:
         return all(len(memoryview(buffer)) == 0 for buffer in self.buffers)
 
@@ -190,21 +211,6 @@ class RecvOperation(BufferOperation):
     def peer_closed(self) -> bool:
         """A 0-byte success on non-empty buffers: the peer's graceful close (rule 1)."""
         return self.error == 0 and self.bytes_transferred == 0 and not self.all_buffers_empty
-
-    @property
-    def data(self) -> bytes:
-        """The received bytes, gathered from the buffers in order."""
-        remaining = self.bytes_transferred
-        parts = []
-        for buffer in self.buffers:
-            view = memoryview(buffer).cast("B")
-            take = min(remaining, len(view))
-            parts.append(bytes(view[:take]))
-            remaining -= take
-            if not remaining:
-                break
-        return b"".join(parts)
-
 
 class SendOperation(BufferOperation):
     __slots__ = ()
@@ -225,8 +231,6 @@ class AddressedOperation(BufferOperation):
 class RecvFromOperation(AddressedOperation):
     __slots__ = ()
     reusable = True
-
-    data = RecvOperation.data
 
     def on_success(self) -> int:
         self.peer = decode_cdata(ffi.cast("struct sockaddr *", self.sockaddr),

@@ -82,7 +82,8 @@ class Socket(OverlappedOwner[int]):
         self.type = SocketType(type)
         self.proto = proto
         self._listening = False
-        self._bound = False
+        #: The AcceptEx pending with this socket as its accept socket (owned by the listener).
+        self._accept_target_of: AcceptOperation | None = None
 
     @classmethod
     def _adopt(cls, handle: int, family: int, type: int, proto: int) -> Socket:
@@ -109,8 +110,10 @@ class Socket(OverlappedOwner[int]):
         """
         with self._lock:
             handle = self._checked()
-            if self._port is not None and any(
-                op.uses(self) for op in self._port.pending_operations()
+            target_of = self._accept_target_of
+            if (target_of is not None and target_of.pending and target_of.accepted is self) or (
+                self._port is not None
+                and any(op.uses(self) for op in self._port.pending_operations())
             ):
                 raise RuntimeError(f"{self!r} has pending operations")
             self._handle = None
@@ -152,7 +155,15 @@ class Socket(OverlappedOwner[int]):
         with self._lock:
             if ws2_32.bind(self._checked(), sockaddr.pointer, sockaddr.length) == SOCKET_ERROR:
                 self._raise_last(f"bind({address!r})")
-        self._bound = True
+
+    def _is_bound(self) -> bool:
+        try:
+            self.getsockname()
+        except OSError as exc:
+            if exc.winerror == WinError.WSAEINVAL:  # "not bound"
+                return False
+            raise
+        return True
 
     def listen(self, backlog: int = 128) -> None:
         if self.type != SocketType.SOCK_STREAM:
@@ -361,7 +372,7 @@ class Socket(OverlappedOwner[int]):
         """Post a ConnectEx (binding to the wildcard address first if unbound, as it requires);
         on completion SO_UPDATE_CONNECT_CONTEXT is set and ``data`` has been sent."""
         self._need_stream("connect")
-        if not self._bound:
+        if not self._is_bound():  # ConnectEx requires a bound socket
             self.bind(("", 0))
         sockaddr = addresses.Sockaddr(self.family, address)
         operation = ConnectOperation(self)
@@ -383,18 +394,17 @@ class Socket(OverlappedOwner[int]):
         self._issue(operation, "DisconnectEx",
                     lambda h: disconnect_ex(h, operation.overlapped, flags, 0),
                     returns_bool=True, context=context)
-        if reuse:
-            self._bound = False
         return operation
 
-    def transmit_file(self, file: Handle, count: int = 0, *, head: bytes = b"",
-                      tail: bytes = b"", flags: int = 0,
+    def transmit_file(self, file: Handle, count: int = 0, *, offset: int = 0,
+                      head: bytes = b"", tail: bytes = b"", flags: int = 0,
                       context: object = None) -> Operation:
-        """Post a TransmitFile of ``count`` bytes (0: the whole file) from ``file``'s current
-        position (set ``offset`` on it first), with optional ``head`` and ``tail`` data."""
+        """Post a TransmitFile of ``count`` bytes (0: to the end) of ``file`` from ``offset``,
+        with optional ``head`` and ``tail`` data."""
         self._need_stream("transmit_file")
         check_size(count, "count")
         operation = Operation(OpKind.TRANSMIT_FILE, self)
+        operation.set_offset(offset)
         buffers = ffi.new("TRANSMIT_FILE_BUFFERS *")
         head_c, tail_c = ffi.new("char[]", head), ffi.new("char[]", tail)
         buffers.Head, buffers.HeadLength = head_c, len(head)
@@ -490,6 +500,7 @@ class AcceptOperation(Operation):
 
     def prepare(self, accepted: Socket, recv_size: int) -> None:
         self.accepted = accepted
+        accepted._accept_target_of = self
         self.recv_size = recv_size
         self.output = ffi.new("char[]", recv_size + 2 * ACCEPT_ADDRESS_SIZE)
         self.local_address = self.remote_address = None

@@ -433,12 +433,7 @@ def test_accept_operation_is_not_reused_on_another_listener(
 
 @pytest.mark.parametrize("associated", [
     pytest.param(True, id="target-associated"),
-    pytest.param(False, id="target-not-associated", marks=pytest.mark.xfail(strict=True, reason=(
-        "bug (left by eaf820d): Socket.to_stdlib only searches its own port's registry "
-        "(`if self._port is not None and any(op.uses(self) ...)`); an accept socket not yet "
-        "associated with a port (the usual case: it is associated after the accept) has "
-        "_port None, so to_stdlib() hands the SOCKET away while an AcceptEx is pending on it, "
-        "and the accept then completes FAILED with WSAENOTSOCK"))),
+    pytest.param(False, id="target-not-associated"),
 ])
 def test_to_stdlib_refused_while_the_socket_is_a_pending_accept_target(
         port: CompletionPort, listener: Socket, stack: ExitStack, associated: bool) -> None:
