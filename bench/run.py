@@ -1,0 +1,455 @@
+"""Run every winiocp benchmark in one go and write the report.
+
+    python3 bench/run.py [--quick] [--only echo,python,drain,churn,memory]
+
+On the Linux host: provisions Wine, the Windows CPython and pywin32 (through tools/winenv.py),
+compiles the C programs (host gcc: the load generator; MinGW-w64: the C servers), then runs,
+side by side on this machine under the same Wine and the same load generator:
+
+1. echo messages/s and p50/p99 latency at 1, 16, 64 and 256 connections — winiocp
+   (``python -m winiocp serve echo``) vs asyncio's ProactorEventLoop vs thread-per-connection
+   vs pywin32 IOCP vs C IOCP;
+2. winiocp's own Python cost per completion and per submission (system calls stubbed), and
+   Post+GQCS drain rates (winiocp, raw cffi, ``_overlapped``, pywin32, C);
+3. connection churn with and without TIME_WAIT avoidance, and the TIME_WAIT left behind;
+4. private bytes per idle connection at 5,000 connections, zero-byte reads vs a pinned
+   64 KiB buffer.
+
+Writes bench/results/results.json and results.md (and chart.png with matplotlib), and copies
+the markdown to bench/RESULTS.md. Full run: about 5-6 minutes on 2 cores; --quick: about 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import harness, report  # noqa: E402
+from bench.harness import WindowsProcess, exe_command, log, python_command  # noqa: E402
+
+SECTIONS = ("echo", "python", "drain", "churn", "memory")
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    counts: tuple[int, ...] = (1, 16, 64, 256)
+    workers: int = 2
+    echo_seconds: float = 4.0
+    warmup: float = 0.5
+    echo_repeats: int = 2
+    drain_seconds: float = 1.0
+    drain_repeats: int = 3
+    churn_seconds: float = 3.0
+    churn_concurrency: int = 16
+    memory_connections: int = 5000
+    memory_base: int = 100
+    rehold: bool = True
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if not quick:
+            return cls(quick=False)
+        return cls(quick=True, echo_seconds=1.0, warmup=0.3, echo_repeats=1, drain_seconds=0.5,
+                   drain_repeats=1, churn_seconds=1.0, memory_connections=2000, rehold=False)
+
+
+# -- 1. echo ----------------------------------------------------------------------------------
+
+def echo_servers(workers: int) -> dict[str, tuple[list[str], bool]]:
+    """name -> (command, whether it stops on stdin EOF)."""
+    return {
+        "winiocp": (python_command("-m", "winiocp", "serve", "echo", "--port", "0", "--workers",
+                                   str(workers)), False),
+        "asyncio": (python_command("-m", "bench.servers.asyncio_echo"), True),
+        "thread": (python_command("-m", "bench.servers.thread_echo"), True),
+        "pywin32": (python_command("-m", "bench.servers.pywin32_echo", "--workers",
+                                   str(workers)), True),
+        "c": (exe_command("iocp_echo.exe", "0", str(workers)), True),
+    }
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each metric over repeated runs (the runs are kept too)."""
+    combined: dict[str, Any] = {"runs": runs}
+    for key in ("messages_per_s", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"):
+        combined[key] = statistics.median(float(run[key]) for run in runs)
+    combined["errors"] = sum(int(run["errors"]) for run in runs)
+    return combined
+
+
+def bench_echo(settings: Settings) -> dict[str, Any]:
+    servers = echo_servers(settings.workers)
+    processes: dict[str, WindowsProcess] = {}
+    ports: dict[str, int] = {}
+    samples: dict[str, dict[int, list[dict[str, Any]]]] = {
+        name: {count: [] for count in settings.counts} for name in servers}
+    try:
+        for name, (command, _) in servers.items():
+            processes[name] = WindowsProcess(command, name)
+            ports[name] = processes[name].listening_port()
+        log(f"echo servers listening: {ports}")
+        names = list(servers)
+        for repeat in range(settings.echo_repeats):
+            for index, count in enumerate(settings.counts):
+                # Alternate the order so no server always runs first (or right after another).
+                order = names if (index + repeat) % 2 == 0 else names[::-1]
+                for name in order:
+                    result = harness.pingpong(ports[name], count, settings.echo_seconds,
+                                              settings.warmup)
+                    samples[name][count].append(result)
+                    log(f"echo {name:8} {count:4} conn: {result['messages_per_s']:9,.0f} msg/s "
+                        f"p50 {result['p50_us'] / 1000:7.2f} ms p99 "
+                        f"{result['p99_us'] / 1000:7.2f} ms errors {result['errors']}")
+                    time.sleep(0.3)
+    finally:
+        for name, process in processes.items():
+            process.stop(timeout=15 if servers[name][1] else 0)
+    cells = {name: {str(count): combine(runs) for count, runs in by_count.items() if runs}
+             for name, by_count in samples.items()}
+    return {
+        "cells": cells,
+        "note": (f"Each cell: the median of {settings.echo_repeats} run(s) of "
+                 f"{settings.echo_seconds:g} s (after {settings.warmup:g} s of warm-up) by "
+                 "`bench/loadgen.c`, interleaved across servers. The IOCP servers (winiocp, "
+                 f"pywin32, C) run {settings.workers} worker threads on one port; asyncio one "
+                 "thread; the thread server one thread per connection. All five servers stay "
+                 "up for the whole section; only the one under load is busy."),
+    }
+
+
+def profile_echo_server(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The winiocp echo server's dequeue loop under cProfile while 64 connections ping-pong."""
+    seconds = max(2.0, settings.echo_seconds)
+    command = python_command("-m", "bench.servers.winiocp_echo", "--profile",
+                             str(seconds + 30))
+    with WindowsProcess(command, "winiocp profile") as process:
+        port = process.listening_port()
+        load = harness.pingpong(port, 64, seconds, settings.warmup)
+        process.stop(timeout=60)
+    text = "\n".join(process.lines)
+    start, end = text.find("PROFILE-BEGIN"), text.find("PROFILE-END")
+    summary = text[start + len("PROFILE-BEGIN"):end].strip() if start >= 0 else text[-4000:]
+    return summary, load
+
+
+# -- 2. Python cost and drain rates -----------------------------------------------------------
+
+def bench_python_cost(settings: Settings) -> dict[str, Any]:
+    args = ["-m", "bench.micro.python_cost", "--profile"] + (["--quick"] if settings.quick else [])
+    return harness.run_json(python_command(*args), "python_cost", timeout=600)
+
+
+def bench_drain(settings: Settings) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(settings.drain_repeats):
+        python = harness.run_json(
+            python_command("-m", "bench.micro.drain", "--seconds", str(settings.drain_seconds)),
+            "drain", timeout=300)
+        c_result = harness.run_json(exe_command("iocp_drain.exe", str(settings.drain_seconds),
+                                                "64"), "iocp_drain", timeout=120)
+        routes = {name: value for name, value in python.items() if isinstance(value, dict)}
+        routes["C GQCS"] = c_result["gqcs"]
+        routes["C GQCSEx"] = c_result["gqcs_ex"]
+        for name, value in routes.items():
+            runs.setdefault(name, []).append(value)
+    combined: dict[str, dict[str, Any]] = {}
+    for name, values in runs.items():
+        good = [v for v in values if "packets_per_s" in v]
+        if not good:
+            combined[name] = values[0]
+            continue
+        combined[name] = {key: statistics.median(float(v[key]) for v in good)
+                          for key in ("packets_per_s", "post_us", "dequeue_us")}
+    log("drain: " + ", ".join(f"{n} {v.get('packets_per_s', 0):,.0f}/s"
+                              for n, v in combined.items()))
+    return {
+        "routes": combined, "batch": 64, "seconds": settings.drain_seconds,
+        "repeats": settings.drain_repeats,
+        "notes": [
+            "winiocp routes: `CompletionPort.post` + `get(0)` / `get_many(0, n)`; raw cffi: the "
+            "same kernel32 calls through `winiocp.raw` with preallocated out-parameters.",
+            "`_overlapped` (what asyncio's proactor uses) posts a dummy OVERLAPPED's address: "
+            "its GetQueuedCompletionStatus raises `OSError: [WinError 0]` for a dequeued packet "
+            "whose OVERLAPPED is NULL (CPython's overlapped.c treats every NULL-OVERLAPPED "
+            "result as an error unless it is WAIT_TIMEOUT).",
+            "winiocp get vs raw cffi GQCS is our wrapper's cost per packet; the C rows are "
+            "Wine's own floor.",
+        ],
+    }
+
+
+# -- 3. churn ---------------------------------------------------------------------------------
+
+def server_summary(process: WindowsProcess) -> dict[str, int]:
+    for line in reversed(process.lines):
+        if line.startswith("connections="):
+            return {k: int(v) for k, v in (item.split("=") for item in line.split())}
+    return {}
+
+
+def bench_churn(settings: Settings) -> dict[str, Any]:
+    variants = [
+        ("server", True), ("server", False), ("client", True), ("client", False),
+    ]
+    rows = []
+    for closer, avoidance in variants:
+        flags = (["--close-after-echo"] if closer == "server" else []) + (
+            [] if avoidance else ["--no-time-wait-avoidance"])
+        command = python_command("-m", "bench.servers.winiocp_echo", *flags)
+        with WindowsProcess(command, f"churn {closer} {avoidance}") as process:
+            port = process.listening_port()
+            result = harness.churn(port, settings.churn_concurrency, settings.churn_seconds,
+                                   closer)
+            time.sleep(1.0)  # let the last closes finish before counting
+            time_wait = harness.time_wait_counts(port)
+            process.stop(timeout=30)
+        row = {"server": "winiocp (bench/servers/winiocp_echo.py"
+                         + (", --close-after-echo)" if closer == "server" else ")"),
+               "closer": closer, "avoidance": avoidance, "port": port,
+               "time_wait": time_wait, "summary": server_summary(process), **result}
+        rows.append(row)
+        log(f"churn closer={closer} avoidance={avoidance}: "
+            f"{result['connections_per_s']:,.0f} conn/s, TIME_WAIT {time_wait}, "
+            f"errors {result['errors']}")
+    return {
+        "rows": rows,
+        "note": (f"{settings.churn_concurrency} concurrent clients for "
+                 f"{settings.churn_seconds:g} s; TIME_WAIT counted with `ss -tan state "
+                 "time-wait` 1 s after the run, by the server's port (server side: local port; "
+                 "client side: remote port). `server` closes first: the server echoes once then "
+                 "closes (`--close-after-echo`), the case TIME_WAIT avoidance is for; with "
+                 "`client`, the plain EchoHandler, the client closes first and the server is "
+                 "the passive closer (no TIME_WAIT on its side either way)."),
+    }
+
+
+# -- 4. memory --------------------------------------------------------------------------------
+
+def rss_anon(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def bench_memory(settings: Settings) -> dict[str, Any]:
+    variants = [
+        ("zero_byte_reads", "zero-byte reads (recv_size 64 KiB, the default)",
+         ["--zero-byte-reads"]),
+        ("pinned_64k", "pinned 64 KiB receive buffer", []),
+        ("zero_byte_reads_4k", "diagnostic: zero-byte reads, recv_size 4 KiB",
+         ["--zero-byte-reads", "--recv-size", "4096"]),
+    ]
+    rows = []
+    notes: list[str] = []
+    for key, title, flags in variants:
+        target = settings.memory_connections
+        while True:
+            try:
+                rows.append(measure_memory(key, title, flags, target, settings))
+                break
+            except (RuntimeError, TimeoutError) as error:
+                if target <= 500:
+                    raise
+                notes.append(f"{title}: {target} connections failed ({str(error)[:200]}); "
+                             f"retried with {target // 2}")
+                target //= 2
+        row = rows[-1]
+        log(f"memory {key}: {row['bytes_per_connection'] / 1024:.1f} KiB per connection "
+            f"at {row['connections']} connections")
+    source = rows[0]["source"] if rows else ""
+    return {
+        "rows": rows,
+        "notes": notes,
+        "note": (f"The server (bench/servers/winiocp_echo.py, {settings.workers} workers) is "
+                 f"given {settings.memory_base} connections (the base), then more up to N, each "
+                 "after one 64-byte exchange so its receive is re-posted, then idle. Per "
+                 "connection = (private bytes at N - at the base) / (N - base). Private bytes "
+                 f"come from K32GetProcessMemoryInfo: {source}; Wine 8 leaves PrivateUsage 0, "
+                 "and PagefileUsage (the same commit charge on Windows) is the Linux process's "
+                 "RssAnon, cross-checked from the host's /proc. Re-hold: the extra connections "
+                 "closed, then opened again; growth near 0 means the memory is reused (heap "
+                 "retention, not a leak)." + (" " + " ".join(notes) if notes else "")),
+    }
+
+
+def measure_memory(key: str, title: str, flags: list[str], target: int,
+                   settings: Settings) -> dict[str, Any]:
+    command = python_command("-m", "bench.servers.winiocp_echo", "--workers",
+                             str(settings.workers), *flags)
+    extra = target - settings.memory_base
+    with WindowsProcess(command, f"memory {key}") as process:
+        port = process.listening_port()
+        pid = process.process.pid
+
+        def counters() -> dict[str, Any]:
+            process.send("mem")
+            return dict(json.loads(process.expect("RESULT ", 30)[len("RESULT "):]))
+
+        base = harness.Holder(port, settings.memory_base)
+        base.ready(120)
+        time.sleep(0.5)
+        before, host_before = counters(), rss_anon(pid)
+        more = harness.Holder(port, extra)
+        try:
+            _, seconds = more.ready(300)
+            time.sleep(0.5)
+            after, host_after = counters(), rss_anon(pid)
+            if int(after.get("connections", 0)) < target:
+                raise RuntimeError(f"server holds {after.get('connections')} of {target}")
+            rehold = None
+            if settings.rehold:
+                more.release()
+                time.sleep(2.0)
+                released = counters()
+                more = harness.Holder(port, extra)
+                more.ready(300)
+                time.sleep(0.5)
+                again = counters()
+                rehold = (int(again["private_bytes"]) - int(released["private_bytes"])) / extra
+        finally:
+            more.release()
+            base.release()
+        process.stop(timeout=60)
+    return {
+        "variant": key, "title": title, "connections": target, "base": settings.memory_base,
+        "connect_seconds": seconds,
+        "base_private_bytes": int(before["private_bytes"]),
+        "private_bytes": int(after["private_bytes"]),
+        "bytes_per_connection": (int(after["private_bytes"]) - int(before["private_bytes"]))
+        / extra,
+        "host_rss_anon_per_connection": (host_after - host_before) / extra,
+        "rehold_bytes_per_connection": rehold,
+        "source": str(after.get("source", "")),
+        "server_status": after,
+    }
+
+
+# -- findings -----------------------------------------------------------------------------------
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """Observations that follow from the numbers (each only when the data shows it)."""
+    found: list[str] = []
+    memory = {row["variant"]: row for row in results.get("memory", {}).get("rows", [])}
+    zero, pinned = memory.get("zero_byte_reads"), memory.get("pinned_64k")
+    small = memory.get("zero_byte_reads_4k")
+    if zero and pinned and zero["bytes_per_connection"] > 0.7 * pinned["bytes_per_connection"]:
+        found.append(
+            "**Zero-byte reads save no memory.** With `zero_byte_reads=True` an idle connection "
+            f"costs {zero['bytes_per_connection'] / 1024:.1f} KiB, the same as the pinned 64 KiB "
+            f"buffer ({pinned['bytes_per_connection'] / 1024:.1f} KiB): `Connection.__init__` "
+            "(winiocp/connections.py) allocates `self._buffer = bytearray(recv_size)` whatever "
+            "the mode, so the 64 KiB is committed (bytearray zero-fills it) for the connection's "
+            "whole life even though only a 0-byte WSABUF is pinned while idle."
+            + (f" With recv_size=4096 it is {small['bytes_per_connection'] / 1024:.1f} KiB: the "
+               "rest is the per-connection Python objects (Connection, Socket, RecvOperation and "
+               "its cffi OVERLAPPED/WSABUF/DWORD allocations, RLock, registry and set entries) "
+               "plus Wine's per-socket state." if small else "")
+            + " Fix (in winiocp, not done here): allocate the buffer lazily when the probe "
+            "completes (or borrow one from a shared pool per worker) and drop it after the "
+            "real receive.")
+    for row in results.get("churn", {}).get("rows", []):
+        if row["closer"] == "server" and row["avoidance"] and row["time_wait"]["server_side"]:
+            found.append(
+                "**TIME_WAIT avoidance has no effect under Wine**: with it on, "
+                f"{row['time_wait']['server_side']} server-side sockets were still in "
+                f"TIME_WAIT after {row['connections']} server-closed connections. As "
+                "connections.py's docstring predicts, Linux (so Wine) moves the socket to "
+                "TIME_WAIT as soon as the peer's FIN arrives after ours, before closesocket "
+                "can apply SO_LINGER {1,0}; the RST trick only works on Windows, which keeps "
+                "the connection attached to the socket until closesocket. Not measurable "
+                "here.")
+            break
+    cost = results.get("python_cost", {})
+    if cost and cost.get("run_once_us", 0) > report.TARGET_COMPLETION_US:
+        found.append(
+            "**Per-completion Python cost is over budget.** `run_once` costs "
+            f"{cost['run_once_us']:.2f} us per completion against the 1.5 us target "
+            f"({cost['classify_us']:.2f} us of it is `_classify_entries`/`_complete` "
+            "alone); one echoed message costs "
+            f"{cost['echo_turn_us']:.2f} us of Python, i.e. a ceiling of "
+            f"{cost['echo_ceiling_msgs_per_s']:,.0f} messages/s per core before any system "
+            "call. See the profiles below for the split.")
+    return found
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run winiocp's benchmarks.")
+    parser.add_argument("--quick", action="store_true", help="short runs (about 2 minutes)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections of {','.join(SECTIONS)}")
+    parser.add_argument("--no-copy", action="store_true",
+                        help="do not copy the markdown to bench/RESULTS.md")
+    options = parser.parse_args(argv)
+    sections = [s for s in options.only.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    settings = Settings.make(options.quick)
+    began = time.monotonic()
+    command = "python3 bench/run.py" + "".join(
+        f" {shlex.quote(arg)}" for arg in (sys.argv[1:] if argv is None else argv))
+    harness.provision()
+    results: dict[str, Any] = {
+        "command": command,
+        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": asdict(settings),
+        "machine": harness.machine(),
+    }
+    log(f"machine: {results['machine']}")
+    if "echo" in sections:
+        results["echo"] = bench_echo(settings)
+    if "python" in sections:
+        results["python_cost"] = bench_python_cost(settings)
+        log("python cost: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                        results["python_cost"].items()
+                                        if k.endswith("_us")))
+    if "drain" in sections:
+        results["drain"] = bench_drain(settings)
+    if "churn" in sections:
+        results["churn"] = bench_churn(settings)
+    if "memory" in sections:
+        results["memory"] = bench_memory(settings)
+    results["targets"] = report.evaluate(results)
+    profiles: dict[str, str] = {}
+    if any(not t["met"] for t in results["targets"] if t["area"] == "echo"):
+        summary, load = profile_echo_server(settings)
+        profiles[f"winiocp echo server, 1 worker, 64 connections, "
+                 f"{load['messages_per_s']:,.0f} msg/s under the profiler "
+                 "(cProfile, sorted by own time)"] = summary
+    profile_text = results.get("python_cost", {}).pop("profile_echo_turn", "")
+    if profile_text and any(not t["met"] for t in results["targets"] if t["area"] == "python"):
+        profiles["stubbed echo turn (run_once: recv completion -> EchoHandler -> send + "
+                 "re-posted recv, then the send completion), cProfile by own time"] = profile_text
+    results["profiles"] = profiles
+    results["findings"] = findings(results)
+    results["elapsed_s"] = time.monotonic() - began
+    committed = None if options.no_copy else harness.BENCH / "RESULTS.md"
+    text = report.write(results, harness.RESULTS, committed)
+    print(text)
+    met = sum(1 for t in results["targets"] if t["met"])
+    log(f"done in {results['elapsed_s']:.0f} s: {met}/{len(results['targets'])} targets met; "
+        f"{harness.RESULTS / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
