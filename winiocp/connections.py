@@ -17,8 +17,12 @@ finished by then is closed abortively, and counted.
 TIME_WAIT (rule 5): when the server sent the first FIN, the socket would linger in TIME_WAIT
 after closing. With ``time_wait_avoidance`` (on by default), once the peer's FIN has arrived
 after ours, the socket is closed with SO_LINGER {1, 0}: an RST instead of TIME_WAIT. That is
-safe only at that moment: the peer's FIN came after ours, so it has read all our data and its
-stack acknowledged it. When the peer closes first, the server is the passive closer and never
+safe only at that moment: the peer's FIN came after ours, so (if it closes once it has read to
+the end, as request/response clients do) it has read all our data. "After ours" is judged in
+the kernel, not by dequeue order: our pending receive must still have been waiting when our
+FIN left, or the peer closed first (e.g. it half-closed right after its request) and an RST
+could discard the response. A peer that half-closes after our FIN without reading to the end
+could still lose data to the RST: turn the option off for such protocols. When the peer closes first, the server is the passive closer and never
 enters TIME_WAIT anyway, so it closes gracefully: an RST there could discard response bytes
 still in flight. (Linux, and so Wine, enters TIME_WAIT as soon as the peer's FIN arrives after
 ours; Windows keeps the connection attached to the socket until ``closesocket``, which is what
@@ -36,6 +40,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
+from .constants import NtStatus
 from .errors import ClosedHandleError, Failure
 from .operations import OpKind, RecvOperation, SendOperation, BufferLike
 from .port import Completion, Outcome
@@ -209,19 +214,30 @@ class Connection:
         if self.pending_sends:
             return  # step 2 waits for every send
         if not self.shutdown_sent:
-            self.we_closed_first = not self.peer_fin
             try:
                 self.sock.shutdown()
             except OSError:
                 self._finish_abortively(CloseReason.ERROR, linger=False)
                 return
             self.shutdown_sent = True
+            # We are the active closer only if nothing from the peer (its FIN above all) had
+            # reached the socket by now: our receive must still be waiting in the kernel, not
+            # merely undequeued. A peer that half-closed right after its request is the
+            # passive side's peer: an RST there would discard what we still have to send.
+            self.we_closed_first = not self.peer_fin and self._receive_still_waiting()
         if not self.peer_fin:
             return  # step 3: the pending receive will bring the peer's FIN
         # Step 4. RST instead of TIME_WAIT only when we were the active closer: the peer's FIN
         # came after ours, so everything we sent was read and acknowledged.
         linger = self.manager.time_wait_avoidance and self.we_closed_first
         self._finish(State.CLOSED, CloseReason.GRACEFUL, linger)
+
+    def _receive_still_waiting(self) -> bool:
+        """Whether the pending receive has not completed in the kernel yet (whatever the
+        port's queue holds): its OVERLAPPED still says STATUS_PENDING."""
+        receive = self._recv
+        return (receive is not None and receive.pending
+                and receive.overlapped.Internal == NtStatus.STATUS_PENDING)
 
     def _finish_abortively(self, reason: CloseReason, linger: bool) -> None:
         if self.state in (State.CLOSED, State.ABORTED):

@@ -187,17 +187,7 @@ def test_abortive_close_right_after_the_last_send_resets_the_peer() -> None:
 # -- a half-closing peer -----------------------------------------------------------------------
 
 
-HALF_CLOSE_BUG = (
-    "bug: a peer that half-closes (shutdown(SD_SEND)) right after its request closed first, "
-    "but Connection sets we_closed_first when its own shutdown happens before the receive "
-    "carrying the peer's FIN is dequeued, and then closes with SO_LINGER {1, 0}: the RST "
-    "discards the response bytes still in the send buffer")
-
-
-@pytest.mark.parametrize("avoidance", [
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=HALF_CLOSE_BUG)),
-    False,
-])
+@pytest.mark.parametrize("avoidance", [True, False])
 def test_half_closing_peer_gets_the_whole_response(avoidance: bool) -> None:
     """A client that sends its request and shuts down its sending side at once (as HTTP/1.0
     clients may), then reads. The peer's FIN came first, so the server is the passive closer
