@@ -1,0 +1,125 @@
+"""``python -m winiocp serve`` and ``python -m winiocp demo``, run as real subprocesses.
+
+``serve`` must print exactly ``listening on HOST:PORT`` first (with the port it really bound,
+so ``--port 0`` is usable by scripts), serve for ``--duration`` seconds, then print the
+one-line summary and exit 0. Under Wine a Windows process cannot write to a regular file as
+its stdout, so the output always goes through pipes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from helpers_servers import (
+    HTTP_BODY,
+    WAIT_S,
+    Address,
+    LineReader,
+    connect,
+    finish,
+    listening_address,
+    parse_summary,
+    receive_exactly,
+)
+
+#: Interpreter start-up (a new Wine process) plus the import of winiocp.
+STARTUP_S = 60.0
+DURATION_S = 2.0
+#: After its duration the server stops (closing what is still open, up to the close
+#: deadline of 5 s), prints its summary and exits.
+EXIT_S = DURATION_S + 5.0 + 30.0
+
+
+def winiocp_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "winiocp", *args]
+
+
+@contextmanager
+def serving(kind: str) -> Iterator[tuple[Address, subprocess.Popen[str], LineReader]]:
+    """``python -m winiocp serve KIND --port 0 --duration 2``, up to its `listening on` line.
+    The process is killed if the test leaves early."""
+    process = subprocess.Popen(
+        winiocp_command("serve", kind, "--port", "0", "--workers", "2",
+                        "--duration", str(DURATION_S)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        output = LineReader(process.stdout)
+        address = listening_address(output.next_line(STARTUP_S))
+        assert address[0] == "127.0.0.1"
+        yield address, process, output
+    finally:
+        if process.poll() is None:
+            finish(process, EXIT_S)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def summary_after_exit(process: subprocess.Popen[str], output: LineReader) -> dict[str, int]:
+    """Wait for the exit; the output must end with exactly one summary line."""
+    assert finish(process, EXIT_S) == 0, process.stderr.read() if process.stderr else ""
+    (line,) = output.rest()
+    summary = parse_summary(line)
+    assert summary["forced_closes"] == 0
+    assert summary["accept_failures"] == 0
+    return summary
+
+
+def test_serve_echo() -> None:
+    payload = bytes(range(256)) * 40
+    with serving("echo") as (address, process, output):
+        with connect(address) as client:
+            client.sendall(payload)
+            assert receive_exactly(client, len(payload)) == payload
+        summary = summary_after_exit(process, output)
+    assert summary["connections"] >= 1
+    assert summary["bytes_in"] == summary["bytes_out"] == len(payload)
+
+
+def test_serve_http() -> None:
+    with serving("http") as (address, process, output):
+        client = http.client.HTTPConnection(*address, timeout=WAIT_S)
+        try:
+            for _ in range(3):
+                client.request("GET", "/")
+                response = client.getresponse()
+                assert (response.status, response.read()) == (200, HTTP_BODY)
+        finally:
+            client.close()
+        summary = summary_after_exit(process, output)
+    assert summary["connections"] >= 1
+    assert summary["bytes_out"] > 3 * len(HTTP_BODY)
+
+
+#: Every row of the demo's table, with the pattern of its value.
+DEMO_ROWS = {
+    "connections": r"[1-9][\d,]*",
+    "messages/s": r"[\d,]+",
+    "MB/s (each way)": r"[\d,]+\.\d\d",
+    "latency p50 / p99": r"[\d.]+ ms / [\d.]+ ms",
+    "accept failures": r"0",
+    "forced closes": r"0",
+    "TIME_WAIT left on server port": r"0",
+    "bytes verified": r"[1-9][\d,]*",
+    "errors": r"0",
+}
+
+
+def test_demo_prints_its_table() -> None:
+    result = subprocess.run(winiocp_command("demo", "--duration", "1", "--clients", "4"),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=STARTUP_S + 60.0)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("winiocp echo demo: 4 clients, 2 workers"), lines
+    for name, value in DEMO_ROWS.items():
+        row = re.compile(rf"^\s+{re.escape(name)}\s+(?P<value>.+?)\s*$")
+        matches = [match for line in lines if (match := row.match(line))]
+        assert len(matches) == 1, f"row {name!r} missing from {lines}"
+        assert re.fullmatch(value, matches[0]["value"]), (name, matches[0]["value"])
