@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 #: Anything with the buffer protocol: bytes, bytearray, memoryview, array, mmap, ...
 BufferLike = bytes | bytearray | memoryview
 MAX_DWORD = 0xFFFFFFFF
+_OVERLAPPED_SIZE = ffi.sizeof("OVERLAPPED")
+_ZERO_OVERLAPPED = bytes(_OVERLAPPED_SIZE)
 
 
 class OpKind(Enum):
@@ -71,6 +73,8 @@ class Operation:
 
     #: Whether this kind may be re-armed for another call (rule 11).
     reusable = False
+    #: Whether ``on_success`` has work to do (saves a call per completion where it has not).
+    post_processing = False
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
         self.kind = kind
@@ -107,23 +111,23 @@ class Operation:
                 f"{self!r} is still pending: the kernel owns its OVERLAPPED until its "
                 "completion is dequeued"
             )
-        ov = self.overlapped
-        ov.Internal = ov.InternalHigh = ov.Offset = ov.OffsetHigh = 0
-        ov.hEvent = ffi.NULL
+        ffi.memmove(self.overlapped, _ZERO_OVERLAPPED, _OVERLAPPED_SIZE)
         self.bytes_transferred = self.error = 0
         self.failure = None
         self.cancel_requested = False
-        self._keepalive = ()
 
     def finish(self, error: int, bytes_transferred: int) -> None:
         """Called once, by the port, when the completion is dequeued (before user code)."""
         self.state = OpState.DONE
         self.bytes_transferred = bytes_transferred
-        try:
-            self.error = error or self.on_success()
-        except OSError as exc:  # never let one operation's post-processing break the dequeue
-            self.error = exc.winerror or WinError.ERROR_INVALID_HANDLE
-        self.release()
+        if error == 0 and self.post_processing:
+            try:
+                error = self.on_success()
+            except OSError as exc:  # one operation's post-processing never breaks the dequeue
+                error = exc.winerror or WinError.ERROR_INVALID_HANDLE
+        self.error = error
+        if not self.reusable:  # a reusable one keeps its pinned buffers for the next call
+            self.release()
 
     def on_success(self) -> int:
         """Per-kind work on a successful completion (AcceptEx's context, ...): 0 or an error."""
@@ -148,19 +152,21 @@ class Operation:
 class BufferOperation(Operation):
     """An operation over a list of buffers (WSARecv/WSASend and their -From/-To forms)."""
 
-    __slots__ = ("buffers", "wsabufs", "flags", "count")
+    __slots__ = ("buffers", "wsabufs")
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
         super().__init__(kind, owner)
         self.buffers: tuple[BufferLike, ...] = ()
         self.wsabufs: CData = ffi.NULL
-        self.flags: CData = ffi.new("DWORD *")
-        self.count: CData = ffi.new("DWORD *")
 
     def set_buffers(self, buffers: Sequence[BufferLike], writable: bool) -> int:
         """Pin ``buffers`` (zero-copy) into a WSABUF array; return the total length."""
         if not buffers:
             raise ValueError("at least one buffer is needed")
+        old = self.buffers
+        if (len(old) == len(buffers) and self.wsabufs != ffi.NULL
+                and all(a is b for a, b in zip(old, buffers))):
+            return -1  # re-armed on the very same buffers: they are pinned already
         pinned = []
         wsabufs = ffi.new("WSABUF[]", len(buffers))
         total = 0
@@ -181,6 +187,8 @@ class BufferOperation(Operation):
     @property
     def data(self) -> bytes:
         """The bytes transferred (received, or sent), gathered from the buffers in order."""
+        if len(self.buffers) == 1:
+            return bytes(memoryview(self.buffers[0]).cast("B")[:self.bytes_transferred])
         remaining = self.bytes_transferred
         parts = []
         for buffer in self.buffers:
@@ -204,8 +212,13 @@ class BufferOperation(Operation):
 class RecvOperation(BufferOperation):
     """WSARecv: ``data`` is what arrived (a copy of the filled part of the buffer)."""
 
-    __slots__ = ()
+    __slots__ = ("flags",)
     reusable = True
+
+    def __init__(self, kind: OpKind, owner: Owner) -> None:
+        super().__init__(kind, owner)
+        #: WSARecv's in/out flags word (MSG_PARTIAL, ...).
+        self.flags: CData = ffi.new("DWORD *")
 
     @property
     def peer_closed(self) -> bool:
@@ -219,10 +232,11 @@ class SendOperation(BufferOperation):
 class AddressedOperation(BufferOperation):
     """WSARecvFrom / WSASendTo: a buffer operation with a peer address."""
 
-    __slots__ = ("sockaddr", "sockaddr_length", "peer")
+    __slots__ = ("sockaddr", "sockaddr_length", "peer", "flags")
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
         super().__init__(kind, owner)
+        self.flags: CData = ffi.new("DWORD *")
         self.sockaddr: CData = ffi.new("struct sockaddr_storage *")
         self.sockaddr_length: CData = ffi.new("int *", ffi.sizeof("struct sockaddr_storage"))
         self.peer: Address | None = None
@@ -231,6 +245,7 @@ class AddressedOperation(BufferOperation):
 class RecvFromOperation(AddressedOperation):
     __slots__ = ()
     reusable = True
+    post_processing = True
 
     def on_success(self) -> int:
         self.peer = decode_cdata(ffi.cast("struct sockaddr *", self.sockaddr),

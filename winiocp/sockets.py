@@ -289,7 +289,7 @@ class Socket(OverlappedOwner[int]):
         operation.set_buffers(buffers, writable=True)
         operation.flags[0] = flags
         self._issue(operation, "WSARecv", lambda h: ws2_32.WSARecv(
-            h, operation.wsabufs, len(buffers), operation.count, operation.flags,
+            h, operation.wsabufs, len(buffers), ffi.NULL, operation.flags,
             operation.overlapped, ffi.NULL), returns_bool=False, context=context)
         return operation
 
@@ -302,7 +302,7 @@ class Socket(OverlappedOwner[int]):
         operation = SendOperation(OpKind.SEND, self)
         operation.set_buffers(buffers, writable=False)
         self._issue(operation, "WSASend", lambda h: ws2_32.WSASend(
-            h, operation.wsabufs, len(buffers), operation.count, flags, operation.overlapped,
+            h, operation.wsabufs, len(buffers), ffi.NULL, flags, operation.overlapped,
             ffi.NULL), returns_bool=False, context=context)
         return operation
 
@@ -318,7 +318,7 @@ class Socket(OverlappedOwner[int]):
         operation.set_buffers(buffers, writable=True)
         operation.sockaddr_length[0] = ffi.sizeof("struct sockaddr_storage")
         self._issue(operation, "WSARecvFrom", lambda h: ws2_32.WSARecvFrom(
-            h, operation.wsabufs, 1, operation.count, operation.flags,
+            h, operation.wsabufs, 1, ffi.NULL, operation.flags,
             ffi.cast("struct sockaddr *", operation.sockaddr), operation.sockaddr_length,
             operation.overlapped, ffi.NULL), returns_bool=False, context=context)
         return operation
@@ -332,7 +332,7 @@ class Socket(OverlappedOwner[int]):
         encoded = addresses.encode(self.family, address)
         ffi.memmove(operation.sockaddr, encoded, len(encoded))
         self._issue(operation, "WSASendTo", lambda h: ws2_32.WSASendTo(
-            h, operation.wsabufs, 1, operation.count, 0,
+            h, operation.wsabufs, 1, ffi.NULL, 0,
             ffi.cast("struct sockaddr *", operation.sockaddr), len(encoded),
             operation.overlapped, ffi.NULL), returns_bool=False, context=context)
         return operation
@@ -484,6 +484,7 @@ class AcceptOperation(Operation):
     __slots__ = ("listener", "accepted", "output", "received", "recv_size", "local_address",
                  "remote_address", "data", "context_updated")
     reusable = True
+    post_processing = True
 
     def __init__(self, listener: Socket, accepted: Socket) -> None:
         super().__init__(OpKind.ACCEPT, listener)
@@ -535,6 +536,7 @@ class ConnectOperation(Operation):
     """ConnectEx: owns the address, the optional first data and the sent-bytes count."""
 
     __slots__ = ("sent", "data")
+    post_processing = True
 
     def __init__(self, sock: Socket) -> None:
         super().__init__(OpKind.CONNECT, sock)

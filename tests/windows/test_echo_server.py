@@ -149,9 +149,6 @@ def test_stop_leaves_no_time_wait_when_the_server_closed_first() -> None:
     assert count_state(TcpState.MIB_TCP_STATE_TIME_WAIT, server.port_number) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: EchoHandler.data_received calls send() on a "
-                   "connection that Server.stop() has already closed: BrokenPipeError, a "
-                   "handler error, and the connection is reset")
 def test_stop_while_received_data_is_not_yet_handled() -> None:
     """Data a client sent before stop(), whose completion is still queued on the port when
     stop() closes the connections, must not make the handler fail.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ..connections import CloseReason, Connection
+from ..connections import CloseReason, Connection, State
 
 
 class EchoHandler:
     def data_received(self, connection: Connection, data: bytes) -> None:
-        connection.send(data)
+        if connection.state is State.OPEN:  # after close() (e.g. server stop) no more sends
+            connection.send(data)
 
     def eof_received(self, connection: Connection) -> None:
         pass  # the connection closes itself once our echoes are sent
