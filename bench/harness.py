@@ -29,6 +29,10 @@ BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 BIN = RESULTS / "bin"
 BENCH_REQUIREMENTS = BENCH / "requirements-windows.txt"
+#: A Wine prefix of the bench's own, hence a wineserver of its own: test suites run under
+#: tools/winenv.py at the same time (their prefix is .winenv/prefix) would otherwise share
+#: our wineserver, through which every IOCP call passes, and skew every number.
+BENCH_PREFIX = ROOT / ".winenv" / "prefix-bench"
 PYTHON = "3.13"  # the Windows CPython every Python server and micro-benchmark runs in
 
 
@@ -125,6 +129,8 @@ class WindowsProcess:
     def __init__(self, command: list[str], name: str) -> None:
         self.name = name
         argv, env = winenv.windows_command(PYTHON, command)
+        if "WINEPREFIX" in env:
+            env["WINEPREFIX"] = str(BENCH_PREFIX)
         self.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: list[str] = []
@@ -271,6 +277,79 @@ class Holder:
 
 
 # -- the host ----------------------------------------------------------------------------------
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a Linux process (all its threads), in seconds; 0 if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / 100.0  # USER_HZ is 100 on Linux
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def bench_wineserver_pid() -> int | None:
+    """The wineserver serving BENCH_PREFIX (found by its environment), if running."""
+    wanted = f"WINEPREFIX={BENCH_PREFIX}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"wineserver" not in (entry / "cmdline").read_bytes():
+                continue
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields), idle
+
+
+def background_load(sample_seconds: float = 1.0) -> dict[str, Any]:
+    """What else is running while the bench is idle: CPU busy % over ``sample_seconds``,
+    the 1-minute load average, and test suites (pytest / tools/winenv.py) of other people."""
+    try:
+        total0, idle0 = _cpu_times()
+        time.sleep(sample_seconds)
+        total1, idle1 = _cpu_times()
+        busy = 100.0 * (1 - (idle1 - idle0) / max(1, total1 - total0))
+        loadavg = float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return {"busy_percent": -1.0, "loadavg": -1.0, "foreign": []}
+    foreign = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                "utf-8", "replace").strip()
+        except OSError:
+            continue
+        if "pytest" in cmdline or "tools/winenv.py" in cmdline:
+            foreign.append(cmdline[:160])
+    return {"busy_percent": round(busy, 1), "loadavg": loadavg, "foreign": foreign}
+
+
+def wait_for_quiet(max_seconds: float) -> dict[str, Any]:
+    """Wait (up to ``max_seconds``) until no foreign test suite runs and the CPU is mostly
+    idle; return the last sample, with how long we waited."""
+    began = time.monotonic()
+    while True:
+        load = background_load()
+        waited = time.monotonic() - began
+        quiet = not load["foreign"] and load["busy_percent"] < 25
+        if quiet or waited >= max_seconds:
+            load["waited_s"] = round(waited, 1)
+            load["quiet"] = quiet
+            return load
+        log(f"machine busy ({load['busy_percent']}% CPU, {len(load['foreign'])} foreign test "
+            f"processes): waiting for quiet ({waited:.0f}/{max_seconds:.0f} s)")
+        time.sleep(5)
+
 
 def time_wait_counts(port: int) -> dict[str, int]:
     """Sockets in TIME_WAIT whose local (server side) or remote (client side) port is

@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SERVERS = ["winiocp", "asyncio", "thread", "pywin32", "c"]
+SERVERS = ["winiocp", "winiocp-1w", "asyncio", "thread", "pywin32", "c"]
 SERVER_TITLES = {
-    "winiocp": "winiocp (`python -m winiocp serve echo`)",
+    "winiocp": "winiocp (`python -m winiocp serve echo --workers 2`)",
+    "winiocp-1w": "winiocp, `--workers 1`",
     "asyncio": "asyncio ProactorEventLoop",
     "thread": "thread per connection",
     "pywin32": "pywin32 IOCP",
@@ -120,6 +121,19 @@ def markdown(results: dict[str, Any]) -> str:
     out("")
     out(f"Settings: {json.dumps(settings)}")
     out("")
+    load = results.get("load", {})
+    if load:
+        out("Background load, sampled for 1 s (bench idle) before each section; the bench "
+            "uses a Wine prefix (so a wineserver) of its own, but shares the 2 cores with "
+            "anything else running:")
+        out("")
+        out("| section | CPU busy | load avg (1 min) | other test runs (pytest / winenv.py) "
+            "| waited for quiet |")
+        out("|---|---:|---:|---:|---:|")
+        for section, sample in load.items():
+            out(f"| {section} | {sample['busy_percent']:.0f}% | {sample['loadavg']:.2f} | "
+                f"{len(sample['foreign'])} | {sample.get('waited_s', 0):.0f} s |")
+        out("")
 
     # -- targets -------------------------------------------------------------------------------
     targets = results.get("targets", [])
@@ -179,6 +193,28 @@ def markdown(results: dict[str, Any]) -> str:
             p99 = f"{_ratio(ours['p99_us'], c_cell['p99_us']):.2f}x" if c_cell else "-"
             out(f"| {count} | " + " | ".join(ratios) + f" | {p99} |")
         out("")
+        if any("server_cpu_us_per_msg" in cell for server in cells.values()
+               for cell in server.values()):
+            out("CPU per echoed message, us: the server process (all threads) + its wineserver "
+                "(from /proc/PID/stat over each run; the load generator and the kernel's own "
+                "loopback work are not included). On 2 shared cores this is what limits "
+                "messages/s:")
+            out("")
+            out(header)
+            out("|---|" + "---:|" * sum(1 for s in SERVERS if s in cells))
+            for count in counts:
+                row = []
+                for s in SERVERS:
+                    if s not in cells:
+                        continue
+                    cell = cells[s].get(str(count), {})
+                    if "server_cpu_us_per_msg" in cell:
+                        row.append(f"{cell['server_cpu_us_per_msg']:.0f} + "
+                                   f"{cell.get('wineserver_cpu_us_per_msg', 0):.0f}")
+                    else:
+                        row.append("-")
+                out(f"| {count} | " + " | ".join(row) + " |")
+            out("")
         errors = {s: sum(int(v.get("errors", 0)) for v in cells[s].values()) for s in cells}
         if any(errors.values()):
             out(f"Client-side errors (broken connections): {errors}")
@@ -189,7 +225,9 @@ def markdown(results: dict[str, Any]) -> str:
     if cost:
         out("## 2. winiocp's own Python cost (system calls stubbed)")
         out("")
-        out("Median of rounds of 64; `_overlapped`-free, no kernel: OVERLAPPED_ENTRY arrays or a "
+        out(f"Median over {cost.get('rounds', '?')} rounds of 64 items each (the fastest round "
+            "beside it is the one least disturbed by other processes). No kernel: "
+            "OVERLAPPED_ENTRY arrays or a "
             "stubbed GetQueuedCompletionStatus hand out operations registered with the port, and "
             "`winiocp.sockets.ws2_32` is replaced by a stub whose WSARecv/WSASend return "
             "SOCKET_ERROR with WSA_IO_PENDING (the ops are unregistered afterwards, untimed). "
@@ -197,8 +235,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"sits in the timed path; a real cffi call costs {cost['cffi_call_us']:.2f} us "
             "(GetLastError, no kernel), which the real path pays on top.")
         out("")
-        out("| path | us per item | target |")
-        out("|---|---:|---|")
+        best = cost.get("best_round_us", {})
+        out("| path | us per item (median round) | fastest round | target (on the median) |")
+        out("|---|---:|---:|---|")
         rows = [
             ("classify_us", "dequeue: `_classify_entries` (get_many path), per completion",
              TARGET_COMPLETION_US),
@@ -217,7 +256,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for key, label, target in rows:
             mark = "" if target is None else f"<= {target} us: {_mark(cost[key] <= target)}"
-            out(f"| {label} | {cost[key]:.2f} | {mark} |")
+            fastest = f"{best[key]:.2f}" if key in best else "-"
+            out(f"| {label} | {cost[key]:.2f} | {fastest} | {mark} |")
         out("")
         out(f"Python-only ceiling of the echo path: {cost['echo_ceiling_msgs_per_s']:,.0f} "
             "messages/s on one core (1 / echo turn), before any system call.")
@@ -362,7 +402,18 @@ def write(results: dict[str, Any], directory: Path, committed: Path | None) -> s
 
 
 if __name__ == "__main__":
-    source = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/results.json")
+    # Re-render from a results.json (targets and findings recomputed), e.g. after improving
+    # the report: python3 bench/report.py [results.json] [--write]
+    root = Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench import run as _run
+
+    arguments = [a for a in sys.argv[1:] if a != "--write"]
+    source = Path(arguments[0] if arguments else root / "bench" / "results" / "results.json")
     data = json.loads(source.read_text())
     data["targets"] = evaluate(data)
+    data["findings"] = _run.findings(data)
+    if "--write" in sys.argv:
+        write(data, root / "bench" / "results", root / "bench" / "RESULTS.md")
     print(markdown(data))

@@ -57,13 +57,15 @@ class Settings:
     memory_connections: int = 5000
     memory_base: int = 100
     rehold: bool = True
+    wait_quiet: float = 180.0  # in all, at most, waiting for other people's test runs to end
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
         if not quick:
             return cls(quick=False)
         return cls(quick=True, echo_seconds=1.0, warmup=0.3, echo_repeats=1, drain_seconds=0.5,
-                   drain_repeats=1, churn_seconds=1.0, memory_connections=2000, rehold=False)
+                   drain_repeats=1, churn_seconds=1.0, memory_connections=2000, rehold=False,
+                   wait_quiet=0.0)
 
 
 # -- 1. echo ----------------------------------------------------------------------------------
@@ -73,6 +75,8 @@ def echo_servers(workers: int) -> dict[str, tuple[list[str], bool]]:
     return {
         "winiocp": (python_command("-m", "winiocp", "serve", "echo", "--port", "0", "--workers",
                                    str(workers)), False),
+        "winiocp-1w": (python_command("-m", "winiocp", "serve", "echo", "--port", "0",
+                                      "--workers", "1"), False),
         "asyncio": (python_command("-m", "bench.servers.asyncio_echo"), True),
         "thread": (python_command("-m", "bench.servers.thread_echo"), True),
         "pywin32": (python_command("-m", "bench.servers.pywin32_echo", "--workers",
@@ -84,8 +88,11 @@ def echo_servers(workers: int) -> dict[str, tuple[list[str], bool]]:
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of each metric over repeated runs (the runs are kept too)."""
     combined: dict[str, Any] = {"runs": runs}
-    for key in ("messages_per_s", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"):
-        combined[key] = statistics.median(float(run[key]) for run in runs)
+    for key in ("messages_per_s", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
+                "server_cpu_us_per_msg", "wineserver_cpu_us_per_msg"):
+        values = [float(run[key]) for run in runs if key in run]
+        if values:
+            combined[key] = statistics.median(values)
     combined["errors"] = sum(int(run["errors"]) for run in runs)
     return combined
 
@@ -107,8 +114,21 @@ def bench_echo(settings: Settings) -> dict[str, Any]:
                 # Alternate the order so no server always runs first (or right after another).
                 order = names if (index + repeat) % 2 == 0 else names[::-1]
                 for name in order:
+                    pid = processes[name].process.pid
+                    server_cpu = harness.process_cpu_seconds(pid)
+                    wineserver = harness.bench_wineserver_pid()
+                    wine_cpu = harness.process_cpu_seconds(wineserver) if wineserver else 0.0
                     result = harness.pingpong(ports[name], count, settings.echo_seconds,
                                               settings.warmup)
+                    # CPU per message over the whole run (warm-up included, at about the
+                    # same rate): the server process (all threads) and the wineserver.
+                    sent = result["messages_per_s"] * (settings.echo_seconds + settings.warmup)
+                    if sent > 0:
+                        result["server_cpu_us_per_msg"] = 1e6 * (
+                            harness.process_cpu_seconds(pid) - server_cpu) / sent
+                        result["wineserver_cpu_us_per_msg"] = 1e6 * (
+                            harness.process_cpu_seconds(wineserver) - wine_cpu
+                        ) / sent if wineserver else 0.0
                     samples[name][count].append(result)
                     log(f"echo {name:8} {count:4} conn: {result['messages_per_s']:9,.0f} msg/s "
                         f"p50 {result['p50_us'] / 1000:7.2f} ms p99 "
@@ -124,7 +144,8 @@ def bench_echo(settings: Settings) -> dict[str, Any]:
         "note": (f"Each cell: the median of {settings.echo_repeats} run(s) of "
                  f"{settings.echo_seconds:g} s (after {settings.warmup:g} s of warm-up) by "
                  "`bench/loadgen.c`, interleaved across servers. The IOCP servers (winiocp, "
-                 f"pywin32, C) run {settings.workers} worker threads on one port; asyncio one "
+                 f"pywin32, C) run {settings.workers} worker threads on one port (winiocp-1w: "
+                 "the same CLI server with --workers 1, for contrast); asyncio one "
                  "thread; the thread server one thread per connection. All five servers stay "
                  "up for the whole section; only the one under load is busy."),
     }
@@ -376,6 +397,30 @@ def findings(results: dict[str, Any]) -> list[str]:
                 "the connection attached to the socket until closesocket. Not measurable "
                 "here.")
             break
+    cells = results.get("echo", {}).get("cells", {})
+    ours, c_cells = cells.get("winiocp", {}).get("64"), cells.get("c", {}).get("64")
+    if ours and c_cells and "server_cpu_us_per_msg" in ours and "server_cpu_us_per_msg" in c_cells:
+        found.append(
+            "**Where the echo gap to C comes from.** At 64 connections the winiocp server "
+            f"process burns {ours['server_cpu_us_per_msg']:.0f} us of CPU per echoed message "
+            f"against C's {c_cells['server_cpu_us_per_msg']:.0f} us, while their wineservers "
+            f"burn about the same ({ours.get('wineserver_cpu_us_per_msg', 0):.0f} vs "
+            f"{c_cells.get('wineserver_cpu_us_per_msg', 0):.0f} us): both make the same four "
+            "Wine calls per message (GQCS, WSASend, GQCS, WSARecv), and the difference is "
+            "interpreter work in the server. Server, wineserver and load generator share the "
+            "2 cores, so every extra microsecond of Python per message lowers messages/s. "
+            "The stubbed echo turn (section 2) accounts for "
+            f"{results.get('python_cost', {}).get('echo_turn_us', 0):.0f} us of it; the rest is "
+            "cffi argument conversion and GIL release/re-acquire around each real call, and "
+            "thread wake-ups between the workers.")
+    one = cells.get("winiocp-1w", {}).get("1")
+    two = cells.get("winiocp", {}).get("1")
+    if one and two and one["messages_per_s"] > 1.2 * two["messages_per_s"]:
+        found.append(
+            f"**A second worker hurts at low concurrency**: at 1 connection `--workers 1` "
+            f"echoes {one['messages_per_s']:,.0f} msg/s against {two['messages_per_s']:,.0f} "
+            "with 2 workers (each completion tends to wake the other thread: a cross-thread "
+            "hand-off per message; the C server shows the same effect). The CLI's default is 4.")
     cost = results.get("python_cost", {})
     if cost and cost.get("run_once_us", 0) > report.TARGET_COMPLETION_US:
         found.append(
@@ -398,12 +443,21 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated sections of {','.join(SECTIONS)}")
     parser.add_argument("--no-copy", action="store_true",
                         help="do not copy the markdown to bench/RESULTS.md")
+    parser.add_argument("--merge", action="store_true",
+                        help="re-measure only the --only sections and keep the others from "
+                             "the existing bench/results/results.json (the command line and "
+                             "the load table record it)")
+    parser.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
+                        help="wait at most this long in all for other test runs on this "
+                             "machine to end (default: 180 full, 0 --quick)")
     options = parser.parse_args(argv)
     sections = [s for s in options.only.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     settings = Settings.make(options.quick)
+    if options.wait_quiet is not None:
+        settings = Settings(**{**asdict(settings), "wait_quiet": options.wait_quiet})
     began = time.monotonic()
     command = "python3 bench/run.py" + "".join(
         f" {shlex.quote(arg)}" for arg in (sys.argv[1:] if argv is None else argv))
@@ -415,33 +469,73 @@ def main(argv: list[str] | None = None) -> int:
         "machine": harness.machine(),
     }
     log(f"machine: {results['machine']}")
+    load: dict[str, Any] = {}
+    results["load"] = load
+    previous: dict[str, Any] = {}
+    previous_path = harness.RESULTS / "results.json"
+    if options.merge and previous_path.exists():
+        previous = json.loads(previous_path.read_text())
+        keys = {"echo": "echo", "python": "python_cost", "drain": "drain", "churn": "churn",
+                "memory": "memory"}
+        for section, key in keys.items():
+            if section not in sections and key in previous:
+                results[key] = previous[key]
+                if section in previous.get("load", {}):
+                    load[section] = previous["load"][section]
+        results["command"] = f"{previous.get('command', '?')} && {command}"
+        results["started"] = previous.get("started", results["started"])
+        results["settings"] = previous.get("settings", results["settings"])
+    quiet_budget = settings.wait_quiet
+
+    def before(section: str) -> None:
+        """Sample (and if need be wait out) other people's load before a section."""
+        nonlocal quiet_budget
+        sample = harness.wait_for_quiet(quiet_budget)
+        quiet_budget = max(0.0, quiet_budget - float(sample["waited_s"]))
+        load[section] = sample
+        if not sample["quiet"]:
+            log(f"{section}: machine not quiet ({sample['busy_percent']}% CPU busy, "
+                f"{len(sample['foreign'])} foreign test processes); measuring anyway")
+
     if "echo" in sections:
+        before("echo")
         results["echo"] = bench_echo(settings)
     if "python" in sections:
+        before("python")
         results["python_cost"] = bench_python_cost(settings)
         log("python cost: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                         results["python_cost"].items()
-                                        if k.endswith("_us")))
+                                        if isinstance(v, float) and k.endswith("_us")))
     if "drain" in sections:
+        before("drain")
         results["drain"] = bench_drain(settings)
     if "churn" in sections:
+        before("churn")
         results["churn"] = bench_churn(settings)
     if "memory" in sections:
+        before("memory")
         results["memory"] = bench_memory(settings)
     results["targets"] = report.evaluate(results)
     profiles: dict[str, str] = {}
-    if any(not t["met"] for t in results["targets"] if t["area"] == "echo"):
+    if "echo" not in sections:
+        profiles.update({title: text for title, text in previous.get("profiles", {}).items()
+                         if title.startswith("winiocp echo server")})
+    elif any(not t["met"] for t in results["targets"] if t["area"] == "echo"):
         summary, load = profile_echo_server(settings)
         profiles[f"winiocp echo server, 1 worker, 64 connections, "
                  f"{load['messages_per_s']:,.0f} msg/s under the profiler "
                  "(cProfile, sorted by own time)"] = summary
     profile_text = results.get("python_cost", {}).pop("profile_echo_turn", "")
-    if profile_text and any(not t["met"] for t in results["targets"] if t["area"] == "python"):
+    if "python" not in sections:
+        profiles.update({title: text for title, text in previous.get("profiles", {}).items()
+                         if title.startswith("stubbed echo turn")})
+    elif profile_text and any(not t["met"] for t in results["targets"]
+                              if t["area"] == "python"):
         profiles["stubbed echo turn (run_once: recv completion -> EchoHandler -> send + "
                  "re-posted recv, then the send completion), cProfile by own time"] = profile_text
     results["profiles"] = profiles
     results["findings"] = findings(results)
-    results["elapsed_s"] = time.monotonic() - began
+    results["elapsed_s"] = time.monotonic() - began + float(previous.get("elapsed_s", 0))
     committed = None if options.no_copy else harness.BENCH / "RESULTS.md"
     text = report.write(results, harness.RESULTS, committed)
     print(text)

@@ -55,7 +55,7 @@ class Acceptor:
         # Exactly the endpoint size: any larger and AcceptEx waits for the first data.
         size = win32file.CalculateSocketEndPointSize(server.listener)
         self.buffer = win32file.AllocateReadBuffer(size)
-        self.accepted = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.accepted: socket.socket | None = None
 
     def post(self) -> None:
         self.accepted = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -113,6 +113,7 @@ class EchoServer:
 
     def accepted(self, acceptor: Acceptor, rc: int) -> None:
         sock = acceptor.accepted
+        assert sock is not None
         if rc == 0:
             sock.setsockopt(socket.SOL_SOCKET, win32file.SO_UPDATE_ACCEPT_CONTEXT,
                             struct.pack("P", self.listener.fileno()))
