@@ -47,6 +47,8 @@ class CloseQueue(Generic[T]):
 
     def seconds_until_next(self, now: float | None = None) -> float | None:
         """How long until the nearest deadline (0 if one passed); None if the queue is empty."""
+        if not self._heap:  # the common case, checked without the lock
+            return None
         now = time.monotonic() if now is None else now
         with self._lock:
             while self._heap and id(self._heap[0][2]) not in self._members:
@@ -57,6 +59,8 @@ class CloseQueue(Generic[T]):
 
     def expired(self, now: float | None = None) -> list[T]:
         """Remove and return every item whose deadline has passed."""
+        if not self._heap:
+            return []
         now = time.monotonic() if now is None else now
         due: list[T] = []
         with self._lock:

@@ -98,8 +98,11 @@ class Connection:
         self.we_closed_first = False
         self.zero_byte_reads = zero_byte_reads
         self._lock = threading.RLock()
-        self._buffer = bytearray(recv_size)
+        # Zero-byte-read mode pins no buffer while idle: one is borrowed from the manager's
+        # pool for each real read and given back once its completion is dequeued.
+        self._buffer: bytearray | None = None if zero_byte_reads else bytearray(recv_size)
         self._recv: RecvOperation | None = None
+        self._borrowed: bytearray | None = None
         self._probing = False
 
     def __repr__(self) -> str:
@@ -120,38 +123,49 @@ class Connection:
         if self.peer_fin or self.state in (State.CLOSED, State.ABORTED):
             return
         probe = self.zero_byte_reads if probe is None else probe
-        buffers: list[BufferLike] = [memoryview(self._buffer)[:0] if probe else self._buffer]
+        if probe:
+            buffer = _EMPTY
+        elif self._buffer is not None:
+            buffer = self._buffer
+        else:
+            buffer = self._borrowed = self.manager.buffers.take()
+        buffers: list[BufferLike] = [buffer]
         # Counted before the call: its completion may be handled first (it waits on our lock).
         self.pending_recvs += 1
         self._probing = probe
         try:
             self._recv = self.sock.recv_into(buffers, reuse=self._recv, context=self)
-        except ClosedHandleError:
+        except OSError as exc:  # it failed at once: no completion will come
             self.pending_recvs -= 1
-        except OSError:
-            self.pending_recvs -= 1
-            # Rule 10: a broken connection is also detected when posting.
-            self._finish_abortively(CloseReason.PEER_RESET, linger=False)
+            self._give_back(self._borrowed)
+            self._borrowed = None
+            if not isinstance(exc, ClosedHandleError):
+                # Rule 10: a broken connection is also detected when posting.
+                self._finish_abortively(CloseReason.PEER_RESET, linger=False)
 
     def _on_recv(self, completion: Completion, operation: RecvOperation) -> None:
         with self._lock:
             self.pending_recvs -= 1
+            borrowed, self._borrowed = self._borrowed, None
             if completion.outcome is Outcome.FAILED:
+                self._give_back(borrowed)
                 self._finish_abortively(_reason_for(completion.failure), linger=False)
                 return
             if self._probing:
                 self._post_recv(probe=False)  # data (or the FIN) is there: read it for real
                 return
             if completion.outcome is Outcome.PEER_CLOSED:
-                self.peer_fin = True
-                if self.state is State.CLOSING:
-                    self._advance_close()
-                    return
                 data = b""
             else:
                 data = operation.data
                 self.bytes_received += len(data)
                 self.last_activity = time.monotonic()
+            self._give_back(borrowed)  # the data is copied out: the buffer is free again
+            if not data:
+                self.peer_fin = True
+                if self.state is State.CLOSING:
+                    self._advance_close()
+                    return
         if data:
             self.handler.data_received(self, data)
             with self._lock:
@@ -232,6 +246,10 @@ class Connection:
         linger = self.manager.time_wait_avoidance and self.we_closed_first
         self._finish(State.CLOSED, CloseReason.GRACEFUL, linger)
 
+    def _give_back(self, buffer: bytearray | None) -> None:
+        if buffer is not None:
+            self.manager.buffers.give(buffer)
+
     def _receive_still_waiting(self) -> bool:
         """Whether the pending receive has not completed in the kernel yet (whatever the
         port's queue holds): its OVERLAPPED still says STATUS_PENDING."""
@@ -280,6 +298,10 @@ class NullHandler:
 
     def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
         pass
+
+
+#: What a zero-byte receive "reads into"; never written, so one serves every connection.
+_EMPTY = bytearray()
 
 
 def _reason_for(failure: Failure | None) -> CloseReason:

@@ -32,6 +32,26 @@ log = logging.getLogger("winiocp")
 ACCEPT_RETRIES = 64
 
 
+class BufferPool:
+    """Receive buffers lent to zero-byte-read connections for one read at a time."""
+
+    def __init__(self, size: int, keep: int = 64) -> None:
+        self.size = size
+        self.keep = keep
+        self._free: list[bytearray] = []
+
+    def take(self) -> bytearray:
+        try:
+            return self._free.pop()
+        except IndexError:
+            return bytearray(self.size)
+
+    def give(self, buffer: bytearray) -> None:
+        """Only once no receive into ``buffer`` can be pending any more."""
+        if len(self._free) < self.keep:
+            self._free.append(buffer)
+
+
 @dataclass
 class Stats:
     """Counters of one manager (updated under its lock)."""
@@ -66,6 +86,7 @@ class ConnectionManager:
         self.time_wait_avoidance = time_wait_avoidance
         self.recv_size = recv_size
         self.zero_byte_reads = zero_byte_reads
+        self.buffers = BufferPool(recv_size)
         self.on_forced_close = on_forced_close
         self.stats = Stats()
         self.live: set[Connection] = set()
@@ -145,6 +166,8 @@ class ConnectionManager:
     def expire(self, now: float | None = None) -> int:
         """Force-close every connection whose close deadline passed, and close those idle
         too long; return how many were forced."""
+        if not self.close_queue and not self.idle_queue:
+            return 0  # nothing has a deadline: the common case costs two length checks
         now = time.monotonic() if now is None else now
         if self.idle_queue is not None:
             for connection in self.idle_queue.expired(now):

@@ -28,8 +28,8 @@ stopped.
 from __future__ import annotations
 
 import itertools
+import struct
 import threading
-from collections.abc import Iterator
 from enum import Enum
 from types import TracebackType
 from typing import Protocol
@@ -53,6 +53,9 @@ _PORT_CLOSED_ERRORS = frozenset({WinError.ERROR_ABANDONED_WAIT_0, WinError.ERROR
 # Operations of closed ports that may still be written by the kernel: never freed.
 _ORPHANED: list[dict[int, Operation]] = []
 _keys = itertools.count(1)
+# OVERLAPPED_ENTRY as Python's struct sees it: key, lpOverlapped, Internal, byte count.
+_ENTRY = struct.Struct("QQQI4x" if ffi.sizeof("void *") == 8 else "IIII")
+assert _ENTRY.size == ffi.sizeof("OVERLAPPED_ENTRY")
 
 
 class Outcome(Enum):
@@ -119,8 +122,12 @@ class _DequeueBuffers(threading.local):
     def __init__(self) -> None:
         self.bytes = ffi.new("DWORD *")
         self.key = ffi.new("ULONG_PTR *")
-        self.overlapped = ffi.new("LPOVERLAPPED *")
+        # The dequeued OVERLAPPED's address, read as an int without a cast per completion;
+        # `overlapped` is the same memory typed as GQCS wants it (`address` owns it).
+        self.address = ffi.new("uintptr_t *")
+        self.overlapped = ffi.cast("LPOVERLAPPED *", self.address)
         self.entries: CData = ffi.NULL
+        self.entries_view: memoryview | None = None
         self.capacity = 0
         self.removed = ffi.new("ULONG *")
 
@@ -243,8 +250,8 @@ class CompletionPort:
         out = self._buffers
         ok = kernel32.GetQueuedCompletionStatus(handle, out.bytes, out.key, out.overlapped,
                                                 milliseconds)
-        overlapped = out.overlapped[0]
-        if overlapped == ffi.NULL:
+        address = out.address[0]
+        if not address:
             if ok:
                 return Completion(Outcome.POSTED, out.key[0], out.bytes[0])
             error = kernel32.GetLastError()
@@ -255,8 +262,7 @@ class CompletionPort:
                 return Completion(Outcome.PORT_CLOSED, error=error)
             raise exception_for(error, "GetQueuedCompletionStatus")
         error = 0 if ok else kernel32.GetLastError()
-        return self._complete(int(ffi.cast("uintptr_t", overlapped)), out.key[0], out.bytes[0],
-                              error)
+        return self._complete(address, out.key[0], out.bytes[0], error)
 
     def get_many(self, timeout: float | None = None, max_entries: int | None = None
                  ) -> list[Completion]:
@@ -271,6 +277,7 @@ class CompletionPort:
         out = self._buffers
         if out.capacity < self._batch_size:
             out.entries = ffi.new("OVERLAPPED_ENTRY[]", self._batch_size)
+            out.entries_view = memoryview(ffi.buffer(out.entries))  # type: ignore[arg-type]
             out.capacity = self._batch_size
         if timeout is not None:
             return self._get_many_once(out, count, _milliseconds(timeout))
@@ -294,24 +301,34 @@ class CompletionPort:
             if error in _PORT_CLOSED_ERRORS or self._handle is None:
                 raise PortClosedError(None, "completion port was closed", None, error)
             raise exception_for(error, "GetQueuedCompletionStatusEx")
-        return list(self._classify_entries(out.entries, out.removed[0]))
+        return self._classify_entries(out.entries, out.removed[0], out.entries_view)
 
-    def _classify_entries(self, entries: CData, count: int) -> Iterator[Completion]:
-        for index in range(count):
-            entry = entries[index]
-            overlapped = entry.lpOverlapped
-            if overlapped == ffi.NULL:
-                yield Completion(Outcome.POSTED, entry.lpCompletionKey,
-                                 entry.dwNumberOfBytesTransferred)
+    def _classify_entries(self, entries: CData, count: int,
+                          view: memoryview | None = None) -> list[Completion]:
+        """Classify ``count`` OVERLAPPED_ENTRY records (read in one go, as plain integers)."""
+        raw = (view if view is not None
+               else memoryview(ffi.buffer(entries)))[:count * _ENTRY.size]  # type: ignore[arg-type]
+        completions = []
+        pending = self._pending
+        for key, address, _, transferred in _ENTRY.iter_unpack(raw):
+            if not address:
+                completions.append(Completion(Outcome.POSTED, key, transferred))
                 continue
-            status = overlapped.Internal & 0xFFFFFFFF
+            operation = pending.pop(address, None)
+            # The status is the NTSTATUS the kernel left in the OVERLAPPED's Internal field.
+            status = (operation.overlapped.Internal if operation is not None else
+                      ffi.cast("LPOVERLAPPED", address).Internal) & 0xFFFFFFFF
             # NT_SUCCESS: success and informational statuses are non-negative as 32-bit signed.
             error = 0 if status < 0x80000000 else ntdll.RtlNtStatusToDosError(status - (1 << 32))
-            yield self._complete(int(ffi.cast("uintptr_t", overlapped)), entry.lpCompletionKey,
-                                 entry.dwNumberOfBytesTransferred, error)
+            completions.append(self._classify(operation, address, key, transferred, error))
+        return completions
 
     def _complete(self, address: int, key: int, transferred: int, error: int) -> Completion:
-        operation = self._pending.pop(address, None)
+        return self._classify(self._pending.pop(address, None), address, key, transferred, error)
+
+    def _classify(self, operation: Operation | None, address: int, key: int, transferred: int,
+                  error: int) -> Completion:
+        """The completion of ``operation`` (taken out of the registry already), classified."""
         if operation is None:  # an OVERLAPPED posted by raw code, not one of ours
             outcome = Outcome.FAILED if error else Outcome.COMPLETED
             failure = classify_failure(error, False) if error else None
