@@ -3,6 +3,7 @@ the C declarations, with cffi as its only dependency, and no compiled code."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,9 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    # Built from a fresh copy: setuptools would otherwise reuse a stale build/ directory.
+    source = tmp_path_factory.mktemp("source") / "winiocp"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".winenv", "build", "dist", "*.egg-info", "results", "__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                    "-q", "-w", str(out), str(ROOT)], check=True, timeout=300)
+                    "-q", "-w", str(out), str(source)], check=True, timeout=300)
     (path,) = out.glob("winiocp-*.whl")
     return zipfile.ZipFile(path)
 
