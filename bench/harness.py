@@ -33,6 +33,10 @@ BENCH_REQUIREMENTS = BENCH / "requirements-windows.txt"
 #: tools/winenv.py at the same time (their prefix is .winenv/prefix) would otherwise share
 #: our wineserver, through which every IOCP call passes, and skew every number.
 BENCH_PREFIX = ROOT / ".winenv" / "prefix-bench"
+#: What the Windows processes run: the committed HEAD's winiocp/ (git archive) plus this bench/.
+#: Other people edit winiocp/ while the bench runs; measuring a snapshot of a commit keeps one
+#: run on one identifiable version.
+SNAPSHOT = ROOT / ".winenv" / "bench-snapshot"
 PYTHON = "3.13"  # the Windows CPython every Python server and micro-benchmark runs in
 
 
@@ -108,6 +112,23 @@ def build_programs() -> None:
     _compile(mingw, BENCH / "c" / "iocp_drain.c", BIN / "iocp_drain.exe")
 
 
+# -- the measured source -------------------------------------------------------------------------
+
+def take_snapshot() -> str:
+    """Extract HEAD's winiocp/ and examples/ into SNAPSHOT, copy bench/ beside them; return
+    the commit measured."""
+    revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    shutil.rmtree(SNAPSHOT, ignore_errors=True)
+    SNAPSHOT.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD",
+                              "winiocp", "examples"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(SNAPSHOT)], input=archive, check=True)
+    shutil.copytree(BENCH, SNAPSHOT / "bench",
+                    ignore=shutil.ignore_patterns("results", "__pycache__", "c", "*.c", "*.md"))
+    return revision
+
+
 # -- Windows processes --------------------------------------------------------------------------
 
 def python_command(*args: str) -> list[str]:
@@ -131,7 +152,10 @@ class WindowsProcess:
         argv, env = winenv.windows_command(PYTHON, command)
         if "WINEPREFIX" in env:
             env["WINEPREFIX"] = str(BENCH_PREFIX)
-        self.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.PIPE,
+        # The working directory comes first on the Windows Python's path (python -m / -c):
+        # the snapshot's winiocp and bench shadow the live checkout's.
+        cwd = SNAPSHOT if SNAPSHOT.is_dir() else ROOT
+        self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -394,11 +418,7 @@ def machine() -> dict[str, str]:
                            ".rstrip(']')}))"), "python --version", 120)["v"]
     except (RuntimeError, TimeoutError, OSError):
         pass
-    revision = first_line("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "winiocp"],
-                           capture_output=True, text=True).stdout.strip()
     return {
-        "winiocp_revision": revision + (" + uncommitted changes in winiocp/" if dirty else ""),
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "memory": first_line("sh", "-c", "free -h | awk '/Mem:/ {print $2}'"),

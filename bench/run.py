@@ -462,12 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     command = "python3 bench/run.py" + "".join(
         f" {shlex.quote(arg)}" for arg in (sys.argv[1:] if argv is None else argv))
     harness.provision()
+    revision = harness.take_snapshot()
     results: dict[str, Any] = {
         "command": command,
         "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "settings": asdict(settings),
         "machine": harness.machine(),
     }
+    results["machine"]["winiocp_revision"] = (
+        f"{revision} (HEAD, run from a `git archive` snapshot: edits in progress excluded)")
     log(f"machine: {results['machine']}")
     load: dict[str, Any] = {}
     results["load"] = load
@@ -485,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
         results["command"] = f"{previous.get('command', '?')} && {command}"
         results["started"] = previous.get("started", results["started"])
         results["settings"] = previous.get("settings", results["settings"])
+        measured = previous.get("machine", {}).get("winiocp_revision", "?")
+        if not measured.startswith(revision):
+            results["machine"]["winiocp_revision"] = (
+                f"{measured} for the kept sections; {revision} for "
+                f"{', '.join(sections)}")
     quiet_budget = settings.wait_quiet
 
     def before(section: str) -> None:
