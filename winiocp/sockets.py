@@ -268,10 +268,11 @@ class Socket(OverlappedOwner[int]):
         reuse.rearm()
         return reuse
 
-    def _need_stream(self, what: str, connected: bool = True) -> None:
+    def _need_stream(self, what: str) -> None:
+        """``what`` needs a connected (or connectable) stream socket, not a listening one."""
         if self.type != SocketType.SOCK_STREAM:
             raise ValueError(f"{what} needs a SOCK_STREAM socket")
-        if connected and self._listening:
+        if self._listening:
             raise ValueError(f"{what} needs a connected socket, not a listening one")
 
     def recv(self, size: int = 65536, *, reuse: RecvOperation | None = None,
