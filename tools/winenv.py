@@ -26,9 +26,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import selectors
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,20 +180,60 @@ def windows_command(version: str, command: list[str]) -> tuple[list[str], dict[s
 
 
 def run_windows(version: str, command: list[str], timeout: float | None = None) -> int:
-    """Run ``command`` in Windows CPython, copying its output (through a pipe) to ours."""
+    """Run ``command`` in Windows CPython, copying its output (through a pipe) to ours.
+
+    Wine may start helper processes (wineserver, winedevice) that inherit the pipe and outlive
+    the command, so the pipe's end is not waited for: once the command has exited, what is
+    left in the pipe is copied and the rest ignored.
+    """
     argv, env = windows_command(version, command)
+    if sys.platform == "win32":  # natively: the output needs no relay
+        try:
+            return subprocess.run(argv, env=env, cwd=ROOT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return 124
+    return relay_under_wine(argv, env, timeout)
+
+
+def relay_under_wine(argv: list[str], env: dict[str, str], timeout: float | None) -> int:
+    if sys.platform == "win32":
+        raise RuntimeError("only for Wine on Linux")
+    deadline = None if timeout is None else time.monotonic() + timeout
     with subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as process:
         assert process.stdout is not None
         output = process.stdout.fileno()
-        for chunk in iter(lambda: os.read(output, 65536), b""):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.buffer.flush()
+        os.set_blocking(output, False)
+        with selectors.DefaultSelector() as selector:
+            selector.register(output, selectors.EVENT_READ)
+            while True:
+                exited = process.poll() is not None
+                if selector.select(0.0 if exited else 0.2):
+                    if copy_available(output):
+                        continue
+                    break  # end of file: nothing more will come
+                if exited:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
         try:
-            return process.wait(timeout=timeout)
+            return process.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             return 124
+
+
+def copy_available(fd: int) -> bool:
+    """Copy what can be read from ``fd`` now to our stdout; False at end of file."""
+    try:
+        chunk = os.read(fd, 65536)
+    except BlockingIOError:
+        return True
+    if not chunk:
+        return False
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+    return True
 
 
 def run_host_tests(pytest_args: list[str]) -> int:
