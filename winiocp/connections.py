@@ -104,6 +104,7 @@ class Connection:
         self._recv: RecvOperation | None = None
         self._borrowed: bytearray | None = None
         self._probing = False
+        self._lost: CloseReason | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.state.value} sends={self.pending_sends} {self.sock!r}>"
@@ -113,6 +114,15 @@ class Connection:
     def start(self) -> None:
         with self._lock:
             self._post_recv()
+        self._notify_lost()
+
+    def _notify_lost(self) -> None:
+        """Tell the handler the connection is gone, outside our lock (a handler may lock
+        other connections: a proxy closing its pair must not deadlock), exactly once."""
+        with self._lock:
+            reason, self._lost = self._lost, None
+        if reason is not None:
+            self.handler.connection_lost(self, reason)
 
     def _post_recv(self, probe: bool | None = None) -> None:
         """Post the one receive; the buffer and OVERLAPPED are reused serially (rule 11).
@@ -147,6 +157,9 @@ class Connection:
         with self._lock:
             self.pending_recvs -= 1
             borrowed, self._borrowed = self._borrowed, None
+            if self.state in (State.CLOSED, State.ABORTED):
+                self._give_back(borrowed)  # connection_lost was (or is being) delivered
+                return
             if completion.outcome is Outcome.FAILED:
                 self._give_back(borrowed)
                 self._finish_abortively(_reason_for(completion.failure), linger=False)
@@ -208,18 +221,21 @@ class Connection:
             self.state = State.CLOSING
             self.manager._closing(self)
             self._advance_close()
+        self._notify_lost()
 
     def abort(self) -> None:
         """Close at once with SO_LINGER {1, 0} (RST); pending operations are cancelled by the
         close and their memory stays owned until their completions are dequeued."""
         with self._lock:
             self._finish_abortively(CloseReason.ABORTED, linger=True)
+        self._notify_lost()
 
     def force_close(self) -> None:
         """Called by the close queue when the deadline passed."""
         with self._lock:
             if self.state is State.CLOSING:
                 self._finish_abortively(CloseReason.FORCED, linger=True)
+        self._notify_lost()
 
     def _advance_close(self) -> None:
         """Step the close sequence as far as completed I/O allows (lock held)."""
@@ -275,16 +291,19 @@ class Connection:
                     pass  # already closed or reset: closing is all that is left
             self.sock.close()
         self.manager._closed(self, reason)
-        self.handler.connection_lost(self, reason)
+        self._lost = reason  # delivered by _notify_lost, once the lock is released
 
     # -- routing -----------------------------------------------------------------------------
 
     def on_completion(self, completion: Completion) -> None:
         operation = completion.operation
-        if isinstance(operation, RecvOperation):
-            self._on_recv(completion, operation)
-        elif operation is not None and operation.kind is OpKind.SEND:
-            self._on_send(completion)
+        try:
+            if isinstance(operation, RecvOperation):
+                self._on_recv(completion, operation)
+            elif operation is not None and operation.kind is OpKind.SEND:
+                self._on_send(completion)
+        finally:
+            self._notify_lost()
 
 
 class NullHandler:

@@ -14,6 +14,7 @@ connections can be recycled into the pool with DisconnectEx(TF_REUSE_SOCKET).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -77,6 +78,8 @@ class ConnectionManager:
                  time_wait_avoidance: bool = True, recv_size: int = 65536,
                  zero_byte_reads: bool = False, idle_timeout: float | None = None,
                  on_forced_close: Callable[[Connection], None] | None = None) -> None:
+        if not 1 <= recv_size <= 0xFFFFFFFF:
+            raise ValueError(f"recv_size must be 1 to 2**32-1 bytes, got {recv_size}")
         self.port = port if port is not None else CompletionPort()
         self._owns_port = port is None
         self.close_queue: CloseQueue[Connection] = CloseQueue(close_timeout)
@@ -154,14 +157,24 @@ class ConnectionManager:
         operation = completion.operation
         target = operation.context if operation is not None else None
         if isinstance(target, (Connection, AcceptPool)):
-            try:
-                target.on_completion(completion)
-            except Exception:
-                log.exception("handler failed on %r", completion)
-                with self._lock:
-                    self.stats.handler_errors += 1
-                if isinstance(target, Connection):
+            self._guarded(target.on_completion, completion)
+
+    def _guarded(self, call: Callable[[Completion], None] | Callable[[], None],
+                 *args: Completion) -> None:
+        """Run a handler-facing ``call``; an exception is logged and counted, never let out of
+        the loop, and the connection it came from is aborted."""
+        try:
+            call(*args)
+        except Exception:
+            log.exception("handler failed in %r", call)
+            with self._lock:
+                self.stats.handler_errors += 1
+            target = getattr(call, "__self__", None)
+            if isinstance(target, Connection):
+                try:
                     target.abort()
+                except Exception:
+                    log.exception("connection_lost failed while aborting %r", target)
 
     def expire(self, now: float | None = None) -> int:
         """Force-close every connection whose close deadline passed, and close those idle
@@ -175,12 +188,12 @@ class ConnectionManager:
                 if idle_until > now:
                     self.idle_queue.add(connection, now=connection.last_activity)
                 else:
-                    connection.close()
+                    self._guarded(connection.close)
         expired = self.close_queue.expired(now)
-        for connection in expired:
-            connection.force_close()
+        for connection in expired:  # each one guarded: one failing handler stops no other
+            self._guarded(connection.force_close)
             if self.on_forced_close is not None:
-                self.on_forced_close(connection)
+                self._guarded(functools.partial(self.on_forced_close, connection))
         return len(expired)
 
     def run(self, until: Callable[[], bool], poll: float = 0.1) -> None:
@@ -246,6 +259,8 @@ class AcceptPool:
             try:
                 self.listener.accept(recycled, reuse=reuse, context=self)
             except ClosedHandleError:
+                if recycled is not None:
+                    recycled.close()
                 return  # the listener was closed: the pool is done
             except OSError as exc:
                 # E.g. WSAECONNRESET: a client connected and reset before AcceptEx took it.
@@ -281,8 +296,12 @@ class AcceptPool:
             accepted.close()
             return
         self._post(operation)  # re-arm first: the pool stays full while the handler runs
-        self.manager.add(accepted, self.handler_factory(),
-                         self.release if self.recycle else None)
+        try:
+            self.manager.add(accepted, self.handler_factory(),
+                             self.release if self.recycle else None)
+        except BaseException:
+            accepted.close()  # never leak a connected socket the application never saw
+            raise
 
     def release(self, sock: Socket) -> bool:
         """Take a finished connection's socket for reuse (DisconnectEx TF_REUSE_SOCKET).

@@ -129,6 +129,13 @@ class Operation:
         if not self.reusable:  # a reusable one keeps its pinned buffers for the next call
             self.release()
 
+    def abandon(self) -> None:
+        """The call was never made: done, with no completion and no post-processing."""
+        self.state = OpState.DONE
+        self.bytes_transferred = 0
+        self.error = WinError.ERROR_OPERATION_ABORTED
+        self.release()
+
     def on_success(self) -> int:
         """Per-kind work on a successful completion (AcceptEx's context, ...): 0 or an error."""
         return 0

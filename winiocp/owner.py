@@ -125,14 +125,24 @@ class OverlappedOwner(Generic[H]):
             port.register(operation)
             try:
                 result = call(handle)
-            except BaseException:
-                port.unregister(operation, 0)  # cffi refused the arguments: no call was made
+            except Exception:
+                # cffi refused an argument (TypeError, OverflowError, ...): no call was made.
+                port.unregister(operation, 0, issued=False)
                 raise
+            # A KeyboardInterrupt can arrive just after the C call returned: the operation
+            # then stays registered (kept alive), since the kernel may own it.
             if failed(result):
                 error = self._last_error()
                 if error in done_at_once:
                     port.unregister(operation, 0)
-                elif error != WinError.ERROR_IO_PENDING:
+                elif error not in _PACKET_COMES_ANYWAY:
                     port.unregister(operation, error)
                     raise exception_for(error, f"{what} on {self!r}")
         return operation
+
+
+#: Synchronous "failures" after which a completion packet is still queued: the I/O is pending,
+#: or it completed with a warning status (a datagram or pipe message larger than the buffer).
+_PACKET_COMES_ANYWAY = frozenset({
+    WinError.ERROR_IO_PENDING, WinError.WSAEMSGSIZE, WinError.ERROR_MORE_DATA,
+})

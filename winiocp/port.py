@@ -189,13 +189,19 @@ class CompletionPort:
         """Record ``operation`` as pending; call just before issuing it."""
         if operation.state is OpState.PENDING:
             raise RuntimeError(f"{operation!r} is already pending")
-        self.handle  # noqa: B018 - raises if closed: nothing will ever dequeue it
-        operation.state = OpState.PENDING
-        self._pending[operation.address] = operation
+        with self._lock:  # atomic with close(): never into a registry that close() let go
+            if self._handle is None:
+                raise ClosedHandleError("completion port")  # nothing would ever dequeue it
+            operation.state = OpState.PENDING
+            self._pending[operation.address] = operation
 
-    def unregister(self, operation: Operation, error: int) -> None:
-        """The call failed at once: no packet will come, the memory is ours again."""
+    def unregister(self, operation: Operation, error: int, issued: bool = True) -> None:
+        """The call failed at once (or, with ``issued=False``, was never made): no packet
+        will come, the memory is ours again."""
         self._pending.pop(operation.address, None)
+        if not issued:
+            operation.abandon()
+            return
         operation.finish(error, 0)
         if error:
             operation.failure = classify_failure(error, operation.cancel_requested)
@@ -310,14 +316,14 @@ class CompletionPort:
                else memoryview(ffi.buffer(entries)))[:count * _ENTRY.size]  # type: ignore[arg-type]
         completions = []
         pending = self._pending
-        for key, address, _, transferred in _ENTRY.iter_unpack(raw):
+        for key, address, internal, transferred in _ENTRY.iter_unpack(raw):
             if not address:
                 completions.append(Completion(Outcome.POSTED, key, transferred))
                 continue
             operation = pending.pop(address, None)
-            # The status is the NTSTATUS the kernel left in the OVERLAPPED's Internal field.
-            status = (operation.overlapped.Internal if operation is not None else
-                      ffi.cast("LPOVERLAPPED", address).Internal) & 0xFFFFFFFF
+            # The entry's Internal is the packet's NTSTATUS (its IO_STATUS_BLOCK.Status): read
+            # there, not through lpOverlapped, which a raw post may point at anything.
+            status = internal & 0xFFFFFFFF
             # NT_SUCCESS: success and informational statuses are non-negative as 32-bit signed.
             error = 0 if status < 0x80000000 else ntdll.RtlNtStatusToDosError(status - (1 << 32))
             completions.append(self._classify(operation, address, key, transferred, error))
@@ -348,11 +354,11 @@ class CompletionPort:
         """Close the port (idempotent). Pending operations' memory is kept, never freed."""
         with self._lock:
             handle, self._handle = self._handle, None
-        if handle is None:
-            return
-        if self._pending:
-            _ORPHANED.append(self._pending)
-            self._pending = {}
+            if handle is None:
+                return
+            if self._pending:
+                _ORPHANED.append(self._pending)
+                self._pending = {}
         kernel32.CloseHandle(handle)
 
 

@@ -375,6 +375,7 @@ class Socket(OverlappedOwner[int]):
         self._need_stream("connect")
         if not self._is_bound():  # ConnectEx requires a bound socket
             self.bind(("", 0))
+        check_size(memoryview(data).nbytes, "connect data size")
         sockaddr = addresses.Sockaddr(self.family, address)
         operation = ConnectOperation(self)
         send_buffer = operation.set_data(data)

@@ -86,7 +86,7 @@ class HttpHandler:
         if headers.get("Transfer-Encoding") is not None:
             raise BadRequest(HTTPStatus.NOT_IMPLEMENTED)
         length_text = headers.get("Content-Length", "0").strip()
-        if not length_text.isdigit() or len(headers.get_all("Content-Length") or []) > 1:
+        if not (length_text.isascii() and length_text.isdigit()) or len(headers.get_all("Content-Length") or []) > 1:
             raise BadRequest(HTTPStatus.BAD_REQUEST)
         length = int(length_text)
         if length > MAX_BODY_BYTES:
