@@ -53,6 +53,9 @@ _PORT_CLOSED_ERRORS = frozenset({WinError.ERROR_ABANDONED_WAIT_0, WinError.ERROR
 # Operations of closed ports that may still be written by the kernel: never freed.
 _ORPHANED: list[dict[int, Operation]] = []
 _keys = itertools.count(1)
+# What close() posts to wake the threads waiting on the port; never registered, never written.
+_WAKE_OVERLAPPED = ffi.new("OVERLAPPED *")
+_WAKE_ADDRESS = int(ffi.cast("uintptr_t", _WAKE_OVERLAPPED))
 # OVERLAPPED_ENTRY as Python's struct sees it: key, lpOverlapped, Internal, byte count.
 _ENTRY = struct.Struct("QQQI4x" if ffi.sizeof("void *") == 8 else "IIII")
 assert _ENTRY.size == ffi.sizeof("OVERLAPPED_ENTRY")
@@ -143,7 +146,12 @@ class CompletionPort:
         handle = kernel32.CreateIoCompletionPort(INVALID_HANDLE, ffi.NULL, 0, concurrency)
         if handle == ffi.NULL:
             raise exception_for(kernel32.GetLastError(), "CreateIoCompletionPort")
+        #: The port's handle while it is open for new work (None once close() was called).
         self._handle: CData | None = handle
+        #: The handle as the OS has it: closed only when no thread is inside a dequeue, so a
+        #: waiter never passes a value Windows may already have given to another object.
+        self._os_handle: CData | None = handle
+        self._waiters = 0
         self._batch_size = batch_size
         self._pending: dict[int, Operation] = {}
         self._buffers = _DequeueBuffers()
@@ -250,25 +258,47 @@ class CompletionPort:
                 return completion
 
     def _get_once(self, milliseconds: int) -> Completion:
-        handle = self._handle
+        handle = self._enter()
         if handle is None:
             return Completion(Outcome.PORT_CLOSED)
-        out = self._buffers
-        ok = kernel32.GetQueuedCompletionStatus(handle, out.bytes, out.key, out.overlapped,
-                                                milliseconds)
-        address = out.address[0]
-        if not address:
-            if ok:
-                return Completion(Outcome.POSTED, out.key[0], out.bytes[0])
-            error = kernel32.GetLastError()
-            if error == WinError.WAIT_TIMEOUT:
-                # Wine reports WAIT_TIMEOUT to a waiter whose port was closed under it.
-                return Completion(Outcome.PORT_CLOSED if self._handle is None else Outcome.TIMED_OUT)
-            if error in _PORT_CLOSED_ERRORS:
-                return Completion(Outcome.PORT_CLOSED, error=error)
-            raise exception_for(error, "GetQueuedCompletionStatus")
-        error = 0 if ok else kernel32.GetLastError()
-        return self._complete(address, out.key[0], out.bytes[0], error)
+        try:
+            out = self._buffers
+            ok = kernel32.GetQueuedCompletionStatus(handle, out.bytes, out.key, out.overlapped,
+                                                    milliseconds)
+            address = out.address[0]
+            if not address:
+                if ok:
+                    return Completion(Outcome.POSTED, out.key[0], out.bytes[0])
+                error = kernel32.GetLastError()
+                if error == WinError.WAIT_TIMEOUT:
+                    return Completion(Outcome.PORT_CLOSED if self._handle is None
+                                      else Outcome.TIMED_OUT)
+                if error in _PORT_CLOSED_ERRORS:
+                    return Completion(Outcome.PORT_CLOSED, error=error)
+                raise exception_for(error, "GetQueuedCompletionStatus")
+            if address == _WAKE_ADDRESS:
+                return Completion(Outcome.PORT_CLOSED, error=WinError.ERROR_ABANDONED_WAIT_0)
+            error = 0 if ok else kernel32.GetLastError()
+            return self._complete(address, out.key[0], out.bytes[0], error)
+        finally:
+            self._leave()
+
+    def _enter(self) -> CData | None:
+        """The handle to wait on, counted as in use; None once the port is closing."""
+        with self._lock:
+            handle = self._handle
+            if handle is not None:
+                self._waiters += 1
+            return handle
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._waiters -= 1
+            handle = None
+            if self._handle is None and self._waiters == 0:
+                handle, self._os_handle = self._os_handle, None
+        if handle is not None:
+            kernel32.CloseHandle(handle)  # the last waiter out of a closed port closes it
 
     def get_many(self, timeout: float | None = None, max_entries: int | None = None
                  ) -> list[Completion]:
@@ -295,19 +325,26 @@ class CompletionPort:
 
     def _get_many_once(self, out: _DequeueBuffers, count: int, milliseconds: int
                        ) -> list[Completion]:
-        handle = self._handle
+        handle = self._enter()
         if handle is None:
             raise PortClosedError(None, "completion port is closed", None,
                                   WinError.ERROR_INVALID_HANDLE)
-        if not kernel32.GetQueuedCompletionStatusEx(handle, out.entries, count, out.removed,
-                                                    milliseconds, 0):
-            error = kernel32.GetLastError()
-            if error == WinError.WAIT_TIMEOUT and self._handle is not None:
-                return []
-            if error in _PORT_CLOSED_ERRORS or self._handle is None:
-                raise PortClosedError(None, "completion port was closed", None, error)
-            raise exception_for(error, "GetQueuedCompletionStatusEx")
-        return self._classify_entries(out.entries, out.removed[0], out.entries_view)
+        try:
+            if not kernel32.GetQueuedCompletionStatusEx(handle, out.entries, count,
+                                                        out.removed, milliseconds, 0):
+                error = kernel32.GetLastError()
+                if error == WinError.WAIT_TIMEOUT and self._handle is not None:
+                    return []
+                if error in _PORT_CLOSED_ERRORS or self._handle is None:
+                    raise PortClosedError(None, "completion port was closed", None, error)
+                raise exception_for(error, "GetQueuedCompletionStatusEx")
+            completions = self._classify_entries(out.entries, out.removed[0], out.entries_view)
+        finally:
+            self._leave()
+        if not completions and self._handle is None:  # only close()'s wake-up packet came
+            raise PortClosedError(None, "completion port was closed", None,
+                                  WinError.ERROR_ABANDONED_WAIT_0)
+        return completions
 
     def _classify_entries(self, entries: CData, count: int,
                           view: memoryview | None = None) -> list[Completion]:
@@ -320,6 +357,8 @@ class CompletionPort:
             if not address:
                 completions.append(Completion(Outcome.POSTED, key, transferred))
                 continue
+            if address == _WAKE_ADDRESS:
+                continue  # close() woke this waiter: the caller learns on its next call
             operation = pending.pop(address, None)
             # The entry's Internal is the packet's NTSTATUS (its IO_STATUS_BLOCK.Status): read
             # there, not through lpOverlapped, which a raw post may point at anything.
@@ -351,7 +390,11 @@ class CompletionPort:
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the port (idempotent). Pending operations' memory is kept, never freed."""
+        """Close the port (idempotent). Pending operations' memory is kept, never freed.
+
+        Threads waiting on the port are woken (each gets PORT_CLOSED) and the handle is closed
+        by the last of them to leave, so none ever waits on a recycled handle value.
+        """
         with self._lock:
             handle, self._handle = self._handle, None
             if handle is None:
@@ -359,6 +402,11 @@ class CompletionPort:
             if self._pending:
                 _ORPHANED.append(self._pending)
                 self._pending = {}
+            if self._waiters:
+                for _ in range(self._waiters):  # under the lock: the handle is still open
+                    kernel32.PostQueuedCompletionStatus(handle, 0, 0, _WAKE_OVERLAPPED)
+                return
+            self._os_handle = None
         kernel32.CloseHandle(handle)
 
 
