@@ -357,11 +357,17 @@ class Socket(OverlappedOwner[int]):
             assert isinstance(operation, AcceptOperation)
             operation.prepare(target, recv_size)
             accept_ex = self._extensions().AcceptEx
-            accepted = target._checked()
-            self._issue(operation, "AcceptEx", lambda h: accept_ex(
-                h, accepted, operation.output, recv_size, ACCEPT_ADDRESS_SIZE,
-                ACCEPT_ADDRESS_SIZE, operation.received, operation.overlapped),
-                returns_bool=True, context=context)
+
+            def call(listen_handle: int) -> int:
+                # The accept socket's value is read under its lock (taken after the
+                # listener's, as everywhere): a racing close() cannot hand AcceptEx a value
+                # Windows has already given to another socket.
+                with target._lock:
+                    return accept_ex(listen_handle, target._checked(), operation.output,
+                                     recv_size, ACCEPT_ADDRESS_SIZE, ACCEPT_ADDRESS_SIZE,
+                                     operation.received, operation.overlapped)
+
+            self._issue(operation, "AcceptEx", call, returns_bool=True, context=context)
         except BaseException:
             if created:
                 target.close()
@@ -413,10 +419,13 @@ class Socket(OverlappedOwner[int]):
         buffers.Tail, buffers.TailLength = tail_c, len(tail)
         operation.keep_alive(buffers, head_c, tail_c, file)
         transmit = self._extensions().TransmitFile
-        file_handle = file.handle
-        self._issue(operation, "TransmitFile", lambda h: transmit(
-            h, file_handle, count, 0, operation.overlapped, buffers, flags),
-            returns_bool=True, context=context)
+
+        def call(socket_handle: int) -> int:
+            with file._lock:  # the file's value is read under its lock, as in accept()
+                return transmit(socket_handle, file._checked(), count, 0,
+                                operation.overlapped, buffers, flags)
+
+        self._issue(operation, "TransmitFile", call, returns_bool=True, context=context)
         return operation
 
     def cancel(self, operation: Operation | None = None) -> bool:
