@@ -119,6 +119,8 @@ class Connection:
     def _notify_lost(self) -> None:
         """Tell the handler the connection is gone, outside our lock (a handler may lock
         other connections: a proxy closing its pair must not deadlock), exactly once."""
+        if self._lost is None:  # the common case, per completion: no lock needed to see it
+            return
         with self._lock:
             reason, self._lost = self._lost, None
         if reason is not None:
