@@ -23,6 +23,8 @@ from ..sockets import Socket
 
 @dataclass(frozen=True)
 class ServerSummary:
+    """What a server did, from its manager's counters: returned by ``Server.stop``."""
+
     connections: int
     bytes_received: int
     bytes_sent: int
@@ -30,6 +32,7 @@ class ServerSummary:
     accept_failures: int
 
     def line(self) -> str:
+        """One ``key=value`` line, as the CLI prints it."""
         return (f"connections={self.connections} bytes_in={self.bytes_received} "
                 f"bytes_out={self.bytes_sent} forced_closes={self.forced_closes} "
                 f"accept_failures={self.accept_failures}")
@@ -45,14 +48,14 @@ class Server:
                  recv_size: int = 65536) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.handler_factory = handler_factory
-        self.workers = workers
-        self.manager = ConnectionManager(
+        self.handler_factory: Callable[[], Handler] = handler_factory
+        self.workers: int = workers
+        self.manager: ConnectionManager = ConnectionManager(
             close_timeout=close_timeout, idle_timeout=idle_timeout,
             time_wait_avoidance=time_wait_avoidance, zero_byte_reads=zero_byte_reads,
             recv_size=recv_size)
         family = AddressFamily.AF_INET6 if ":" in host else AddressFamily.AF_INET
-        self.listener = Socket(family)
+        self.listener: Socket = Socket(family)
         try:
             self.listener.set_exclusive_address_use(True)
             self.listener.bind((host, port))
@@ -66,6 +69,7 @@ class Server:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        """Post the accepts and start the worker threads; returns at once."""
         self.manager.listen(self.listener, self.handler_factory, accepts=self._accepts)
         for index in range(self.workers):
             thread = threading.Thread(target=self.manager.run, args=(self._stopping.is_set,),

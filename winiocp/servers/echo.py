@@ -6,6 +6,8 @@ from ..connections import CloseReason, Connection, State
 
 
 class EchoHandler:
+    """Sends every received byte back on the same connection."""
+
     def data_received(self, connection: Connection, data: bytes) -> None:
         if connection.state is State.OPEN:  # after close() (e.g. server stop) no more sends
             connection.send(data)

@@ -24,12 +24,15 @@ _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b
 
 
 class BadRequest(Exception):
+    """A request the handler refuses: answered with ``status``, then the connection closes."""
+
     def __init__(self, status: HTTPStatus) -> None:
         super().__init__(status.phrase)
-        self.status = status
+        self.status: HTTPStatus = status
 
 
 def response(status: HTTPStatus, body: bytes, keep_alive: bool, head_only: bool = False) -> bytes:
+    """The bytes of one HTTP/1.1 response (only its head when ``head_only``, as for HEAD)."""
     head = (f"HTTP/1.1 {status.value} {status.phrase}\r\n"
             f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
             f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
@@ -40,16 +43,16 @@ class HttpHandler:
     """Serves ``BODY`` to every well-formed request."""
 
     def __init__(self, body: bytes = BODY) -> None:
-        self.body = body
-        self.buffer = bytearray()
-        self.requests = 0
-        self.closing = False
+        self.body: bytes = body
+        self.buffer: bytearray = bytearray()  # received bytes not yet framed into a request
+        self.requests: int = 0  # well-formed requests answered
+        self.closing: bool = False  # no more requests: an error or a non-keep-alive request
 
     def data_received(self, connection: Connection, data: bytes) -> None:
         if self.closing or connection.state is not State.OPEN:
             return  # after an error, `Connection: close` or an idle close: ignore the rest
         self.buffer += data
-        replies = []
+        replies: list[bytes] = []
         try:
             while not self.closing:
                 reply = self._next_request()
