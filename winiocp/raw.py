@@ -34,10 +34,10 @@ from .constants import (
 
 ffi: TypedFFI = _ffi
 
-kernel32 = cast(_api.Kernel32, ffi.dlopen("kernel32.dll"))
-ntdll = cast(_api.Ntdll, ffi.dlopen("ntdll.dll"))
-ws2_32 = cast(_api.Ws2_32, ffi.dlopen("ws2_32.dll"))
-iphlpapi = cast(_api.Iphlpapi, ffi.dlopen("iphlpapi.dll"))
+kernel32: _api.Kernel32 = cast(_api.Kernel32, ffi.dlopen("kernel32.dll"))
+ntdll: _api.Ntdll = cast(_api.Ntdll, ffi.dlopen("ntdll.dll"))
+ws2_32: _api.Ws2_32 = cast(_api.Ws2_32, ffi.dlopen("ws2_32.dll"))
+iphlpapi: _api.Iphlpapi = cast(_api.Iphlpapi, ffi.dlopen("iphlpapi.dll"))
 
 #: ``INVALID_HANDLE_VALUE`` as the pointer Windows returns (compare with ``==``).
 INVALID_HANDLE: CData = ffi.cast("HANDLE", -1)

@@ -16,6 +16,8 @@ from .raw import ffi, iphlpapi
 
 @dataclass(frozen=True)
 class TcpRow:
+    """One row of the table: addresses as (host, port), ``pid`` the owning process."""
+
     state: TcpState
     local: tuple[str, int]
     remote: tuple[str, int]
@@ -45,7 +47,7 @@ def tcp_table() -> list[TcpRow]:
         raise RuntimeError("GetTcpTable2 kept growing")
     if table == ffi.NULL:
         return []
-    rows = []
+    rows: list[TcpRow] = []
     # `table` is declared with one row (as in the SDK); index past it through a plain pointer.
     first_row = ffi.cast("MIB_TCPROW2 *", table.table)
     for index in range(table.dwNumEntries):
