@@ -35,6 +35,7 @@ HEADERS: tuple[tuple[str, str | None], ...] = (
     ("30_ws2def.h", None),
     ("31_winsock2.h", "ws2_32"),
     ("32_mswsock.h", None),
+    ("33_mstcpip.h", None),
     ("40_iphlpapi.h", "iphlpapi"),
 )
 

@@ -198,12 +198,30 @@ class IoControl(IntEnum):
     SIO_GET_EXTENSION_FUNCTION_POINTER = 0xC8000006
     SIO_BSP_HANDLE_POLL = 0x4800001D
     SIO_BASE_HANDLE = 0x48000022
+    #: TCP_INFO_v0 of a connected socket (Windows 10 1703+).
+    SIO_TCP_INFO = 0xD8000027
 
 
 class MsgFlags(IntFlag):
     MSG_OOB = 0x1
     MSG_PEEK = 0x2
     MSG_PARTIAL = 0x8000
+
+
+class TcpInfoState(IntEnum):
+    """``TCPSTATE`` (mstcpip.h): ``TCP_INFO_v0.State``, what SIO_TCP_INFO says of a socket."""
+
+    TCPSTATE_CLOSED = 0
+    TCPSTATE_LISTEN = 1
+    TCPSTATE_SYN_SENT = 2
+    TCPSTATE_SYN_RCVD = 3
+    TCPSTATE_ESTABLISHED = 4
+    TCPSTATE_FIN_WAIT_1 = 5
+    TCPSTATE_FIN_WAIT_2 = 6
+    TCPSTATE_CLOSE_WAIT = 7
+    TCPSTATE_CLOSING = 8
+    TCPSTATE_LAST_ACK = 9
+    TCPSTATE_TIME_WAIT = 10
 
 
 class TcpState(IntEnum):
@@ -271,7 +289,7 @@ WSAID_DISCONNECTEX = uuid.UUID("7fda2e11-8630-436f-a031-f536a6eec157")
 ENUMS: tuple[type[IntEnum] | type[IntFlag], ...] = (
     WinError, NtStatus, AddressFamily, SocketType, IPProto, SocketLevel, SocketOption,
     TcpOption, Ipv6Option, Shutdown, TransmitFileFlags, WSASocketFlags,
-    CompletionNotificationModes, IoControl, MsgFlags, TcpState, FileAccess, FileShare,
+    CompletionNotificationModes, IoControl, MsgFlags, TcpInfoState, TcpState, FileAccess, FileShare,
     FileCreation, FileFlags, PipeMode,
 )
 #: Plain module constants the SDK check compares too (name -> value).

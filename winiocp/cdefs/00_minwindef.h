@@ -4,6 +4,7 @@
 typedef int BOOL;
 typedef unsigned char BYTE;
 typedef unsigned char UCHAR;
+typedef unsigned char BOOLEAN;
 typedef unsigned short WORD;
 typedef unsigned short USHORT;
 typedef unsigned short u_short;
@@ -19,6 +20,7 @@ typedef unsigned int GROUP;
 typedef char CHAR;
 typedef wchar_t WCHAR;
 typedef uint64_t ULONGLONG;
+typedef uint64_t ULONG64;
 typedef int64_t LONGLONG;
 typedef uintptr_t ULONG_PTR;
 typedef uintptr_t UINT_PTR;
