@@ -1,4 +1,4 @@
-"""A correct program on the raw API: mypy --strict must accept it without a single error.
+"""A correct program on the raw API: mypy --strict and strict pyright must accept it as it is.
 
 Never run, only type-checked (tests/host/test_typecheck.py). It exercises each kind of
 argument the generated Protocols accept: pointers as CData, ``bytes`` for ``char *``,

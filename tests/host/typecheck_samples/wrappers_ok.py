@@ -1,4 +1,4 @@
-"""A correct program against the typed wrappers: it must type-check clean (never run)."""
+"""A correct program against the typed wrappers: mypy --strict and strict pyright accept it (never run)."""
 
 from __future__ import annotations
 
