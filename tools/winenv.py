@@ -141,11 +141,16 @@ def ensure_embedded_python(version: str) -> Path:
     return exe
 
 
-# Loaded at start-up by the Wine-provisioned Python only (never on real Windows): Python 3.12+
-# asks WMI for the OS version in platform.system(); Wine 8 aborts in an unimplemented
-# propsys.dll function there. Make the query fail so platform uses its fallback.
+# Loaded at start-up by the Wine-provisioned Python only (never on real Windows):
+# * Python 3.12+ asks WMI for the OS version in platform.system(); Wine 8 aborts in an
+#   unimplemented propsys.dll function there. Make the query fail so platform uses its fallback.
+# * Python 3.12+'s shutil.copy2 calls CopyFile2 when _winapi has it; Wine 8's kernel32 has no
+#   CopyFile2 and the process aborts (Sphinx copies its assets that way). Without the attribute
+#   shutil takes its portable path (copyfile + copystat).
 WINE_FIXES = '''"""Test-bed fixes for Windows CPython under Wine (written by tools/winenv.py)."""
 import platform
+
+import _winapi
 
 
 def _no_wmi(*args, **kwargs):
@@ -154,6 +159,8 @@ def _no_wmi(*args, **kwargs):
 
 if hasattr(platform, "_wmi_query"):
     platform._wmi_query = _no_wmi
+if hasattr(_winapi, "CopyFile2"):
+    del _winapi.CopyFile2
 '''
 
 
