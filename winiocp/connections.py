@@ -1,8 +1,9 @@
-"""Connections: pending-I/O accounting and closing without losing data (rules 1, 3, 4, 5, 6).
+"""Connections: pending-I/O accounting, ordered delivery, flow control, and closing without
+losing data (rules 1, 3, 4, 5, 6).
 
-``closesocket`` with I/O pending resets the connection, and data just sent can be lost; waiting
-"a few seconds" first is no fix. A ``Connection`` closes in the order the notes prescribe,
-driven only by completions:
+Closing. ``closesocket`` with I/O pending resets the connection, and data just sent can be
+lost; waiting "a few seconds" first is no fix. A ``Connection`` closes in the order the notes
+prescribe, driven only by completions:
 
 1. ``close()`` refuses new sends;
 2. when every pending send has completed, ``shutdown(SD_SEND)``: Windows sends what is left,
@@ -14,19 +15,36 @@ driven only by completions:
 Every closing connection sits in a close queue (rule 4) with a deadline; one that has not
 finished by then is closed abortively, and counted.
 
-TIME_WAIT (rule 5): when the server sent the first FIN, the socket would linger in TIME_WAIT
-after closing. With ``time_wait_avoidance`` (on by default), once the peer's FIN has arrived
-after ours, the socket is closed with SO_LINGER {1, 0}: an RST instead of TIME_WAIT. That is
-safe only at that moment: the peer's FIN came after ours, so (if it closes once it has read to
-the end, as request/response clients do) it has read all our data. "After ours" is judged in
-the kernel, not by dequeue order: our pending receive must still have been waiting when our
-FIN left, or the peer closed first (e.g. it half-closed right after its request) and an RST
-could discard the response. A peer that half-closes after our FIN without reading to the end
-could still lose data to the RST: turn the option off for such protocols. When the peer closes first, the server is the passive closer and never
-enters TIME_WAIT anyway, so it closes gracefully: an RST there could discard response bytes
-still in flight. (Linux, and so Wine, enters TIME_WAIT as soon as the peer's FIN arrives after
-ours; Windows keeps the connection attached to the socket until ``closesocket``, which is what
-makes the trick work there.)
+TIME_WAIT (rule 5). The side whose FIN goes first keeps the connection in TIME_WAIT for minutes
+after closing; many short connections exhaust ports. With ``time_wait_avoidance`` (on by
+default), a connection we closed first is closed with SO_LINGER {1, 0} (an RST instead of
+TIME_WAIT) at step 4. Who went first is asked of the connection itself, through the documented
+SIO_TCP_INFO (``tcpinfo.py``): after both FINs, the TCP state is TIME_WAIT only when our FIN
+went first *and the peer acknowledged it*. An acknowledgement of our FIN acknowledges every byte
+before it, so no response byte is still unsent or unacknowledged, and the peer's FIN came after
+it had received ours: a request/response peer that closes once it has read to the end has read
+everything. Every other answer means the RST is not safe, or not needed: LAST_ACK or CLOSED
+(the peer closed first, e.g. it half-closed right after its request, and may still be reading
+our response: an RST would discard it; the passive closer never enters TIME_WAIT anyway),
+CLOSING (simultaneous close: our FIN is not acknowledged yet), or no answer at all (SIO_TCP_INFO
+needs Windows 10 1703; Wine lacks it): then the close is graceful and TIME_WAIT is accepted.
+A peer known to have closed first (its FIN was dequeued before our shutdown) is not asked at
+all. A peer that half-closes after our FIN without having read to the end could still lose data
+to the RST: turn the option off for such protocols.
+
+Delivery. Completions of one connection are dequeued by any worker thread, but its handler is
+told one thing at a time, in order, and nothing after ``connection_lost``: every callback
+(data, EOF, pause/resume writing, connection lost) is queued on the connection and run by
+whichever thread finds the queue idle, outside the connection's lock (a handler may lock other
+connections). A handler that calls back into its connection (``send``, ``close``) from a
+callback just adds to the queue that its own thread is draining.
+
+Flow control, as asyncio transports have it: ``get_write_buffer_size()`` counts the bytes of
+pending sends; above the high-water mark the handler's ``pause_writing`` is called, at or below
+the low-water mark ``resume_writing``. ``pause_reading()`` leaves no receive pending (a receive
+already in flight completes, and its data is held until ``resume_reading()``, which posts the
+next receive: rule 1 again). After ``close()`` reading goes on regardless, since step 3 needs
+the peer's FIN; data a paused handler would have been given then is dropped.
 
 Completions reach a connection through its operations (``op.context``), never through a SOCKET
 value, which Windows reuses (rule 6).
@@ -36,21 +54,29 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from .constants import NtStatus
+from .addresses import Address
+from .constants import TcpInfoState
 from .errors import ClosedHandleError, Failure
-from .operations import OpKind, RecvOperation, SendOperation, BufferLike
+from .operations import BufferLike, RecvOperation, SendOperation
 from .port import Completion, Outcome
 from .sockets import Socket
+from .tcpinfo import tcp_state
 
 if TYPE_CHECKING:
     from .manager import ConnectionManager
 
+#: asyncio's default high-water mark for a transport's write buffer.
+DEFAULT_HIGH_WATER = 64 * 1024
+
 
 class State(Enum):
+    """Where a connection is in its life."""
+
     OPEN = "open"
     CLOSING = "closing"  # close() called: draining sends, then waiting for the peer's FIN
     CLOSED = "closed"  # the orderly exchange finished and the socket is closed
@@ -58,6 +84,8 @@ class State(Enum):
 
 
 class CloseReason(Enum):
+    """Why a connection ended (given to ``connection_lost``)."""
+
     GRACEFUL = "graceful"  # the orderly exchange completed
     PEER_RESET = "peer reset"  # the peer reset (or the network aborted) the connection
     ABORTED = "aborted"  # abort() was called
@@ -66,11 +94,23 @@ class CloseReason(Enum):
 
 
 class Handler(Protocol):
-    """What a connection tells its user. All methods may call ``send``/``close``/``abort``."""
+    """What a connection tells its user, one call at a time. Every method may call ``send``,
+    ``close``, ``abort`` and the flow-control methods of the connection.
+
+    A handler may also have ``pause_writing(connection)`` and ``resume_writing(connection)``
+    (see ``FlowControlled``); they are called when it has them.
+    """
 
     def data_received(self, connection: Connection, data: bytes) -> None: ...
     def eof_received(self, connection: Connection) -> None: ...
     def connection_lost(self, connection: Connection, reason: CloseReason) -> None: ...
+
+
+class FlowControlled(Handler, Protocol):
+    """A handler that wants to know when the connection's write buffer fills and drains."""
+
+    def pause_writing(self, connection: Connection) -> None: ...
+    def resume_writing(self, connection: Connection) -> None: ...
 
 
 class Connection:
@@ -78,7 +118,9 @@ class Connection:
 
     def __init__(self, manager: ConnectionManager, sock: Socket, handler: Handler, *,
                  recv_size: int = 65536, zero_byte_reads: bool = False,
-                 recycle: Callable[[Socket], bool] | None = None) -> None:
+                 recycle: Callable[[Socket], bool] | None = None,
+                 local_address: Address | None = None,
+                 peer_address: Address | None = None) -> None:
         self.manager = manager
         #: Takes the socket after a graceful close instead of closesocket (DisconnectEx reuse).
         self.recycle = recycle
@@ -90,13 +132,19 @@ class Connection:
         self.pending_recvs = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: Bytes that arrived after close() while reading was paused, and were dropped.
+        self.bytes_dropped = 0
         self.peer_fin = False
         self.shutdown_sent = False
-        #: time.monotonic() of the last data received (the idle deadline counts from it).
+        #: time.monotonic() of the last data received or send completed (the idle deadline
+        #: counts from it).
         self.last_activity = time.monotonic()
-        #: Whether our FIN went out before the peer's arrived (we are the active closer).
-        self.we_closed_first = False
+        #: Whether our FIN went out first and was acknowledged (TIME_WAIT would follow):
+        #: None until known, and for good when the OS cannot tell (see the module docstring).
+        self.we_closed_first: bool | None = None
         self.zero_byte_reads = zero_byte_reads
+        self._local_address = local_address
+        self._peer_address = peer_address
         self._lock = threading.RLock()
         # Zero-byte-read mode pins no buffer while idle: one is borrowed from the manager's
         # pool for each real read and given back once its completion is dequeued.
@@ -104,37 +152,109 @@ class Connection:
         self._recv: RecvOperation | None = None
         self._borrowed: bytearray | None = None
         self._probing = False
-        self._lost: CloseReason | None = None
+        # Delivery: callbacks queued for the handler, run one at a time (module docstring).
+        self._events: deque[Callable[[], None]] = deque()
+        self._delivering = False
+        self._lost_queued = False
+        self._undelivered_data = 0  # data callbacks queued or running: read again after them
+        # Flow control.
+        self._write_size = 0
+        self._high_water = DEFAULT_HIGH_WATER
+        self._low_water = DEFAULT_HIGH_WATER // 4
+        self._writing_paused = False
+        self._reading_paused = False
+        self._held: bytes | None = None  # what arrived while reading was paused (b"": EOF)
 
     def __repr__(self) -> str:
         return f"<Connection {self.state.value} sends={self.pending_sends} {self.sock!r}>"
 
+    # -- addresses ---------------------------------------------------------------------------
+
+    @property
+    def local_address(self) -> Address | None:
+        """Our end's address (from AcceptEx's buffers, or getsockname); None if unknown."""
+        if self._local_address is None:
+            self._local_address = _ask(self.sock.getsockname)
+        return self._local_address
+
+    @property
+    def peer_address(self) -> Address | None:
+        """The peer's address (from AcceptEx's buffers, or getpeername); None if unknown."""
+        if self._peer_address is None:
+            self._peer_address = _ask(self.sock.getpeername)
+        return self._peer_address
+
+    # -- delivery (one callback at a time, in order, nothing after connection_lost) -------
+
+    def _queue(self, callback: Callable[[], None]) -> None:
+        """Queue a handler callback (lock held); run by ``_deliver`` once the lock is free."""
+        if not self._lost_queued:
+            self._events.append(callback)
+
+    def _deliver(self) -> None:
+        """Run queued callbacks unless another frame (this thread's or another's) is."""
+        if not self._events:  # the common case, seen without the lock
+            return
+        lock = self._lock
+        with lock:
+            if self._delivering or not self._events:
+                return
+            self._delivering = True
+            callback = self._events.popleft()
+        try:
+            while True:
+                callback()
+                with lock:
+                    if not self._events:
+                        self._delivering = False
+                        return
+                    callback = self._events.popleft()
+        except BaseException:
+            with lock:
+                self._delivering = False
+            raise
+
+    def _queue_data(self, data: bytes) -> None:
+        self._undelivered_data += 1
+        self._queue(lambda: self._deliver_data(data))
+
+    def _deliver_data(self, data: bytes) -> None:
+        try:
+            self.handler.data_received(self, data)
+        finally:
+            with self._lock:
+                self._undelivered_data -= 1
+                self._read_if_wanted()
+
+    def _deliver_eof(self) -> None:
+        self.handler.eof_received(self)
+        self.close()
+
     # -- receiving (rule 1: always one receive pending while the peer may send) -------------
 
     def start(self) -> None:
+        """Post the first receive (called by the manager)."""
         with self._lock:
-            self._post_recv()
-        self._notify_lost()
+            self._read_if_wanted()
+        self._deliver()
 
-    def _notify_lost(self) -> None:
-        """Tell the handler the connection is gone, outside our lock (a handler may lock
-        other connections: a proxy closing its pair must not deadlock), exactly once."""
-        if self._lost is None:  # the common case, per completion: no lock needed to see it
+    def _read_if_wanted(self) -> None:
+        """Post the one receive if the connection should be reading now (lock held)."""
+        if self.pending_recvs or self._undelivered_data or self.peer_fin:
             return
-        with self._lock:
-            reason, self._lost = self._lost, None
-        if reason is not None:
-            self.handler.connection_lost(self, reason)
+        if self.state is State.OPEN:
+            if self._reading_paused:
+                return
+        elif self.state is not State.CLOSING:
+            return  # closing always reads: step 3 needs the peer's FIN
+        self._post_recv(self.zero_byte_reads)
 
-    def _post_recv(self, probe: bool | None = None) -> None:
-        """Post the one receive; the buffer and OVERLAPPED are reused serially (rule 11).
+    def _post_recv(self, probe: bool) -> None:
+        """Post the receive; the buffer and OVERLAPPED are reused serially (rule 11).
 
-        In zero-byte-read mode a 0-byte receive is posted first (it pins no buffer while the
-        connection is idle); when it completes, a real receive collects what arrived.
+        In zero-byte-read mode a 0-byte receive (``probe``) is posted first (it pins no buffer
+        while the connection is idle); when it completes, a real receive collects what arrived.
         """
-        if self.peer_fin or self.state in (State.CLOSED, State.ABORTED):
-            return
-        probe = self.zero_byte_reads if probe is None else probe
         if probe:
             buffer = _EMPTY
         elif self._buffer is not None:
@@ -161,13 +281,15 @@ class Connection:
             borrowed, self._borrowed = self._borrowed, None
             if self.state in (State.CLOSED, State.ABORTED):
                 self._give_back(borrowed)  # connection_lost was (or is being) delivered
+                operation.release()  # nothing will be read into its buffer again
                 return
             if completion.outcome is Outcome.FAILED:
                 self._give_back(borrowed)
                 self._finish_abortively(_reason_for(completion.failure), linger=False)
                 return
-            if self._probing:
-                self._post_recv(probe=False)  # data (or the FIN) is there: read it for real
+            if self._probing:  # data (or the FIN) is there: read it for real, if wanted
+                if self.state is State.CLOSING or not self._reading_paused:
+                    self._post_recv(probe=False)
                 return
             if completion.outcome is Outcome.PEER_CLOSED:
                 data = b""
@@ -180,64 +302,143 @@ class Connection:
                 self.peer_fin = True
                 if self.state is State.CLOSING:
                     self._advance_close()
-                    return
-        if data:
-            self.handler.data_received(self, data)
-            with self._lock:
-                self._post_recv()
-        else:
-            self.handler.eof_received(self)
-            self.close()
+                elif self._reading_paused:
+                    self._held = b""
+                else:
+                    self._queue(self._deliver_eof)
+            elif not self._reading_paused:
+                self._queue_data(data)
+            elif self.state is State.OPEN:
+                self._held = data  # pause_reading() came while this receive was in flight
+            else:
+                self.bytes_dropped += len(data)  # closing, paused: nobody wants it
+                self._read_if_wanted()
+
+    def pause_reading(self) -> None:
+        """Stop receiving: no receive is posted until ``resume_reading()`` (one already in
+        flight completes, and its data is held until then)."""
+        with self._lock:
+            self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        """Receive again: held data is delivered first, then the next receive is posted."""
+        with self._lock:
+            if not self._reading_paused:
+                return
+            self._reading_paused = False
+            held, self._held = self._held, None
+            if self.state is State.OPEN and held is not None:
+                if held:
+                    self._queue_data(held)
+                else:
+                    self._queue(self._deliver_eof)
+            else:
+                self._read_if_wanted()
+        self._deliver()
+
+    def is_reading(self) -> bool:
+        """Whether the connection is open and not paused by ``pause_reading()``."""
+        return self.state is State.OPEN and not self._reading_paused
 
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, data: BufferLike) -> SendOperation:
         """Queue ``data`` (zero-copy; do not modify it until sent). Refused once closing."""
+        size = _nbytes(data)
         with self._lock:
             if self.state is not State.OPEN:
                 raise BrokenPipeError(f"{self!r}: no sends after close()")
             self.pending_sends += 1
+            self._write_size += size
             try:
-                return self.sock.send(data, context=self)
+                operation = self.sock.send(data, context=self)
             except BaseException:
                 self.pending_sends -= 1
+                self._write_size -= size
                 raise
+            pause = not self._writing_paused and self._write_size > self._high_water
+            if pause:
+                self._pause_writing()
+        if pause:
+            self._deliver()
+        return operation
 
-    def _on_send(self, completion: Completion) -> None:
+    def _on_send(self, completion: Completion, operation: SendOperation) -> None:
         with self._lock:
             self.pending_sends -= 1
+            self._write_size -= sum(map(_nbytes, operation.buffers))
             if completion.outcome is Outcome.FAILED:
                 self._finish_abortively(_reason_for(completion.failure), linger=False)
                 return
             self.bytes_sent += completion.bytes_transferred
+            self.last_activity = time.monotonic()  # a stream to a quiet peer is not idle
+            if self._writing_paused and self._write_size <= self._low_water:
+                self._resume_writing()
             if self.state is State.CLOSING:
                 self._advance_close()
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes handed to ``send`` whose sends have not completed yet."""
+        return self._write_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """(low, high) water marks, as asyncio transports report them."""
+        return self._low_water, self._high_water
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks (asyncio's defaults and rules: high 64 KiB, low high // 4)."""
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        with self._lock:
+            self._high_water, self._low_water = high, low
+            if not self._writing_paused and self._write_size > high:
+                self._pause_writing()
+            elif self._writing_paused and self._write_size <= low:
+                self._resume_writing()
+        self._deliver()
+
+    def _pause_writing(self) -> None:
+        self._writing_paused = True
+        callback = getattr(self.handler, "pause_writing", None)
+        if callback is not None and self.state is State.OPEN:
+            self._queue(lambda: callback(self))
+
+    def _resume_writing(self) -> None:
+        self._writing_paused = False
+        callback = getattr(self.handler, "resume_writing", None)
+        if callback is not None and self.state is State.OPEN:
+            self._queue(lambda: callback(self))
 
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close gracefully, without losing data (safe to call twice, or from a handler)."""
         with self._lock:
-            if self.state is not State.OPEN:
-                return
-            self.state = State.CLOSING
-            self.manager._closing(self)
-            self._advance_close()
-        self._notify_lost()
+            if self.state is State.OPEN:
+                self.state = State.CLOSING
+                self._held = None  # the handler closed: what it had not read is not wanted
+                self.manager._closing(self)
+                self._advance_close()
+                self._read_if_wanted()  # a paused connection must still see the peer's FIN
+        self._deliver()
 
     def abort(self) -> None:
         """Close at once with SO_LINGER {1, 0} (RST); pending operations are cancelled by the
         close and their memory stays owned until their completions are dequeued."""
         with self._lock:
             self._finish_abortively(CloseReason.ABORTED, linger=True)
-        self._notify_lost()
+        self._deliver()
 
     def force_close(self) -> None:
         """Called by the close queue when the deadline passed."""
         with self._lock:
             if self.state is State.CLOSING:
                 self._finish_abortively(CloseReason.FORCED, linger=True)
-        self._notify_lost()
+        self._deliver()
 
     def _advance_close(self) -> None:
         """Step the close sequence as far as completed I/O allows (lock held)."""
@@ -246,34 +447,29 @@ class Connection:
         if self.pending_sends:
             return  # step 2 waits for every send
         if not self.shutdown_sent:
+            if self.peer_fin:
+                self.we_closed_first = False  # its FIN was dequeued before ours left
             try:
                 self.sock.shutdown()
             except OSError:
                 self._finish_abortively(CloseReason.ERROR, linger=False)
                 return
             self.shutdown_sent = True
-            # We are the active closer only if nothing from the peer (its FIN above all) had
-            # reached the socket by now: our receive must still be waiting in the kernel, not
-            # merely undequeued. A peer that half-closed right after its request is the
-            # passive side's peer: an RST there would discard what we still have to send.
-            self.we_closed_first = not self.peer_fin and self._receive_still_waiting()
         if not self.peer_fin:
             return  # step 3: the pending receive will bring the peer's FIN
-        # Step 4. RST instead of TIME_WAIT only when we were the active closer: the peer's FIN
-        # came after ours, so everything we sent was read and acknowledged.
-        linger = self.manager.time_wait_avoidance and self.we_closed_first
+        # Step 4. Both FINs are out: ask the connection who went first (module docstring).
+        if self.we_closed_first is None:
+            state = tcp_state(self.sock)
+            if state is TcpInfoState.TCPSTATE_TIME_WAIT:
+                self.we_closed_first = True
+            elif state is not None and state is not TcpInfoState.TCPSTATE_CLOSING:
+                self.we_closed_first = False
+        linger = self.manager.time_wait_avoidance and self.we_closed_first is True
         self._finish(State.CLOSED, CloseReason.GRACEFUL, linger)
 
     def _give_back(self, buffer: bytearray | None) -> None:
         if buffer is not None:
             self.manager.buffers.give(buffer)
-
-    def _receive_still_waiting(self) -> bool:
-        """Whether the pending receive has not completed in the kernel yet (whatever the
-        port's queue holds): its OVERLAPPED still says STATUS_PENDING."""
-        receive = self._recv
-        return (receive is not None and receive.pending
-                and receive.overlapped.Internal == NtStatus.STATUS_PENDING)
 
     def _finish_abortively(self, reason: CloseReason, linger: bool) -> None:
         if self.state in (State.CLOSED, State.ABORTED):
@@ -283,7 +479,11 @@ class Connection:
     def _finish(self, state: State, reason: CloseReason, linger: bool) -> None:
         self.state = state
         self.close_reason = reason
-        if state is State.CLOSED and self.recycle is not None and self.recycle(self.sock):
+        # Recycled only when no TIME_WAIT is known to follow: DisconnectEx(TF_REUSE_SOCKET)
+        # would hold the socket until TIME_WAIT ends, and the RST that avoids TIME_WAIT
+        # needs closesocket.
+        if (state is State.CLOSED and self.recycle is not None
+                and self.we_closed_first is False and self.recycle(self.sock)):
             pass  # DisconnectEx(TF_REUSE_SOCKET) is pending; the accept pool takes the socket
         else:
             if linger:
@@ -293,19 +493,24 @@ class Connection:
                     pass  # already closed or reset: closing is all that is left
             self.sock.close()
         self.manager._closed(self, reason)
-        self._lost = reason  # delivered by _notify_lost, once the lock is released
+        # Let go of what only a live connection needs; a receive still in flight keeps its
+        # own buffer alive (the port's registry holds the operation) until it is dequeued.
+        self._buffer = None
+        self._held = None
+        self._recv = None
+        self._queue(lambda: self.handler.connection_lost(self, reason))
+        self._lost_queued = True  # nothing is delivered after connection_lost
 
     # -- routing -----------------------------------------------------------------------------
 
     def on_completion(self, completion: Completion) -> None:
+        """Route one of this connection's completions (called by the manager's loop)."""
         operation = completion.operation
-        try:
-            if isinstance(operation, RecvOperation):
-                self._on_recv(completion, operation)
-            elif operation is not None and operation.kind is OpKind.SEND:
-                self._on_send(completion)
-        finally:
-            self._notify_lost()
+        if isinstance(operation, RecvOperation):
+            self._on_recv(completion, operation)
+        elif isinstance(operation, SendOperation):
+            self._on_send(completion, operation)
+        self._deliver()
 
 
 class NullHandler:
@@ -323,6 +528,17 @@ class NullHandler:
 
 #: What a zero-byte receive "reads into"; never written, so one serves every connection.
 _EMPTY = bytearray()
+
+
+def _nbytes(data: BufferLike) -> int:
+    return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+
+
+def _ask(getter: Callable[[], Address]) -> Address | None:
+    try:
+        return getter()
+    except OSError:
+        return None
 
 
 def _reason_for(failure: Failure | None) -> CloseReason:

@@ -8,8 +8,12 @@ handler escapes the loop: the connection it came from is aborted and the error l
 
 ``AcceptPool`` keeps N AcceptEx operations posted (rule 9). A failed accept, synchronous or
 completed (a client that connected and reset before the accept was processed), closes that
-accept socket and posts a new accept; it never stops the listener. Sockets of finished
-connections can be recycled into the pool with DisconnectEx(TF_REUSE_SOCKET).
+accept socket and posts a new accept; it never stops the listener. When posting cannot work
+for now (no socket can be created, no buffer space: descriptor or memory exhaustion), the slot
+is not given up: it is re-armed from the loop after a back-off that doubles up to
+``ACCEPT_BACKOFF_MAX`` (a deadline, like the close queue's), and counted in
+``Stats.accept_backoffs``. Sockets of finished connections can be recycled into the pool with
+DisconnectEx(TF_REUSE_SOCKET); ``close_all`` waits for those too, and closes their sockets.
 """
 
 from __future__ import annotations
@@ -23,14 +27,27 @@ from dataclasses import dataclass, field
 
 from .closequeue import CloseQueue
 from .connections import CloseReason, Connection, Handler
+from .constants import WinError
 from .errors import ClosedHandleError
 from .operations import OpKind
+from .addresses import Address
 from .port import Completion, CompletionPort, Outcome
 from .sockets import AcceptOperation, Socket
 
 log = logging.getLogger("winiocp")
-#: How many times a synchronously failing AcceptEx is retried before the pool gives up a slot.
-ACCEPT_RETRIES = 64
+#: How many times in a row a synchronously failing AcceptEx is retried at once (each retry
+#: takes the next client from the backlog) before the slot backs off.
+ACCEPT_RETRIES = 16
+#: The first and the longest back-off of an accept slot that cannot be posted (seconds).
+ACCEPT_BACKOFF = 0.05
+ACCEPT_BACKOFF_MAX = 2.0
+#: Errors that say the system is out of something (descriptors, buffers, memory): retrying at
+#: once cannot help, so the slot backs off.
+RESOURCE_ERRORS = frozenset({
+    WinError.WSAEMFILE, WinError.WSAENOBUFS, WinError.ERROR_NOT_ENOUGH_MEMORY,
+    1450,  # ERROR_NO_SYSTEM_RESOURCES
+    14,  # ERROR_OUTOFMEMORY
+})
 
 
 class BufferPool:
@@ -65,6 +82,8 @@ class Stats:
     bytes_received: int = 0
     bytes_sent: int = 0
     handler_errors: int = 0
+    #: Times an accept slot could not be posted and was re-armed later (``AcceptPool``).
+    accept_backoffs: int = 0
 
     @property
     def forced_closes(self) -> int:
@@ -91,6 +110,8 @@ class ConnectionManager:
         self.zero_byte_reads = zero_byte_reads
         self.buffers = BufferPool(recv_size)
         self.on_forced_close = on_forced_close
+        #: Accept slots waiting out a back-off before they are posted again.
+        self.retry_queue: CloseQueue[_AcceptRetry] = CloseQueue(ACCEPT_BACKOFF)
         self.stats = Stats()
         self.live: set[Connection] = set()
         self.pools: list[AcceptPool] = []
@@ -99,14 +120,20 @@ class ConnectionManager:
     # -- connections -----------------------------------------------------------------------
 
     def add(self, sock: Socket, handler: Handler,
-            recycle: Callable[[Socket], bool] | None = None) -> Connection:
-        """Manage a connected socket: associate it (if needed) and keep a receive pending."""
+            recycle: Callable[[Socket], bool] | None = None, *,
+            local_address: Address | None = None,
+            peer_address: Address | None = None) -> Connection:
+        """Manage a connected socket: associate it (if needed) and keep a receive pending.
+
+        The addresses, when known (AcceptEx returns both), save a getsockname/getpeername.
+        """
         if sock.port is None:
             self.port.associate(sock)
         elif sock.port is not self.port:
             raise ValueError(f"{sock!r} is associated with another port")
         connection = Connection(self, sock, handler, recv_size=self.recv_size,
-                                zero_byte_reads=self.zero_byte_reads, recycle=recycle)
+                                zero_byte_reads=self.zero_byte_reads, recycle=recycle,
+                                local_address=local_address, peer_address=peer_address)
         with self._lock:
             self.live.add(connection)
         if self.idle_queue is not None:
@@ -141,7 +168,7 @@ class ConnectionManager:
     def run_once(self, timeout: float | None = None) -> bool:
         """Dequeue and handle one completion (or a time-out); False once the port is closed."""
         wait = timeout
-        for queue in (self.close_queue, self.idle_queue):
+        for queue in (self.close_queue, self.idle_queue, self.retry_queue):
             due = queue.seconds_until_next() if queue is not None else None
             if due is not None:
                 wait = due if wait is None else min(wait, due)
@@ -177,11 +204,13 @@ class ConnectionManager:
                     log.exception("connection_lost failed while aborting %r", target)
 
     def expire(self, now: float | None = None) -> int:
-        """Force-close every connection whose close deadline passed, and close those idle
-        too long; return how many were forced."""
-        if not self.close_queue and not self.idle_queue:
-            return 0  # nothing has a deadline: the common case costs two length checks
+        """Force-close every connection whose close deadline passed, close those idle too
+        long, and re-arm accept slots whose back-off ended; return how many were forced."""
+        if not self.close_queue and not self.idle_queue and not self.retry_queue:
+            return 0  # nothing has a deadline: the common case costs three length checks
         now = time.monotonic() if now is None else now
+        for retry in self.retry_queue.expired(now):
+            self._guarded(retry.post)
         if self.idle_queue is not None:
             for connection in self.idle_queue.expired(now):
                 idle_until = connection.last_activity + self.idle_queue.timeout
@@ -213,11 +242,17 @@ class ConnectionManager:
             connection.close()
         deadline = time.monotonic() + (timeout if timeout is not None else
                                        self.close_queue.timeout + 1.0)
-        while (self.live or self._pending_accepts()) and time.monotonic() < deadline:
+        while (self.live or self._pool_operations_pending()) and time.monotonic() < deadline:
             self.run_once(0.1)
 
-    def _pending_accepts(self) -> bool:
-        return any(op.kind is OpKind.ACCEPT for op in self.port.pending_operations())
+    def _pool_operations_pending(self) -> bool:
+        """Whether an accept or a recycling DisconnectEx of one of our pools is in flight."""
+        pools = self.pools
+        return any(op.context in pools for op in self.port.pending_operations())
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
 
     def close(self) -> None:
         """Close everything, then the port if this manager created it."""
@@ -239,18 +274,28 @@ class AcceptPool:
         self.handler_factory = handler_factory
         self.accepts = accepts
         self.recycle = recycle
+        #: Recycled sockets ready for the next AcceptEx.
         self.free_sockets: list[Socket] = []
         self.recycled = 0
         self.closed = False
+        self._recycling: set[Socket] = set()  # a DisconnectEx(TF_REUSE_SOCKET) is pending
+        self._retries: set[_AcceptRetry] = set()  # slots waiting out a back-off
         self._lock = threading.Lock()
         if listener.port is None:
             manager.port.associate(listener)
 
     def start(self) -> None:
+        """Post the pool's accepts."""
         for _ in range(self.accepts):
             self._post(None)
 
-    def _post(self, reuse: AcceptOperation | None) -> None:
+    @property
+    def slots_waiting(self) -> int:
+        """Accept slots not posted right now, waiting out a back-off."""
+        return len(self._retries)
+
+    def _post(self, reuse: AcceptOperation | None, backoff: float = ACCEPT_BACKOFF) -> None:
+        """Post one accept (re-arming ``reuse``); if that cannot work now, back off."""
         for _ in range(ACCEPT_RETRIES):
             if self.closed:
                 return
@@ -258,26 +303,45 @@ class AcceptPool:
                 recycled = self.free_sockets.pop() if self.free_sockets else None
             try:
                 self.listener.accept(recycled, reuse=reuse, context=self)
+                return
             except ClosedHandleError:
                 if recycled is not None:
                     recycled.close()
-                return  # the listener was closed: the pool is done
-            except OSError as exc:
-                # E.g. WSAECONNRESET: a client connected and reset before AcceptEx took it.
-                log.debug("AcceptEx failed at once: %s", exc)
-                self._count_failure()
+                if self.listener.closed:
+                    return  # the listener was closed: the pool is done
+                error: int | None = None
+            except Exception as exc:  # noqa: BLE001 - no error may cost the pool a slot
+                # E.g. WSAECONNRESET: a client connected and reset before AcceptEx took it
+                # (retry at once: the next client is waiting); or WSAEMFILE / WSAENOBUFS.
+                log.debug("AcceptEx could not be posted: %r", exc)
                 if recycled is not None:
                     recycled.close()
-                continue
-            return
-        log.error("AcceptEx failed %d times in a row on %r; one accept slot is lost",
-                  ACCEPT_RETRIES, self.listener)
+                error = exc.winerror if isinstance(exc, OSError) else None
+            self._count_failure()
+            if error in RESOURCE_ERRORS or error is None:
+                break  # retrying at once cannot help
+        self._back_off(reuse, backoff)
+
+    def _back_off(self, reuse: AcceptOperation | None, backoff: float) -> None:
+        retry = _AcceptRetry(self, reuse, min(2 * backoff, ACCEPT_BACKOFF_MAX))
+        with self._lock:
+            if self.closed:
+                return
+            self._retries.add(retry)
+        self.manager._count("accept_backoffs")
+        log.warning("accept slot of %r backs off for %.2f s", self.listener, backoff)
+        self.manager.retry_queue.add(retry, delay=backoff)
+
+    def _retry(self, retry: _AcceptRetry) -> None:
+        with self._lock:
+            self._retries.discard(retry)
+        self._post(retry.reuse, retry.next_backoff)
 
     def _count_failure(self) -> None:
-        with self.manager._lock:
-            self.manager.stats.accept_failures += 1
+        self.manager._count("accept_failures")
 
     def on_completion(self, completion: Completion) -> None:
+        """Route one of the pool's completions: an accept, or a recycling DisconnectEx."""
         operation = completion.operation
         if operation is not None and operation.kind is OpKind.DISCONNECT:
             self._recycled(completion, operation.owner)
@@ -290,15 +354,17 @@ class AcceptPool:
                 self._count_failure()
                 self._post(operation)
             return
-        with self.manager._lock:
-            self.manager.stats.accepted += 1
+        self.manager._count("accepted")
         if self.closed:
             accepted.close()
             return
+        # Read before the operation is re-armed, which clears them.
+        local, remote = operation.local_address, operation.remote_address
         self._post(operation)  # re-arm first: the pool stays full while the handler runs
         try:
             self.manager.add(accepted, self.handler_factory(),
-                             self.release if self.recycle else None)
+                             self.release if self.recycle else None,
+                             local_address=local, peer_address=remote)
         except BaseException:
             accepted.close()  # never leak a connected socket the application never saw
             raise
@@ -306,28 +372,54 @@ class AcceptPool:
     def release(self, sock: Socket) -> bool:
         """Take a finished connection's socket for reuse (DisconnectEx TF_REUSE_SOCKET).
         False if the pool does not recycle (the caller closes the socket)."""
-        if not self.recycle or self.closed:
-            return False
+        with self._lock:
+            if not self.recycle or self.closed:
+                return False
+            self._recycling.add(sock)
         try:
             sock.disconnect(reuse=True, context=self)
         except OSError:
+            with self._lock:
+                self._recycling.discard(sock)
             return False
         return True
 
     def _recycled(self, completion: Completion, owner: object) -> None:
         assert isinstance(owner, Socket)
-        if completion.outcome is Outcome.FAILED or self.closed:
-            owner.close()
-            return
         with self._lock:
-            self.free_sockets.append(owner)
-            self.recycled += 1
+            self._recycling.discard(owner)
+            keep = completion.outcome is not Outcome.FAILED and not self.closed
+            if keep:
+                self.free_sockets.append(owner)
+                self.recycled += 1
+        if not keep:
+            owner.close()
 
     def close(self) -> None:
-        """Stop accepting: pending AcceptEx complete as cancelled and are not re-posted."""
-        self.closed = True
-        self.listener.close()
+        """Stop accepting: pending AcceptEx complete as cancelled and are not re-posted;
+        sockets being recycled are closed (their DisconnectEx completes as cancelled)."""
         with self._lock:
+            self.closed = True
             free, self.free_sockets = self.free_sockets, []
-        for sock in free:
+            recycling = list(self._recycling)
+            retries, self._retries = self._retries, set()
+        for retry in retries:
+            self.manager.retry_queue.discard(retry)
+        self.listener.close()
+        for sock in free + recycling:
             sock.close()
+
+
+class _AcceptRetry:
+    """An accept slot waiting out its back-off in the manager's retry queue."""
+
+    __slots__ = ("pool", "reuse", "next_backoff")
+
+    def __init__(self, pool: AcceptPool, reuse: AcceptOperation | None,
+                 next_backoff: float) -> None:
+        self.pool = pool
+        self.reuse = reuse
+        self.next_backoff = next_backoff
+
+    def post(self) -> None:
+        self.pool._retry(self)

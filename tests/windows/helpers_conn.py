@@ -35,6 +35,7 @@ from typing import Literal, TypeVar
 import pytest
 
 from winiocp import CompletionPort, Completion, Operation, OpKind, Outcome, Socket
+from winiocp.addresses import Address
 from winiocp.connections import CloseReason, Connection, Handler, State
 from winiocp.constants import NtStatus, TcpState
 from winiocp.manager import AcceptPool, ConnectionManager
@@ -220,8 +221,11 @@ class RecordingManager(ConnectionManager):
         self.history: list[Connection] = []
 
     def add(self, sock: Socket, handler: Handler,
-            recycle: Callable[[Socket], bool] | None = None) -> Connection:
-        connection = super().add(sock, handler, recycle)
+            recycle: Callable[[Socket], bool] | None = None, *,
+            local_address: Address | None = None,
+            peer_address: Address | None = None) -> Connection:
+        connection = super().add(sock, handler, recycle, local_address=local_address,
+                                 peer_address=peer_address)
         self.history.append(connection)
         self.added.put(connection)
         return connection
