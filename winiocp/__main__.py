@@ -40,6 +40,7 @@ def run_demo() -> int:
 
 
 def serve(kind: str, host: str, port: int, workers: int, duration: float | None) -> int:
+    """Run the ``echo`` or ``http`` server until ``duration`` ends (or Ctrl-C); print a summary."""
     from .servers import EchoHandler, HttpHandler, Server
 
     factory = EchoHandler if kind == "echo" else HttpHandler
@@ -55,6 +56,7 @@ def serve(kind: str, host: str, port: int, workers: int, duration: float | None)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (``argv`` defaults to ``sys.argv[1:]``); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m winiocp",
                                      description="Windows I/O completion ports for Python.")
     commands = parser.add_subparsers(dest="command", required=True)
