@@ -294,8 +294,9 @@ class AcceptPool:
         """Accept slots not posted right now, waiting out a back-off."""
         return len(self._retries)
 
-    def _post(self, reuse: AcceptOperation | None, backoff: float = ACCEPT_BACKOFF) -> None:
-        """Post one accept (re-arming ``reuse``); if that cannot work now, back off."""
+    def _post(self, reuse: AcceptOperation | None, backoff: float | None = None) -> None:
+        """Post one accept (re-arming ``reuse``); if that cannot work now, back off for
+        ``backoff`` seconds (default ``ACCEPT_BACKOFF``)."""
         for _ in range(ACCEPT_RETRIES):
             if self.closed:
                 return
@@ -320,7 +321,7 @@ class AcceptPool:
             self._count_failure()
             if error in RESOURCE_ERRORS or error is None:
                 break  # retrying at once cannot help
-        self._back_off(reuse, backoff)
+        self._back_off(reuse, ACCEPT_BACKOFF if backoff is None else backoff)
 
     def _back_off(self, reuse: AcceptOperation | None, backoff: float) -> None:
         retry = _AcceptRetry(self, reuse, min(2 * backoff, ACCEPT_BACKOFF_MAX))

@@ -1,4 +1,10 @@
-"""The echo handler: every byte received is sent back, zero-copy."""
+"""The echo handler: every byte received is sent back, zero-copy.
+
+Flow control: a peer that sends but does not read would make the echoes pile up as pending
+sends. When the connection's write buffer passes its high-water mark the handler stops reading
+(no receive pending: the peer's sends then block in its own TCP window), and reads again once
+the echoes have drained to the low-water mark.
+"""
 
 from __future__ import annotations
 
@@ -17,3 +23,9 @@ class EchoHandler:
 
     def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
         pass
+
+    def pause_writing(self, connection: Connection) -> None:
+        connection.pause_reading()
+
+    def resume_writing(self, connection: Connection) -> None:
+        connection.resume_reading()

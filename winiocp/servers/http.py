@@ -112,3 +112,10 @@ class HttpHandler:
 
     def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
         self.buffer.clear()
+
+    def pause_writing(self, connection: Connection) -> None:
+        """A pipelining client that does not read its responses: stop reading requests."""
+        connection.pause_reading()
+
+    def resume_writing(self, connection: Connection) -> None:
+        connection.resume_reading()
