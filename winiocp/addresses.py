@@ -4,6 +4,11 @@ Winsock wants and returns raw ``sockaddr_in`` / ``sockaddr_in6`` structures; Pyt
 ``(host, port)`` and ``(host, port, flowinfo, scope_id)`` tuples, as the ``socket`` module uses.
 Name resolution and text conversion are the stdlib's (``getaddrinfo``, ``inet_pton``,
 ``inet_ntop``); this module only lays out the bytes.
+
+A literal address (``"127.0.0.1"``, ``"::1"``, ``""`` for the wildcard) is parsed with
+``inet_pton`` and never reaches ``getaddrinfo``: a sendto per datagram must not cost a
+resolver call, nor block on DNS. Only what is not a literal (a host name, an IPv6 address
+with a ``%zone``, an IPv4 shorthand) is resolved.
 """
 
 from __future__ import annotations
@@ -31,26 +36,35 @@ def _port_bytes(port: int) -> bytes:
 def encode(family: int, address: tuple[object, ...]) -> bytes:
     """``address`` (a stdlib-style tuple) as the bytes of a sockaddr for ``family``.
 
-    Host names are resolved with ``socket.getaddrinfo``.
+    Literal addresses are parsed; host names are resolved with ``socket.getaddrinfo``.
     """
     if not isinstance(address, tuple) or len(address) < 2:
         raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
     host, port = address[0], address[1]
     if not isinstance(host, str) or not isinstance(port, int):
         raise TypeError(f"address must be (str, int), not {address!r}")
+    if family == AddressFamily.AF_INET:
+        stdlib_family = socket.AF_INET
+    elif family == AddressFamily.AF_INET6:
+        stdlib_family = socket.AF_INET6
+    else:
+        raise ValueError(f"unsupported address family {family}")
     if host == "":  # as in the socket module: the wildcard address
         host = "0.0.0.0" if family == AddressFamily.AF_INET else "::"
-    resolved = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0][4]
+    resolved_scope = 0
+    try:
+        packed = socket.inet_pton(stdlib_family, host)
+    except (OSError, ValueError):  # not a literal of this family: resolve it
+        resolved = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)[0][4]
+        packed = socket.inet_pton(stdlib_family, str(resolved[0]).split("%")[0])
+        resolved_scope = int(resolved[3]) if len(resolved) > 3 else 0
     if family == AddressFamily.AF_INET:
-        return _IN4.pack(family, _port_bytes(port), socket.inet_pton(socket.AF_INET, str(resolved[0])))
-    if family == AddressFamily.AF_INET6:
-        flowinfo = address[2] if len(address) > 2 else 0
-        scope_id = address[3] if len(address) > 3 else (resolved[3] if len(resolved) > 3 else 0)
-        if not isinstance(flowinfo, int) or not isinstance(scope_id, int):
-            raise TypeError(f"flowinfo and scope_id must be int: {address!r}")
-        packed = socket.inet_pton(socket.AF_INET6, str(resolved[0]).split("%")[0])
-        return _IN6.pack(family, _port_bytes(port), flowinfo.to_bytes(4, "big"), packed, scope_id)
-    raise ValueError(f"unsupported address family {family}")
+        return _IN4.pack(family, _port_bytes(port), packed)
+    flowinfo = address[2] if len(address) > 2 else 0
+    scope_id = address[3] if len(address) > 3 else resolved_scope
+    if not isinstance(flowinfo, int) or not isinstance(scope_id, int):
+        raise TypeError(f"flowinfo and scope_id must be int: {address!r}")
+    return _IN6.pack(family, _port_bytes(port), flowinfo.to_bytes(4, "big"), packed, scope_id)
 
 
 class Sockaddr:

@@ -4,6 +4,12 @@ Two jobs, both small: turn a Windows error code into the exception a Python prog
 (``ConnectionResetError`` for a reset, ``TimeoutError`` for a time-out, ``OSError`` with
 ``.winerror`` for the rest), and say what kind of failure a completed operation suffered, so
 callers branch on a name instead of on a table of numbers.
+
+A completion reports the Win32 form of an error (RtlNtStatusToDosError of the packet's status:
+ERROR_HOST_UNREACHABLE), a call that fails at once its Winsock form (WSAEHOSTUNREACH). Both
+forms get the same ``Failure`` and the same ``errno``: CPython derives ``errno`` from a
+``winerror`` only for the Winsock range, and turns the Win32 network codes into EINVAL, so
+``exception_for`` sets the errno of their Winsock twin.
 """
 
 from __future__ import annotations
@@ -22,8 +28,28 @@ RESET_ERRORS = frozenset({
 CANCELLED_ERRORS = frozenset({WinError.ERROR_OPERATION_ABORTED})
 #: "Handles were closed": how Wine (STATUS_HANDLES_CLOSED) ends I/O whose handle was closed.
 HANDLES_CLOSED_ERRORS = frozenset({WinError.ERROR_HANDLES_CLOSED})
-REFUSED_ERRORS = frozenset({WinError.ERROR_CONNECTION_REFUSED, WinError.WSAECONNREFUSED})
+#: ERROR_PORT_UNREACHABLE is an ICMP port-unreachable: nothing listens there, as a refusal.
+REFUSED_ERRORS = frozenset({
+    WinError.ERROR_CONNECTION_REFUSED, WinError.WSAECONNREFUSED, WinError.ERROR_PORT_UNREACHABLE,
+})
 TIMEOUT_ERRORS = frozenset({WinError.ERROR_SEM_TIMEOUT, WinError.WSAETIMEDOUT})
+UNREACHABLE_ERRORS = frozenset({
+    WinError.ERROR_HOST_UNREACHABLE, WinError.WSAEHOSTUNREACH,
+    WinError.ERROR_NETWORK_UNREACHABLE, WinError.WSAENETUNREACH,
+})
+#: ERROR_CONNECTION_INVALID: "a nonexistent network connection", e.g. a send on a socket
+#: that is not connected.
+NOT_CONNECTED_ERRORS = frozenset({WinError.ERROR_CONNECTION_INVALID, WinError.WSAENOTCONN})
+#: A datagram (or pipe message) larger than the receive buffer, or than a send may carry.
+TOO_LARGE_ERRORS = frozenset({WinError.WSAEMSGSIZE, WinError.ERROR_MORE_DATA})
+#: The Win32 network codes whose errno CPython gets wrong (EINVAL): their Winsock twin's.
+_ERRNO_OF: dict[int, int] = {
+    WinError.ERROR_HOST_UNREACHABLE: errno.EHOSTUNREACH,
+    WinError.ERROR_NETWORK_UNREACHABLE: errno.ENETUNREACH,
+    WinError.ERROR_CONNECTION_INVALID: errno.ENOTCONN,
+    WinError.ERROR_PORT_UNREACHABLE: errno.ECONNREFUSED,
+    WinError.ERROR_CONNECTION_REFUSED: errno.ECONNREFUSED,
+}
 
 
 class Failure(Enum):
@@ -39,6 +65,13 @@ class Failure(Enum):
     REFUSED = "refused"
     #: The operation timed out (ERROR_SEM_TIMEOUT, WSAETIMEDOUT).
     TIMED_OUT = "timed out"
+    #: No route to the host or network (ERROR_HOST_UNREACHABLE, WSAENETUNREACH, ...).
+    UNREACHABLE = "unreachable"
+    #: The socket is not connected (ERROR_CONNECTION_INVALID, WSAENOTCONN).
+    NOT_CONNECTED = "not connected"
+    #: A datagram larger than the receive buffer (its first part was received, the rest
+    #: discarded), or larger than a datagram may be (WSAEMSGSIZE, ERROR_MORE_DATA).
+    TOO_LARGE = "message too large"
     #: Anything else; the error code says what.
     OTHER = "other"
 
@@ -54,6 +87,12 @@ def classify_failure(code: int, cancel_requested: bool) -> Failure:
         return Failure.REFUSED
     if code in TIMEOUT_ERRORS:
         return Failure.TIMED_OUT
+    if code in UNREACHABLE_ERRORS:
+        return Failure.UNREACHABLE
+    if code in NOT_CONNECTED_ERRORS:
+        return Failure.NOT_CONNECTED
+    if code in TOO_LARGE_ERRORS:
+        return Failure.TOO_LARGE
     return Failure.OTHER
 
 
@@ -110,6 +149,12 @@ def exception_for(code: int, context: str) -> OSError:
         if code in codes:
             if code == WinError.ERROR_CONNECTION_ABORTED or code == WinError.WSAECONNABORTED:
                 exception_type = ConnectionAbortedError
-            return exception_type(None, message, None, code)
-    # OSError maps a winerror to the matching errno (and subclass) by itself.
-    return OSError(None, message, None, code)
+            break
+    else:
+        # OSError maps a winerror to the matching errno (and subclass) by itself.
+        exception_type = OSError
+    exception = exception_type(None, message, None, code)
+    fixed = _ERRNO_OF.get(code)
+    if fixed is not None:
+        exception.errno = fixed
+    return exception

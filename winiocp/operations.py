@@ -11,6 +11,17 @@ completion is dequeued (see ``port.py``). A dequeued completion hands the operat
 Rule 11 of the notes: a connection's receive (or accept) OVERLAPPED may be reused serially, so
 receive and accept operations can be re-armed with ``reuse=``; re-arming one that is still
 pending raises ``OperationPendingError``. Sends, DisconnectEx and the rest always get their own.
+
+Warning statuses are a property of the kind. A receive of a datagram (or message-mode pipe
+message) larger than its buffer ends with STATUS_BUFFER_OVERFLOW, an NTSTATUS *warning*: the
+first part of the data is there, and, as for any status that is not an error, a completion
+packet is queued, even when the call reported WSAEMSGSIZE / ERROR_MORE_DATA at once.
+``Operation.warnings`` lists those codes for the receive kinds; for every other kind they are
+plain failures (an oversized WSASendTo sends nothing and queues nothing).
+
+Post-processing (``on_success``: the peer's address, AcceptEx's context, ...) runs while the
+port classifies a dequeued batch, so it must never raise out of it: an exception it raises
+fails its own operation (``error`` says what, ``cause`` keeps the exception) and nothing else.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ BufferLike = bytes | bytearray | memoryview
 MAX_DWORD = 0xFFFFFFFF
 _OVERLAPPED_SIZE = ffi.sizeof("OVERLAPPED")
 _ZERO_OVERLAPPED = bytes(_OVERLAPPED_SIZE)
+#: A receive's warning codes: truncated, yet completed with data, and a packet comes.
+RECEIVE_WARNINGS = frozenset({WinError.WSAEMSGSIZE, WinError.ERROR_MORE_DATA})
 
 
 class OpKind(Enum):
@@ -68,13 +81,16 @@ class Operation:
 
     __slots__ = (
         "kind", "owner", "overlapped", "address", "state", "bytes_transferred", "error",
-        "failure", "cancel_requested", "context", "_keepalive", "__weakref__",
+        "failure", "cancel_requested", "context", "cause", "_keepalive", "__weakref__",
     )
 
     #: Whether this kind may be re-armed for another call (rule 11).
     reusable = False
     #: Whether ``on_success`` has work to do (saves a call per completion where it has not).
     post_processing = False
+    #: Error codes that are warnings for this kind: the data came (in part), a packet is
+    #: queued even when the call reports the code at once, and post-processing runs.
+    warnings: frozenset[int] = frozenset()
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
         self.kind = kind
@@ -90,6 +106,8 @@ class Operation:
         self.cancel_requested = False
         #: Free for the caller: whatever helps it route the completion.
         self.context: object = None
+        #: The exception post-processing raised, when that is why the operation failed.
+        self.cause: BaseException | None = None
         self._keepalive: tuple[object, ...] = ()
 
     def __repr__(self) -> str:
@@ -115,16 +133,22 @@ class Operation:
         self.bytes_transferred = self.error = 0
         self.failure = None
         self.cancel_requested = False
+        self.cause = None
 
     def finish(self, error: int, bytes_transferred: int) -> None:
-        """Called once, by the port, when the completion is dequeued (before user code)."""
+        """Called once, by the port, when the completion is dequeued (before user code).
+
+        Never raises an ``Exception``: one operation's post-processing never breaks the
+        dequeue of the others (a KeyboardInterrupt still propagates; the port copes).
+        """
         self.state = OpState.DONE
         self.bytes_transferred = bytes_transferred
-        if error == 0 and self.post_processing:
+        if self.post_processing and (not error or error in self.warnings):
             try:
-                error = self.on_success()
-            except OSError as exc:  # one operation's post-processing never breaks the dequeue
-                error = exc.winerror or WinError.ERROR_INVALID_HANDLE
+                error = self.on_success() or error  # a warning stays the result
+            except Exception as exc:  # noqa: BLE001 - reported as this operation's failure
+                self.cause = exc
+                error = _error_for(exc)
         self.error = error
         if not self.reusable:  # a reusable one keeps its pinned buffers for the next call
             self.release()
@@ -137,7 +161,8 @@ class Operation:
         self.release()
 
     def on_success(self) -> int:
-        """Per-kind work on a successful completion (AcceptEx's context, ...): 0 or an error."""
+        """Per-kind work on a completion that brought its data (a success, or one of the
+        kind's ``warnings``): AcceptEx's context, a datagram's sender, ... 0 or an error."""
         return 0
 
     def set_offset(self, offset: int) -> None:
@@ -221,6 +246,7 @@ class RecvOperation(BufferOperation):
 
     __slots__ = ("flags",)
     reusable = True
+    warnings = RECEIVE_WARNINGS  # a message-mode pipe's ReadFile: ERROR_MORE_DATA
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
         super().__init__(kind, owner)
@@ -248,11 +274,20 @@ class AddressedOperation(BufferOperation):
         self.sockaddr_length: CData = ffi.new("int *", ffi.sizeof("struct sockaddr_storage"))
         self.peer: Address | None = None
 
+    def rearm(self) -> None:
+        super().rearm()
+        self.flags[0] = 0  # in/out: what the last completion left must not become input
+        self.peer = None
+
 
 class RecvFromOperation(AddressedOperation):
+    """WSARecvFrom. A truncated datagram (``Failure.TOO_LARGE``) still has its first part in
+    ``data`` and its sender in ``peer``."""
+
     __slots__ = ()
     reusable = True
     post_processing = True
+    warnings = RECEIVE_WARNINGS
 
     def on_success(self) -> int:
         self.peer = decode_cdata(ffi.cast("struct sockaddr *", self.sockaddr),
@@ -262,6 +297,17 @@ class RecvFromOperation(AddressedOperation):
 
 class SendToOperation(AddressedOperation):
     __slots__ = ()
+
+
+def _error_for(exception: Exception) -> int:
+    """The Windows error an operation whose post-processing raised ``exception`` fails with."""
+    if isinstance(exception, OSError) and exception.winerror:
+        return int(exception.winerror)
+    if isinstance(exception, MemoryError):
+        return WinError.ERROR_NOT_ENOUGH_MEMORY
+    if isinstance(exception, OSError):
+        return WinError.ERROR_INVALID_HANDLE  # no Windows code: as a call on a bad handle
+    return WinError.ERROR_INVALID_DATA  # e.g. a ValueError decoding what the kernel wrote
 
 
 def pin(buffer: object, writable: bool) -> CData:

@@ -6,7 +6,14 @@ lock, so a call that is being issued finishes before the value is closed, and no
 can reach a value Windows may already have given to another object (rule 6). ``issue()``
 registers the operation with the port before the call (another thread may dequeue its
 completion before the call returns), and gives it back at once if the call fails
-synchronously (rule 10).
+synchronously (rule 10). Association reads the value under the same lock, so a racing
+``close()`` cannot hand CreateIoCompletionPort a value Windows has given to another object.
+
+Which synchronous "failures" still queue a packet depends on the operation's kind: any call
+can report ERROR_IO_PENDING; only a receive can report a warning (a truncated datagram or
+message, ``Operation.warnings``), after which the I/O manager queues the packet as for any
+status that is not an error. A send reporting WSAEMSGSIZE has failed: it raises, and nothing
+is queued (on Wine, which does queue a packet for it, see ``_packet_queued``).
 """
 
 from __future__ import annotations
@@ -94,14 +101,17 @@ class OverlappedOwner(Generic[H]):
     def port(self) -> CompletionPort | None:
         return self._port
 
-    def _handle_for_port(self) -> CData:
-        if self._port is not None:
-            raise ValueError(f"{self!r} is already associated with {self._port!r}")
-        return self._as_port_handle(self._checked())
-
-    def _set_port(self, port: CompletionPort, key: int) -> None:
-        self._port = port
-        self.key = key
+    def _associate(self, port: CompletionPort, key: int,
+                   call: Callable[[CData], None]) -> None:
+        """``call(handle)`` (CreateIoCompletionPort) with the value read under the lock, so
+        ``close()`` waits for it; then remember the port and key."""
+        with self._lock:
+            if self._port is not None:
+                raise ValueError(f"{self!r} is already associated with {self._port!r}")
+            handle = self._checked()
+            call(self._as_port_handle(handle))
+            self._port = port
+            self.key = key
 
     # -- issuing -------------------------------------------------------------------------------
 
@@ -135,14 +145,23 @@ class OverlappedOwner(Generic[H]):
                 error = self._last_error()
                 if error in done_at_once:
                     port.unregister(operation, 0)
-                elif error not in _PACKET_COMES_ANYWAY:
-                    port.unregister(operation, error)
+                elif error != WinError.ERROR_IO_PENDING and error not in operation.warnings:
+                    if not _packet_queued(operation):
+                        port.unregister(operation, error)
                     raise exception_for(error, f"{what} on {self!r}")
         return operation
 
 
-#: Synchronous "failures" after which a completion packet is still queued: the I/O is pending,
-#: or it completed with a warning status (a datagram or pipe message larger than the buffer).
-_PACKET_COMES_ANYWAY = frozenset({
-    WinError.ERROR_IO_PENDING, WinError.WSAEMSGSIZE, WinError.ERROR_MORE_DATA,
-})
+def _packet_queued(operation: Operation) -> bool:
+    """Whether a call that failed at once still queued a completion packet.
+
+    Windows queues one for every status that is not an error, warnings included (Microsoft's
+    OVERLAPPED documentation: "When the request is completed, the system sets [Internal] to
+    the status code for the completed request"). On Windows an oversized send fails with an
+    error status, and this is False; Wine fails it with STATUS_BUFFER_OVERFLOW, a warning, and
+    queues a packet: the operation then stays registered (its memory owned) until that packet
+    is dequeued, and a new operation can never be handed the stale packet at the same address.
+    """
+    status = int(operation.overlapped.Internal) & 0xFFFFFFFF
+    return 0x80000000 <= status < 0xC0000000  # NT_WARNING
+

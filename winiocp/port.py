@@ -23,6 +23,20 @@ registry is what keeps the operation's memory alive while only the kernel refers
 port is closed while operations are pending, their memory is never freed (it moves to a
 process-wide list): the kernel may still write it, and no completion will ever say when it
 stopped.
+
+Every use of the port's handle (a dequeue, ``post()``, ``associate()``) counts itself in use
+first; ``close()`` closes the handle itself only when nobody is using it, and otherwise leaves
+that to the last user out. So no call ever passes a value Windows may have given to another
+object since. ``close()`` posts one wake-up packet per thread in use; a batch dequeue that
+takes more than one of them puts the rest back, so each waiter takes only its own.
+
+Dequeuing is exception-safe: the kernel has removed a packet from the queue before any Python
+code sees it, so a dequeued completion must reach the caller whatever happens while it is
+classified. An operation's post-processing cannot raise (its exception fails that operation
+alone, see ``operations.py``); if an interrupt (KeyboardInterrupt, SystemExit) strikes in the
+middle of a batch, every entry of the batch is still classified, the completions wait in the
+port, and the next ``get()``/``get_many()`` hands them out before dequeuing anything new;
+then the interrupt propagates.
 """
 
 from __future__ import annotations
@@ -30,8 +44,10 @@ from __future__ import annotations
 import itertools
 import struct
 import threading
+from collections import deque
 from enum import Enum
 from types import TracebackType
+from collections.abc import Callable
 from typing import Protocol
 
 from ._cdata import CData
@@ -102,8 +118,12 @@ class Completion:
         """The exception a caller would raise for this completion (None unless FAILED)."""
         if self.outcome is not Outcome.FAILED:
             return None
-        kind = self.operation.kind.value if self.operation else "operation"
-        return exception_for(self.error, kind)
+        operation = self.operation
+        if operation is None:
+            return exception_for(self.error, "operation")
+        error = exception_for(self.error, operation.kind.value)
+        error.__cause__ = operation.cause  # what its post-processing raised, if that failed it
+        return error
 
     def raise_for_failure(self) -> Completion:
         error = self.exception()
@@ -115,8 +135,8 @@ class Completion:
 class Associable(Protocol):
     """A socket or handle that can be associated with a port."""
 
-    def _handle_for_port(self) -> CData: ...
-    def _set_port(self, port: CompletionPort, key: int) -> None: ...
+    def _associate(self, port: CompletionPort, key: int,
+                   call: Callable[[CData], None]) -> None: ...
 
 
 class _DequeueBuffers(threading.local):
@@ -151,9 +171,12 @@ class CompletionPort:
         #: The handle as the OS has it: closed only when no thread is inside a dequeue, so a
         #: waiter never passes a value Windows may already have given to another object.
         self._os_handle: CData | None = handle
+        #: Threads using the handle now (dequeuing, posting, associating).
         self._waiters = 0
         self._batch_size = batch_size
         self._pending: dict[int, Operation] = {}
+        #: Completions dequeued and classified but not yet handed out (an interrupt struck).
+        self._ready: deque[Completion] = deque()
         self._buffers = _DequeueBuffers()
         self._lock = threading.Lock()
 
@@ -225,11 +248,19 @@ class CompletionPort:
         key = next(_keys) if key is None else key
         if not 0 <= key < 1 << (8 * ffi.sizeof("ULONG_PTR")):
             raise ValueError(f"key must fit in a ULONG_PTR, got {key}")
-        result = kernel32.CreateIoCompletionPort(target._handle_for_port(), self.handle, key, 0)
-        if result == ffi.NULL:
-            raise exception_for(kernel32.GetLastError(),
-                                f"CreateIoCompletionPort (associate {target!r})")
-        target._set_port(self, key)
+        port_handle = self._enter()
+        if port_handle is None:
+            raise ClosedHandleError("completion port")
+
+        def call(handle: CData) -> None:
+            if kernel32.CreateIoCompletionPort(handle, port_handle, key, 0) == ffi.NULL:
+                raise exception_for(kernel32.GetLastError(),
+                                    f"CreateIoCompletionPort (associate {target!r})")
+
+        try:
+            target._associate(self, key, call)
+        finally:
+            self._leave()
         return key
 
     def post(self, key: int = 0, bytes_transferred: int = 0) -> None:
@@ -238,8 +269,14 @@ class CompletionPort:
             raise ValueError("bytes_transferred must fit in a DWORD")
         if not 0 <= key < 1 << (8 * ffi.sizeof("ULONG_PTR")):
             raise ValueError(f"key must fit in a ULONG_PTR, got {key}")
-        if not kernel32.PostQueuedCompletionStatus(self.handle, bytes_transferred, key, ffi.NULL):
-            raise exception_for(kernel32.GetLastError(), "PostQueuedCompletionStatus")
+        handle = self._enter()
+        if handle is None:
+            raise ClosedHandleError("completion port")
+        try:
+            if not kernel32.PostQueuedCompletionStatus(handle, bytes_transferred, key, ffi.NULL):
+                raise exception_for(kernel32.GetLastError(), "PostQueuedCompletionStatus")
+        finally:
+            self._leave()
 
     # -- dequeue ---------------------------------------------------------------------------
 
@@ -249,6 +286,11 @@ class CompletionPort:
         Never raises for an operation's failure (that is a FAILED completion); raises only for
         a failure of the port itself. With ``timeout=None`` the wait is sliced so Ctrl-C works.
         """
+        if self._ready:
+            try:
+                return self._ready.popleft()
+            except IndexError:  # another thread took it
+                pass
         if timeout is not None:
             return self._get_once(_milliseconds(timeout))
         slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)
@@ -279,7 +321,13 @@ class CompletionPort:
             if address == _WAKE_ADDRESS:
                 return Completion(Outcome.PORT_CLOSED, error=WinError.ERROR_ABANDONED_WAIT_0)
             error = 0 if ok else kernel32.GetLastError()
-            return self._complete(address, out.key[0], out.bytes[0], error)
+            operation = self._pending.pop(address, None)
+            try:
+                return self._classify(operation, address, out.key[0], out.bytes[0], error)
+            except BaseException:  # an interrupt: keep the completion for the next call
+                self._ready.append(self._salvage(operation, address, out.key[0], out.bytes[0],
+                                                 error))
+                raise
         finally:
             self._leave()
 
@@ -310,6 +358,8 @@ class CompletionPort:
         count = self._batch_size if max_entries is None else max_entries
         if not 1 <= count <= self._batch_size:
             raise ValueError(f"max_entries must be 1-{self._batch_size}, got {count}")
+        if self._ready:
+            return self._take_ready(count)
         out = self._buffers
         if out.capacity < self._batch_size:
             out.entries = ffi.new("OVERLAPPED_ENTRY[]", self._batch_size)
@@ -351,25 +401,84 @@ class CompletionPort:
         """Classify ``count`` OVERLAPPED_ENTRY records (read in one go, as plain integers)."""
         raw = (view if view is not None
                else memoryview(ffi.buffer(entries)))[:count * _ENTRY.size]  # type: ignore[arg-type]
-        completions = []
+        completions: list[Completion] = []
         pending = self._pending
-        for key, address, internal, transferred in _ENTRY.iter_unpack(raw):
-            if not address:
-                completions.append(Completion(Outcome.POSTED, key, transferred))
-                continue
-            if address == _WAKE_ADDRESS:
-                continue  # close() woke this waiter: the caller learns on its next call
-            operation = pending.pop(address, None)
-            # The entry's Internal is the packet's NTSTATUS (its IO_STATUS_BLOCK.Status): read
-            # there, not through lpOverlapped, which a raw post may point at anything.
-            status = internal & 0xFFFFFFFF
-            # NT_SUCCESS: success and informational statuses are non-negative as 32-bit signed.
-            error = 0 if status < 0x80000000 else ntdll.RtlNtStatusToDosError(status - (1 << 32))
-            completions.append(self._classify(operation, address, key, transferred, error))
+        wakes = 0
+        operation = None
+        try:
+            for key, address, internal, transferred in _ENTRY.iter_unpack(raw):
+                if not address:
+                    completions.append(Completion(Outcome.POSTED, key, transferred))
+                    continue
+                if address == _WAKE_ADDRESS:
+                    wakes += 1  # close() woke this waiter: the caller learns on its next call
+                    continue
+                operation = pending.pop(address, None)
+                status = internal & 0xFFFFFFFF  # as _entry_error(), inline: once per packet
+                error = (0 if status < 0x80000000
+                         else ntdll.RtlNtStatusToDosError(status - (1 << 32)))
+                completions.append(self._classify(operation, address, key, transferred, error))
+        except BaseException:
+            self._salvage_batch(raw, completions, operation)
+            raise
+        if wakes > 1:
+            self._repost_wakes(wakes - 1)
         return completions
 
-    def _complete(self, address: int, key: int, transferred: int, error: int) -> Completion:
-        return self._classify(self._pending.pop(address, None), address, key, transferred, error)
+    def _salvage_batch(self, raw: memoryview, completions: list[Completion],
+                       interrupted: Operation | None) -> None:
+        """An interrupt struck while a batch was classified: classify the rest of it (the
+        kernel has dequeued those packets), and keep everything for the next calls."""
+        records = list(_ENTRY.iter_unpack(raw))
+        classified = len(completions)
+        self._ready.extend(completions)
+        wakes = 0
+        for key, address, internal, transferred in records:
+            if address == _WAKE_ADDRESS:
+                wakes += 1
+            elif classified:  # handed a Completion already (they come in entry order)
+                classified -= 1
+            elif not address:
+                self._ready.append(Completion(Outcome.POSTED, key, transferred))
+            else:
+                operation = self._pending.pop(address, None)
+                if operation is None and interrupted is not None and \
+                        interrupted.address == address:
+                    operation = interrupted  # taken out of the registry before the interrupt
+                self._ready.append(self._salvage(operation, address, key, transferred,
+                                                 _entry_error(internal)))
+        if wakes > 1:
+            self._repost_wakes(wakes - 1)
+
+    def _salvage(self, operation: Operation | None, address: int, key: int, transferred: int,
+                 error: int) -> Completion:
+        """Classify again what an interrupt cut short (finishing twice is harmless)."""
+        try:
+            return self._classify(operation, address, key, transferred, error)
+        except BaseException:  # a second interrupt: hand it back unclassified, never lose it
+            if operation is not None:
+                operation.state = OpState.DONE
+            return Completion(Outcome.FAILED, key, transferred, operation,
+                              WinError.ERROR_OPERATION_ABORTED, Failure.OTHER, address)
+
+    def _take_ready(self, count: int) -> list[Completion]:
+        taken: list[Completion] = []
+        ready = self._ready
+        try:
+            while len(taken) < count:
+                taken.append(ready.popleft())
+        except IndexError:  # emptied (another thread may have taken some)
+            pass
+        return taken
+
+    def _repost_wakes(self, count: int) -> None:
+        """Give back wake-up packets meant for other waiters (the caller is counted in use,
+        so the handle is still open)."""
+        handle = self._os_handle
+        if handle is None:
+            return
+        for _ in range(count):
+            kernel32.PostQueuedCompletionStatus(handle, 0, 0, _WAKE_OVERLAPPED)
 
     def _classify(self, operation: Operation | None, address: int, key: int, transferred: int,
                   error: int) -> Completion:
@@ -408,6 +517,17 @@ class CompletionPort:
                 return
             self._os_handle = None
         kernel32.CloseHandle(handle)
+
+
+def _entry_error(internal: int) -> int:
+    """The Windows error of an OVERLAPPED_ENTRY whose Internal is ``internal``.
+
+    The entry's Internal is the packet's NTSTATUS (its IO_STATUS_BLOCK.Status): read there,
+    not through lpOverlapped, which a raw post may point at anything.
+    """
+    status = internal & 0xFFFFFFFF
+    # NT_SUCCESS: success and informational statuses are non-negative as 32-bit signed.
+    return 0 if status < 0x80000000 else ntdll.RtlNtStatusToDosError(status - (1 << 32))
 
 
 def _milliseconds(timeout: float) -> int:

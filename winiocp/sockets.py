@@ -24,6 +24,7 @@ from .constants import (
     INVALID_SOCKET,
     SOCKET_ERROR,
     AddressFamily,
+    IoControl,
     IPProto,
     Shutdown,
     SocketLevel,
@@ -247,6 +248,24 @@ class Socket(OverlappedOwner[int]):
 
     def set_exclusive_address_use(self, enabled: bool) -> None:
         self.setsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_EXCLUSIVEADDRUSE, int(enabled))
+
+    def set_udp_connreset(self, enabled: bool) -> None:
+        """SIO_UDP_CONNRESET: whether an ICMP port-unreachable, the answer to a datagram this
+        socket sent to a port where nothing listens, fails a receive of this socket.
+
+        On by default in Windows: the receive then fails (WSAECONNRESET at once, or a
+        completion with ERROR_PORT_UNREACHABLE, ``Failure.REFUSED``), which a UDP server
+        serving many peers rarely wants. ``set_udp_connreset(False)`` turns it off.
+        """
+        if self.type != SocketType.SOCK_DGRAM:
+            raise ValueError("SIO_UDP_CONNRESET needs a SOCK_DGRAM socket")
+        value = ffi.new("BOOL *", bool(enabled))
+        returned = ffi.new("DWORD *")
+        with self._lock:
+            if ws2_32.WSAIoctl(self._checked(), IoControl.SIO_UDP_CONNRESET, value,
+                               ffi.sizeof("BOOL"), ffi.NULL, 0, returned, ffi.NULL,
+                               ffi.NULL) == SOCKET_ERROR:
+                self._raise_last("WSAIoctl(SIO_UDP_CONNRESET)")
 
     # -- overlapped operations ---------------------------------------------------------------
 
