@@ -53,3 +53,36 @@ html_static_path: list[str] = []
 pygments_style = "sphinx"
 
 myst_heading_anchors = 3
+
+
+# -- :test:`tests/windows/test_x.py::test_name` ---------------------------------------------------
+# The design essay names the tests that show each rule. The role renders the name and checks
+# that the file has that test function, so a renamed or deleted test is a build warning (an
+# error, under -W) instead of a stale sentence.
+
+import re  # noqa: E402
+
+from docutils import nodes  # noqa: E402
+from docutils.parsers.rst.states import Inliner  # noqa: E402
+from sphinx.application import Sphinx  # noqa: E402
+
+
+def test_role(name: str, rawtext: str, text: str, lineno: int, inliner: Inliner,
+              options: dict[str, object] | None = None, content: list[str] | None = None
+              ) -> tuple[list[nodes.Node], list[nodes.system_message]]:
+    path, _, function = text.partition("::")
+    source = ROOT / path
+    messages: list[nodes.system_message] = []
+    if not function or not source.is_file():
+        messages.append(inliner.reporter.warning(f"no test file {path!r} (in {text!r})",
+                                                 line=lineno))
+    elif not re.search(rf"^(?:async )?def {re.escape(function)}\(", source.read_text("utf-8"),
+                       re.MULTILINE):
+        messages.append(inliner.reporter.warning(f"{path} has no test {function!r}",
+                                                 line=lineno))
+    node = nodes.literal(rawtext, text, classes=["test-reference"])
+    return [node], messages
+
+
+def setup(app: Sphinx) -> None:
+    app.add_role("test", test_role)
