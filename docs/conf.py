@@ -50,7 +50,8 @@ doctest_test_doctest_blocks = ""
 html_theme = "furo"
 html_title = f"winiocp {release}"
 html_static_path: list[str] = []
-pygments_style = "sphinx"
+# Code blocks without a language are shell commands or output: not highlighted as Python.
+highlight_language = "none"
 
 myst_heading_anchors = 3
 
