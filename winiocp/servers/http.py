@@ -17,8 +17,11 @@ from http.client import HTTPException, parse_headers
 
 from ..connections import CloseReason, Connection, State
 
+#: The longest request head (request line and header fields) served; longer gets 431.
 MAX_HEAD_BYTES = 16 * 1024
+#: The longest ``Content-Length`` accepted; longer gets 413.
 MAX_BODY_BYTES = 1024 * 1024
+#: The default response body.
 BODY = b"Hello from winiocp\n"
 _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"})
 
@@ -40,15 +43,27 @@ def response(status: HTTPStatus, body: bytes, keep_alive: bool, head_only: bool 
 
 
 class HttpHandler:
-    """Serves ``BODY`` to every well-formed request."""
+    """Serves ``body`` (``BODY`` by default) to every well-formed request of one connection.
+
+    One instance per connection (``Server(HttpHandler)`` calls the class for each). It owns
+    the request bytes received but not yet answered; each batch of responses is one send,
+    owned by the connection until its completion is dequeued. Bad requests are answered (400,
+    413, 431, 501) and the connection is closed after the answer; nothing is raised.
+    """
 
     def __init__(self, body: bytes = BODY) -> None:
+        #: The response body every request gets.
         self.body: bytes = body
-        self.buffer: bytearray = bytearray()  # received bytes not yet framed into a request
-        self.requests: int = 0  # well-formed requests answered
-        self.closing: bool = False  # no more requests: an error or a non-keep-alive request
+        #: Received bytes not yet framed into a request.
+        self.buffer: bytearray = bytearray()
+        #: Well-formed requests answered so far.
+        self.requests: int = 0
+        #: No more requests will be served: after an error or a non-keep-alive request.
+        self.closing: bool = False
 
     def data_received(self, connection: Connection, data: bytes) -> None:
+        """Frame and answer every complete request in the bytes so far (pipelining: all the
+        answers leave in one send); on a bad request, answer it and close the connection."""
         if self.closing or connection.state is not State.OPEN:
             return  # after an error, `Connection: close` or an idle close: ignore the rest
         self.buffer += data
@@ -108,9 +123,10 @@ class HttpHandler:
         return response(HTTPStatus.OK, self.body, keep_alive, head_only=parts[0] == b"HEAD")
 
     def eof_received(self, connection: Connection) -> None:
-        pass
+        """The client closed its side: the connection closes once the answers are sent."""
 
     def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
+        """The connection ended: drop any unanswered request bytes."""
         self.buffer.clear()
 
     def pause_writing(self, connection: Connection) -> None:
@@ -118,4 +134,5 @@ class HttpHandler:
         connection.pause_reading()
 
     def resume_writing(self, connection: Connection) -> None:
+        """The client read its responses (the buffer drained): read requests again."""
         connection.resume_reading()
