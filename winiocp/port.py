@@ -264,7 +264,10 @@ class CompletionPort:
         return key
 
     def post(self, key: int = 0, bytes_transferred: int = 0) -> None:
-        """Queue a packet (PostQueuedCompletionStatus with a NULL OVERLAPPED)."""
+        """Queue a packet (PostQueuedCompletionStatus with a NULL OVERLAPPED).
+
+        Raises ``ClosedHandleError`` once the port is closed; if ``close()`` races this call,
+        the handle is closed only after the call is out (by whoever leaves last)."""
         if not 0 <= bytes_transferred <= 0xFFFFFFFF:
             raise ValueError("bytes_transferred must fit in a DWORD")
         if not 0 <= key < 1 << (8 * ffi.sizeof("ULONG_PTR")):

@@ -328,7 +328,11 @@ class Socket(OverlappedOwner[int]):
 
     def recvfrom(self, size: int = 65536, *, reuse: RecvFromOperation | None = None,
                  context: object = None) -> RecvFromOperation:
-        """Post a WSARecvFrom (UDP); the completed operation has ``.data`` and ``.peer``."""
+        """Post a WSARecvFrom (UDP); the completed operation has ``.data`` and ``.peer``.
+
+        A datagram larger than ``size`` completes FAILED with ``Failure.TOO_LARGE``
+        (WSAEMSGSIZE / ERROR_MORE_DATA): ``.data`` holds its first ``size`` bytes, the rest is
+        discarded, and ``.peer`` says who sent it. ``reuse=`` starts with clear flags."""
         if self.type != SocketType.SOCK_DGRAM:
             raise ValueError("recvfrom needs a SOCK_DGRAM socket")
         operation = self._reusable(reuse, OpKind.RECVFROM,
@@ -345,6 +349,8 @@ class Socket(OverlappedOwner[int]):
 
     def sendto(self, data: BufferLike, address: tuple[object, ...], *,
                context: object = None) -> SendToOperation:
+        """Post a WSASendTo. A literal ``address`` is never resolved; a datagram larger than
+        the protocol allows raises ``OSError`` (WSAEMSGSIZE) and nothing is queued."""
         if self.type != SocketType.SOCK_DGRAM:
             raise ValueError("sendto needs a SOCK_DGRAM socket")
         operation = SendToOperation(OpKind.SENDTO, self)
