@@ -58,25 +58,102 @@ class CBuffer(Protocol):
 
 
 class TypedFFI(Protocol):
-    """The subset of cffi's ``FFI`` API used with this binding."""
+    """The subset of cffi's ``FFI`` API used with this binding (``winiocp.raw.ffi``)."""
 
+    #: The NULL pointer (compare pointers with ``==``, not ``is``).
     NULL: CData
 
-    def new(self, cdecl: str, init: object = ...) -> CData: ...
-    def cast(self, cdecl: str, value: CData | int) -> CData: ...
-    def typeof(self, cdecl: str | CData) -> CType: ...
-    def sizeof(self, cdecl: str | CData) -> int: ...
-    def alignof(self, cdecl: str) -> int: ...
-    def offsetof(self, cdecl: str, *fields_or_indexes: str | int) -> int: ...
-    def addressof(self, cdata: CData, *fields_or_indexes: str | int) -> CData: ...
+    def new(self, cdecl: str, init: object = ...) -> CData:
+        """Allocate a zero-filled C object of pointer or array type ``cdecl`` (``"DWORD *"``,
+        ``"char[]"``), initialised from ``init``; returns a pointer to it.
+
+        The result *owns* the memory: it is freed when that Python object is collected. So
+        anything the kernel may still write (an OVERLAPPED, a buffer) must stay referenced
+        until its completion is dequeued. Raises ``TypeError`` / ``OverflowError`` /
+        ``ValueError`` for a bad type or initialiser.
+        """
+        ...
+
+    def cast(self, cdecl: str, value: CData | int) -> CData:
+        """``value`` as C type ``cdecl``, like a C cast (``ffi.cast("HANDLE", sock)``).
+
+        Owns nothing: a pointer made by a cast does not keep what it points to alive.
+        """
+        ...
+
+    def typeof(self, cdecl: str | CData) -> CType:
+        """The C type named by ``cdecl``, or of a C object."""
+        ...
+
+    def sizeof(self, cdecl: str | CData) -> int:
+        """The size in bytes of a C type, or of a C object (an array's whole length)."""
+        ...
+
+    def alignof(self, cdecl: str) -> int:
+        """The alignment in bytes of a C type."""
+        ...
+
+    def offsetof(self, cdecl: str, *fields_or_indexes: str | int) -> int:
+        """The byte offset of a field (or nested field, or array item) in struct ``cdecl``."""
+        ...
+
+    def addressof(self, cdata: CData, *fields_or_indexes: str | int) -> CData:
+        """A pointer to a struct, or to one of its fields; it does not own the struct."""
+        ...
+
     def from_buffer(
         self, cdecl: str, python_buffer: object, require_writable: bool = ...
-    ) -> CData: ...
-    def buffer(self, cdata: CData, size: int = ...) -> CBuffer: ...
-    def string(self, cdata: CData, maxlen: int = ...) -> bytes | str: ...
-    def unpack(self, cdata: CData, length: int) -> bytes | str | list[object]: ...
-    def memmove(self, dest: CData | bytearray, src: CData | bytes, n: int) -> None: ...
-    def release(self, cdata: CData) -> None: ...
-    def dlopen(self, name: str, flags: int = ...) -> object: ...
-    def getwinerror(self, code: int = ...) -> tuple[int, str]: ...
-    def list_types(self) -> tuple[list[str], list[str], list[str]]: ...
+    ) -> CData:
+        """A ``char[]`` (or ``cdecl``) view of a Python buffer's memory, without a copy.
+
+        The result keeps ``python_buffer`` alive and pinned: a ``bytearray`` cannot be resized
+        while it exists. With ``require_writable``, a read-only buffer is refused (an error).
+        """
+        ...
+
+    def buffer(self, cdata: CData, size: int = ...) -> CBuffer:
+        """A Python buffer over C memory (``size`` bytes; default: the whole object).
+
+        A view, not a copy: valid only while ``cdata`` (and what it points to) is alive.
+        """
+        ...
+
+    def string(self, cdata: CData, maxlen: int = ...) -> bytes | str:
+        """The NUL-terminated string ``cdata`` points to: ``bytes`` for ``char``, ``str``
+        for ``wchar_t`` (at most ``maxlen`` items)."""
+        ...
+
+    def unpack(self, cdata: CData, length: int) -> bytes | str | list[object]:
+        """``length`` items at ``cdata`` as ``bytes``, ``str`` or a list, by item type."""
+        ...
+
+    def memmove(self, dest: CData | bytearray, src: CData | bytes, n: int) -> None:
+        """Copy ``n`` bytes from ``src`` to ``dest`` (C memory or writable Python buffers)."""
+        ...
+
+    def release(self, cdata: CData) -> None:
+        """Free memory of ``new`` (or unpin a ``from_buffer``) now instead of at collection.
+
+        Never on memory the kernel may still write: only after its completion is dequeued.
+        """
+        ...
+
+    def dlopen(self, name: str, flags: int = ...) -> object:
+        """Load a DLL and return an object whose attributes are its declared functions.
+
+        Raises ``OSError`` when the DLL cannot be loaded.
+        """
+        ...
+
+    def getwinerror(self, code: int = ...) -> tuple[int, str]:
+        """``(code, message)`` for a Windows error code.
+
+        Without ``code``: the ``GetLastError()`` value that cffi saved, on this thread, right
+        after the last C call made through it, so other Python code in between cannot
+        overwrite it.
+        """
+        ...
+
+    def list_types(self) -> tuple[list[str], list[str], list[str]]:
+        """The declared type names: (typedefs, structs, unions)."""
+        ...
