@@ -32,11 +32,16 @@ from .constants import (
     SocketOption,
 )
 
+#: cffi's ``FFI`` for every type in ``cdefs/*.h``: ``ffi.new("OVERLAPPED *")``, ``ffi.cast``, ...
 ffi: TypedFFI = _ffi
 
+#: kernel32.dll: completion ports, handles, files and pipes, ``GetLastError``.
 kernel32: _api.Kernel32 = cast(_api.Kernel32, ffi.dlopen("kernel32.dll"))
+#: ntdll.dll: ``RtlNtStatusToDosError`` (a batch entry's NTSTATUS to a Windows error).
 ntdll: _api.Ntdll = cast(_api.Ntdll, ffi.dlopen("ntdll.dll"))
+#: ws2_32.dll: Winsock, started (WSAStartup 2.2) when this module is imported.
 ws2_32: _api.Ws2_32 = cast(_api.Ws2_32, ffi.dlopen("ws2_32.dll"))
+#: iphlpapi.dll: the TCP table (``GetTcpTable2``).
 iphlpapi: _api.Iphlpapi = cast(_api.Iphlpapi, ffi.dlopen("iphlpapi.dll"))
 
 #: ``INVALID_HANDLE_VALUE`` as the pointer Windows returns (compare with ``==``).
@@ -55,7 +60,7 @@ _startup()
 
 
 def guid(value: uuid.UUID) -> CData:
-    """A new ``GUID *`` holding ``value``."""
+    """A new ``GUID *`` holding ``value``; it owns its memory (keep it while it is used)."""
     return ffi.new(
         "GUID *",
         {
@@ -69,12 +74,22 @@ def guid(value: uuid.UUID) -> CData:
 
 @dataclass(frozen=True)
 class ExtensionFunctions:
-    """The Microsoft extension functions of one Winsock provider."""
+    """The Microsoft extension functions of one Winsock provider.
 
+    Function pointers, called like the DLLs' functions; each returns a C ``BOOL`` (FALSE with
+    ``WSAGetLastError() == WSA_IO_PENDING`` means the overlapped call started). They stay
+    valid for the life of the process.
+    """
+
+    #: Accept a connection into a socket created beforehand, optionally with its first data.
     AcceptEx: _api.LPFN_ACCEPTEX
+    #: Split the address buffer an AcceptEx filled into the local and remote addresses.
     GetAcceptExSockaddrs: _api.LPFN_GETACCEPTEXSOCKADDRS
+    #: Connect a bound socket, overlapped, optionally sending data.
     ConnectEx: _api.LPFN_CONNECTEX
+    #: Close a connection, optionally keeping the socket for reuse (TF_REUSE_SOCKET).
     DisconnectEx: _api.LPFN_DISCONNECTEX
+    #: Send a file's contents (with optional head and tail buffers) on a connected socket.
     TransmitFile: _api.LPFN_TRANSMITFILE
 
 
@@ -83,7 +98,11 @@ _EXTENSIONS_LOCK = threading.Lock()
 
 
 def provider_info(sock: int) -> CData:
-    """``WSAPROTOCOL_INFOW *`` of the provider behind ``sock`` (getsockopt SO_PROTOCOL_INFOW)."""
+    """``WSAPROTOCOL_INFOW *`` of the provider behind ``sock`` (getsockopt SO_PROTOCOL_INFOW).
+
+    The result owns its memory. Raises ``OSError`` (with ``winerror``) if the call fails,
+    e.g. WSAENOTSOCK for a value that is not an open socket.
+    """
     info = ffi.new("WSAPROTOCOL_INFOW *")
     size = ffi.new("int *", ffi.sizeof("WSAPROTOCOL_INFOW"))
     buffer = ffi.cast("char *", info)
@@ -109,7 +128,13 @@ def _lookup(sock: int, name: str) -> CData:
 
 
 def extension_functions(sock: int) -> ExtensionFunctions:
-    """The extension functions for ``sock``'s provider, looked up once per provider."""
+    """The extension functions for ``sock``'s provider, looked up once per provider.
+
+    Winsock hands them out per provider (``WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER)``);
+    the cache is keyed by the provider's catalog entry, family, type and protocol, so an IPv4
+    and an IPv6 socket may get different pointers. Thread-safe. Raises ``OSError`` (with
+    ``winerror``) when ``sock`` is not an open socket or its provider has no such function.
+    """
     info = provider_info(sock)
     key = (info.dwCatalogEntryId, info.iAddressFamily, info.iSocketType, info.iProtocol)
     with _EXTENSIONS_LOCK:
