@@ -155,6 +155,7 @@ class Connection:
         # Delivery: callbacks queued for the handler, run one at a time (module docstring).
         self._events: deque[Callable[[], None]] = deque()
         self._delivering = False
+        self._delivering_thread: int | None = None  # the thread running callbacks
         self._lost_queued = False
         self._undelivered_data = 0  # data callbacks queued or running: read again after them
         # Flow control.
@@ -201,17 +202,20 @@ class Connection:
                 return
             self._delivering = True
             callback = self._events.popleft()
+        self._delivering_thread = threading.get_ident()
         try:
             while True:
                 callback()
                 with lock:
                     if not self._events:
                         self._delivering = False
+                        self._delivering_thread = None
                         return
                     callback = self._events.popleft()
         except BaseException:
             with lock:
                 self._delivering = False
+                self._delivering_thread = None
             raise
 
     def _queue_data(self, data: bytes) -> None:
@@ -356,11 +360,11 @@ class Connection:
                 self.pending_sends -= 1
                 self._write_size -= size
                 raise
-            pause = not self._writing_paused and self._write_size > self._high_water
-            if pause:
-                self._pause_writing()
-        if pause:
-            self._deliver()
+            pause = None
+            if not self._writing_paused and self._write_size > self._high_water:
+                pause = self._pause_writing()
+        if pause is not None:
+            self._call_now_or_queue(pause)
         return operation
 
     def _on_send(self, completion: Completion, operation: SendOperation) -> None:
@@ -393,19 +397,35 @@ class Connection:
             low = high // 4
         if not high >= low >= 0:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        pause = None
         with self._lock:
             self._high_water, self._low_water = high, low
             if not self._writing_paused and self._write_size > high:
-                self._pause_writing()
+                pause = self._pause_writing()
             elif self._writing_paused and self._write_size <= low:
                 self._resume_writing()
+        if pause is not None:
+            self._call_now_or_queue(pause)
         self._deliver()
 
-    def _pause_writing(self) -> None:
+    def _pause_writing(self) -> Callable[[], None] | None:
+        """Note the pause (lock held); the handler's callback, for the caller to run."""
         self._writing_paused = True
         callback = getattr(self.handler, "pause_writing", None)
-        if callback is not None and self.state is State.OPEN:
-            self._queue(lambda: callback(self))
+        if callback is None or self.state is not State.OPEN:
+            return None
+        return lambda: callback(self)
+
+    def _call_now_or_queue(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at once if this thread is inside one of our handler's callbacks
+        (as asyncio's ``write()`` calls ``pause_writing``: a handler writing in a loop sees
+        the pause before its next write), else deliver it in turn."""
+        if self._delivering_thread == threading.get_ident():
+            callback()
+            return
+        with self._lock:
+            self._queue(callback)
+        self._deliver()
 
     def _resume_writing(self) -> None:
         self._writing_paused = False
