@@ -21,6 +21,7 @@ from .constants import TcpState
 from .servers import EchoHandler, Server
 from .tcptable import count_state
 
+#: The payload sizes a client picks from, at random: from one small segment to 64 KiB.
 PAYLOAD_SIZES = (16, 200, 1400, 4096, 16384, 65536)
 
 
@@ -28,10 +29,15 @@ PAYLOAD_SIZES = (16, 200, 1400, 4096, 16384, 65536)
 class ClientTally:
     """What one client thread did; only that thread writes it."""
 
+    #: Connections opened.
     connections: int = 0
+    #: Payloads sent and echoed back intact.
     messages: int = 0
+    #: Bytes of those payloads, each compared with what came back.
     bytes_verified: int = 0
+    #: What went wrong (a wrong echo, a connection error); the client stops at the first.
     errors: list[str] = field(default_factory=list[str])
+    #: Round-trip time of each message, in seconds.
     latencies: list[float] = field(default_factory=list[float])
 
 
@@ -50,7 +56,11 @@ def receive_exactly(sock: socket.socket, size: int) -> bytes:
 
 def client(address: tuple[str, int], stop: threading.Event, tally: ClientTally,
            seed: int) -> None:
-    """Echo random payloads over successive connections until ``stop``, checking each echo."""
+    """Echo random payloads over successive connections until ``stop``, checking each echo.
+
+    Records everything in ``tally``; an ``OSError`` or a wrong echo is recorded there too (and
+    ends this client) instead of being raised. ``seed`` makes the payloads reproducible.
+    """
     rng = random.Random(seed)
     while not stop.is_set():
         try:
@@ -75,7 +85,12 @@ def client(address: tuple[str, int], stop: threading.Event, tally: ClientTally,
 
 
 def run(clients: int = 16, duration: float = 3.0, workers: int = 2) -> int:
-    """Run the demo and print its table; the exit status (0: every byte came back)."""
+    """Run the demo and print its table; the exit status (0: every byte came back).
+
+    ``clients`` threads drive a ``workers``-thread echo server on 127.0.0.1 (any free port)
+    for ``duration`` seconds; the server is stopped (every connection closed) before the
+    table is printed. Raises only what ``Server`` raises when it cannot listen.
+    """
     server = Server(EchoHandler, "127.0.0.1", 0, workers=workers, accepts=32)
     server.start()
     host, port = str(server.address[0]), int(server.address[1])

@@ -18,9 +18,13 @@ from .raw import ffi, iphlpapi
 class TcpRow:
     """One row of the table: addresses as (host, port), ``pid`` the owning process."""
 
+    #: The connection's TCP state (``TcpState.MIB_TCP_STATE_TIME_WAIT``, ...).
     state: TcpState
+    #: The local address, ``(dotted IPv4, port)``.
     local: tuple[str, int]
+    #: The remote address (``("0.0.0.0", 0)`` for a listening socket).
     remote: tuple[str, int]
+    #: The owning process's id (0 for connections no process owns any more, as in TIME_WAIT).
     pid: int
 
 
@@ -30,7 +34,12 @@ def _endpoint(address: int, port: int) -> tuple[str, int]:
 
 
 def tcp_table() -> list[TcpRow]:
-    """Every IPv4 TCP connection the OS knows, with its state."""
+    """Every IPv4 TCP connection the OS knows, with its state (a snapshot, unsorted).
+
+    Rows whose state is not a known ``TcpState`` are skipped. Raises the ``OSError`` of the
+    Windows error if GetTcpTable2 fails, and ``RuntimeError`` if the table keeps growing
+    faster than it can be read. The table's memory is owned here and released on return.
+    """
     size = ffi.new("ULONG *", 0)
     storage = ffi.new("char[]", 0)  # owns the table's memory; `table` is only a view of it
     table = ffi.NULL
@@ -62,5 +71,8 @@ def tcp_table() -> list[TcpRow]:
 
 
 def count_state(state: TcpState, local_port: int) -> int:
-    """How many connections whose local port is ``local_port`` are in ``state``."""
+    """How many connections whose local port is ``local_port`` are in ``state``.
+
+    E.g. ``count_state(TcpState.MIB_TCP_STATE_TIME_WAIT, 8080)``: what a server on port 8080 left behind.
+    """
     return sum(1 for row in tcp_table() if row.state == state and row.local[1] == local_port)
