@@ -73,6 +73,7 @@ def tcp_table() -> list[TcpRow]:
 def count_state(state: TcpState, local_port: int) -> int:
     """How many connections whose local port is ``local_port`` are in ``state``.
 
-    E.g. ``count_state(TcpState.MIB_TCP_STATE_TIME_WAIT, 8080)``: what a server on port 8080 left behind.
+    E.g. ``count_state(TcpState.MIB_TCP_STATE_TIME_WAIT, 8080)``: what a server on port 8080
+    left behind.
     """
     return sum(1 for row in tcp_table() if row.state == state and row.local[1] == local_port)
