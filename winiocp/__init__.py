@@ -1,7 +1,12 @@
 """winiocp: Windows I/O completion ports and overlapped Winsock for Python.
 
 ``winiocp.raw`` is the C API (cffi, typed); the wrappers on top encode the rules of IOCP
-programming (see the README).
+programming (see the README). The package re-exports what most programs need: the port
+(``CompletionPort``, ``Completion``, ``Outcome``), ``Socket`` and ``create_connection``,
+``Handle``, the operation classes and the exceptions. The connection layer is
+``winiocp.connections`` and ``winiocp.manager``; the servers are ``winiocp.servers``.
+
+Importing it anywhere but Windows raises ``ImportError``, saying why.
 """
 
 import sys
@@ -9,6 +14,7 @@ import sys
 if sys.platform != "win32":  # pragma: no cover - the one line a non-Windows user sees
     raise ImportError(f"winiocp binds Windows I/O completion ports: it needs Windows, not {sys.platform}")
 
+#: The package's version (as in its metadata).
 __version__ = "0.1.0"
 
 from .errors import (
