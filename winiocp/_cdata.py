@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         result: CType
         item: CType
         fields: list[tuple[str, object]]
+        relements: dict[str, int]  # an enum's names and values
 
 else:
     CData = _untyped_ffi.CData
