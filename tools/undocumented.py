@@ -6,9 +6,10 @@ the documentation. Read from the source (``ast``), so it runs on any OS:
     python3 tools/undocumented.py            # one line per symbol, then a count
     python3 tools/undocumented.py winiocp/port.py winiocp/sockets.py
 
-Public means: a module not starting with ``_`` (generated modules excepted), and in it a
-class or function whose name does not start with ``_``, and the methods and properties of a
-public class with such names. Exits 1 when it found any.
+Public means: in any module of the package but the cffi module and its build script (the
+private ``_cdata`` and the generated ``_api`` included: their types are what ``winiocp.raw``
+exports), a class or function whose name does not start with ``_``, and the methods and
+properties of such a class with such names. Exits 1 when it found any.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ PACKAGE = ROOT / "winiocp"
 Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
 
+NOT_API = {"_ffi.py", "_ffi_build.py"}
+
+
 def public_modules() -> list[Path]:
-    return sorted(path for path in PACKAGE.rglob("*.py")
-                  if not any(part.startswith("_") and part not in ("__init__.py", "__main__.py")
-                             for part in path.relative_to(PACKAGE).parts))
+    return sorted(path for path in PACKAGE.rglob("*.py") if path.name not in NOT_API)
 
 
 def undocumented(path: Path) -> Iterator[tuple[int, str]]:
