@@ -29,11 +29,13 @@ from typing import Any
 import pytest
 
 import winiocp.manager
+import winiocp.raw
 import winiocp.sockets
 from winiocp import OpKind, Socket
 from winiocp.connections import CloseReason, Connection, Handler, NullHandler, State
 from winiocp.constants import INVALID_SOCKET, NtStatus, TcpInfoState, WinError
 from winiocp.manager import AcceptPool, ConnectionManager
+from winiocp.operations import BufferOperation
 from winiocp.servers import EchoHandler
 from winiocp.tcpinfo import tcp_state
 
@@ -234,7 +236,7 @@ def test_an_accept_slot_survives_a_burst_of_descriptor_exhaustion(
     listener accepted nothing while the server looked healthy.)"""
     monkeypatch.setattr(winiocp.manager, "ACCEPT_BACKOFF", 0.002, raising=False)
     monkeypatch.setattr(winiocp.manager, "ACCEPT_BACKOFF_MAX", 0.01, raising=False)
-    failing = FailingWinsock(winiocp.sockets.ws2_32, failures=100, error=error)
+    failing = FailingWinsock(winiocp.raw.ws2_32, failures=100, error=error)
     manager = ConnectionManager()
     with serving(manager, NullHandler, accepts=1,
                  before_accepts=lambda: monkeypatch.setattr(winiocp.sockets, "ws2_32", failing)
@@ -567,8 +569,8 @@ def _pinned_bytes(manager: ConnectionManager) -> int:
     """Bytes of buffers that pending sends and receives lend the kernel right now."""
     total = 0
     for operation in manager.port.pending_operations():
-        if operation.kind in (OpKind.SEND, OpKind.RECV):
-            total += sum(memoryview(b).nbytes for b in operation.buffers)  # type: ignore[attr-defined]
+        if isinstance(operation, BufferOperation):
+            total += sum(memoryview(b).nbytes for b in operation.buffers)
     return total
 
 
