@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -319,17 +320,29 @@ def run_host_tests(pytest_args: list[str]) -> int:
 
 
 def command_test(options: argparse.Namespace) -> int:
-    versions = options.python.split(",")
-    failures = 0
+    """Host tests, the docs (built and their examples run), then the Windows tests per version.
+
+    Every step runs even after a failure; a summary with each step's time ends the output.
+    """
+    steps: list[tuple[str, Callable[[], int]]] = []
     if not options.windows_only:
-        failures += run_host_tests(options.pytest_args) != 0
+        steps.append(("host tests", lambda: run_host_tests(options.pytest_args)))
     if not options.no_docs:
-        failures += command_docs() != 0
-    for version in versions:
-        log(f"Windows tests on CPython {version}")
-        code = run_windows(version, ["python", "-m", "pytest", "tests/windows", *options.pytest_args])
-        failures += code != 0
-    return 1 if failures else 0
+        steps.append(("docs", command_docs))
+    for version in options.python.split(","):
+        def windows_tests(version: str = version) -> int:
+            log(f"Windows tests on CPython {version}")
+            return run_windows(version, ["python", "-m", "pytest", "tests/windows",
+                                         *options.pytest_args])
+        steps.append((f"Windows tests, CPython {version}", windows_tests))
+    results: list[tuple[str, int, float]] = []
+    for name, step in steps:
+        started = time.monotonic()
+        code = step()
+        results.append((name, code, time.monotonic() - started))
+    for name, code, seconds in results:
+        log(f"{name}: {'passed' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
+    return 1 if any(code != 0 for _, code, _ in results) else 0
 
 
 def strip_separator(args: list[str]) -> list[str]:
