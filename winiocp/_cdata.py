@@ -11,6 +11,8 @@ here and nowhere else; the typed wrappers never hand ``CData`` to users except o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from ._ffi import ffi as _untyped_ffi
@@ -72,6 +74,12 @@ class TypedFFI(Protocol):
         anything the kernel may still write (an OVERLAPPED, a buffer) must stay referenced
         until its completion is dequeued. Raises ``TypeError`` / ``OverflowError`` /
         ``ValueError`` for a bad type or initialiser.
+        """
+        ...
+
+    def callback(self, cdecl: str, python_callable: Callable[..., object]) -> CData:
+        """A C function pointer of type ``cdecl`` that calls ``python_callable`` (from any
+        thread: cffi takes the GIL). Keep the returned object alive as long as C may call it.
         """
         ...
 

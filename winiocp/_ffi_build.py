@@ -31,6 +31,7 @@ HEADERS: tuple[tuple[str, str | None], ...] = (
     ("11_handleapi.h", "kernel32"),
     ("12_fileapi.h", "kernel32"),
     ("13_psapi.h", "kernel32"),
+    ("14_threadpoollegacyapiset.h", "kernel32"),
     ("20_winternl.h", "ntdll"),
     ("30_ws2def.h", None),
     ("31_winsock2.h", "ws2_32"),

@@ -15,6 +15,8 @@ from enum import IntEnum, IntFlag
 _POINTER_BITS = struct.calcsize("P") * 8
 
 INFINITE = 0xFFFFFFFF
+#: WaitForSingleObject: the object is signalled.
+WAIT_OBJECT_0 = 0
 SOCKET_ERROR = -1
 #: ``(SOCKET)(~0)``: pointer-sized, all bits set.
 INVALID_SOCKET = (1 << _POINTER_BITS) - 1
@@ -191,6 +193,14 @@ class CompletionNotificationModes(IntFlag):
     FILE_SKIP_SET_EVENT_ON_HANDLE = 0x2
 
 
+class WaitFlags(IntFlag):
+    """Flags of RegisterWaitForSingleObject (``WT_*``, winnt.h)."""
+
+    WT_EXECUTEDEFAULT = 0x0
+    WT_EXECUTEINWAITTHREAD = 0x4
+    WT_EXECUTEONLYONCE = 0x8
+
+
 class IoControl(IntEnum):
     """Codes for WSAIoctl and ioctlsocket."""
 
@@ -291,12 +301,13 @@ WSAID_DISCONNECTEX = uuid.UUID("7fda2e11-8630-436f-a031-f536a6eec157")
 ENUMS: tuple[type[IntEnum] | type[IntFlag], ...] = (
     WinError, NtStatus, AddressFamily, SocketType, IPProto, SocketLevel, SocketOption,
     TcpOption, Ipv6Option, Shutdown, TransmitFileFlags, WSASocketFlags,
-    CompletionNotificationModes, IoControl, MsgFlags, TcpInfoState, TcpState, FileAccess, FileShare,
+    CompletionNotificationModes, WaitFlags, IoControl, MsgFlags, TcpInfoState, TcpState, FileAccess, FileShare,
     FileCreation, FileFlags, PipeMode,
 )
 #: Plain module constants the SDK check compares too (name -> value).
 SCALARS: dict[str, int] = {
     "INFINITE": INFINITE,
+    "WAIT_OBJECT_0": WAIT_OBJECT_0,
     "SOCKET_ERROR": SOCKET_ERROR,
     "INVALID_SOCKET": INVALID_SOCKET,
     "INVALID_HANDLE_VALUE": INVALID_HANDLE_VALUE,

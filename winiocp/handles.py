@@ -63,6 +63,15 @@ class Handle(OverlappedOwner[CData]):
             raise exception_for(kernel32.GetLastError(), f"CreateNamedPipeW({name!r})")
         return cls(handle, name)
 
+    @classmethod
+    def borrow(cls, value: int, name: str, lender_value: Callable[[], int]) -> Handle:
+        """A view of a HANDLE another object owns (e.g. asyncio's ``PipeHandle``): operations
+        on it complete on a port, ``close()`` only lets go, and once ``lender_value()`` stops
+        returning ``value`` (the owner closed it) every call is refused."""
+        view = cls(ffi.cast("HANDLE", value), name)
+        view._lend(value, lender_value)
+        return view
+
     def __repr__(self) -> str:
         return f"<winiocp.Handle {self.name!r}{' closed' if self._handle is None else ''}>"
 

@@ -60,6 +60,7 @@ class OpKind(Enum):
     READ = "ReadFile"
     WRITE = "WriteFile"
     CONNECT_PIPE = "ConnectNamedPipe"
+    WAIT = "RegisterWaitForSingleObject"
 
 
 class OpState(Enum):

@@ -40,6 +40,8 @@ class OverlappedOwner(Generic[H]):
 
     #: Used in error messages ("socket is closed").
     kind_name = "handle"
+    #: For a borrowed handle (``_lend``): the lender's current value (its ``fileno``).
+    _lender_value: Callable[[], int] | None = None
 
     def __init__(self, handle: H) -> None:
         self._handle: H | None = handle
@@ -47,6 +49,29 @@ class OverlappedOwner(Generic[H]):
         self._port: CompletionPort | None = None
         #: The completion key given by ``CompletionPort.associate``.
         self.key = 0
+        self._borrowed_value = 0
+
+    def _lend(self, value: int, lender_value: Callable[[], int]) -> None:
+        """Make this a borrowed view of a handle another object owns (a stdlib socket, a
+        pipe): ``close()`` only lets go, and once the lender closed it (``lender_value()``
+        no longer returns ``value``) no call reaches the value, which Windows may already
+        have reused (rule 6)."""
+        self._borrowed_value = value
+        self._lender_value = lender_value
+
+    @property
+    def borrowed(self) -> bool:
+        """Whether the handle belongs to another object (see ``Socket.borrow``)."""
+        return self._lender_value is not None
+
+    def _lender_closed(self) -> bool:
+        lender_value = self._lender_value
+        if lender_value is None:
+            return False
+        try:
+            return lender_value() != self._borrowed_value
+        except (OSError, ValueError):  # e.g. PipeHandle.fileno() of a closed pipe
+            return True
 
     # -- subclass hooks ----------------------------------------------------------------------
 
@@ -70,7 +95,7 @@ class OverlappedOwner(Generic[H]):
     def __del__(self) -> None:
         # Reached only when no operation is pending: each pending operation references its
         # owner, and the port's registry references the operation.
-        if getattr(self, "_handle", None) is not None:
+        if getattr(self, "_handle", None) is not None and self._lender_value is None:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
             self.close()
 
@@ -80,7 +105,7 @@ class OverlappedOwner(Generic[H]):
 
     def _checked(self) -> H:
         handle = self._handle
-        if handle is None:
+        if handle is None or (self._lender_value is not None and self._lender_closed()):
             raise ClosedHandleError(self.kind_name)
         return handle
 
@@ -94,7 +119,8 @@ class OverlappedOwner(Generic[H]):
             handle, self._handle = self._handle, None
         if handle is None:
             return False
-        self._close_handle(handle)
+        if self._lender_value is None:  # a borrowed handle is closed by its owner
+            self._close_handle(handle)
         return True
 
     @property

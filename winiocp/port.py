@@ -281,6 +281,22 @@ class CompletionPort:
         finally:
             self._leave()
 
+    def post_completion(self, operation: Operation, bytes_transferred: int = 0) -> bool:
+        """Complete a registered ``operation`` with a posted packet (its OVERLAPPED as
+        lpOverlapped): it is dequeued as that operation's COMPLETED completion, with
+        ``bytes_transferred``. For work that finishes outside the kernel's I/O (a wait on
+        the thread pool, a wake-up) and should be routed like any I/O. Safe from any
+        thread; False if the port is already closed (the operation is then orphaned with it).
+        """
+        handle = self._enter()
+        if handle is None:
+            return False
+        try:
+            return bool(kernel32.PostQueuedCompletionStatus(
+                handle, bytes_transferred & 0xFFFFFFFF, 0, operation.overlapped))
+        finally:
+            self._leave()
+
     # -- dequeue ---------------------------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> Completion:

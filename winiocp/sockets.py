@@ -103,6 +103,25 @@ class Socket(OverlappedOwner[int]):
         sock.setblocking(True)
         return cls._adopt(sock.detach(), family, type, proto)
 
+    @classmethod
+    def borrow(cls, sock: _stdlib.socket) -> Socket:
+        """A view of a stdlib socket that stays the stdlib socket's: overlapped operations
+        on it complete on a port as usual, ``close()`` of the view only lets go, and once the
+        stdlib socket is closed the view refuses every call (``ClosedHandleError``) instead of
+        touching a value Windows may have reused. For event loops that hand out stdlib
+        sockets (asyncio) but do their I/O through winiocp."""
+        value = sock.fileno()
+        if value == -1:
+            raise ClosedHandleError("socket")
+        if sock.family not in (_stdlib.AF_INET, _stdlib.AF_INET6):
+            raise ValueError(f"only AF_INET/AF_INET6 sockets can be borrowed, not {sock.family!r}")
+        view = cls._adopt(value, int(sock.family), int(sock.type), sock.proto)
+        view._lend(value, sock.fileno)
+        if sock.type == _stdlib.SOCK_STREAM:
+            view._listening = bool(view.getsockopt_int(SocketLevel.SOL_SOCKET,
+                                                       SocketOption.SO_ACCEPTCONN))
+        return view
+
     def to_stdlib(self) -> _stdlib.socket:
         """Give the SOCKET to a stdlib ``socket.socket``; this wrapper is closed afterwards.
 
