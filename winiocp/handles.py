@@ -104,6 +104,16 @@ class Handle(OverlappedOwner[CData]):
             h, buffer.buf, buffer.len, ffi.NULL, operation.overlapped), offset, context)
         return operation
 
+    def read_into(self, buffer: BufferLike, offset: int = 0, *,
+                  context: object = None) -> RecvOperation:
+        """Post a ReadFile into ``buffer`` (writable, pinned until it completes)."""
+        operation = RecvOperation(OpKind.READ, self)
+        operation.set_buffers([buffer], writable=True)
+        target = operation.wsabufs[0]
+        self._issue(operation, "ReadFile", lambda h: kernel32.ReadFile(
+            h, target.buf, target.len, ffi.NULL, operation.overlapped), offset, context)
+        return operation
+
     def write(self, data: BufferLike, offset: int = 0, *,
               context: object = None) -> SendOperation:
         """Post a WriteFile of ``data`` at ``offset`` (ignored for pipes)."""

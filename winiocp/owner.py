@@ -27,6 +27,7 @@ from ._cdata import CData
 from .constants import WinError
 from .errors import ClosedHandleError, exception_for
 from .operations import Operation
+from .raw import ffi, kernel32
 
 if TYPE_CHECKING:
     from .port import CompletionPort
@@ -138,6 +139,33 @@ class OverlappedOwner(Generic[H]):
             call(self._as_port_handle(handle))
             self._port = port
             self.key = key
+
+    def cancel(self, operation: Operation | None = None) -> bool:
+        """Ask Windows to cancel ``operation`` (or every operation on this handle).
+
+        A request only: the operation stays owned until its completion (success or
+        ERROR_OPERATION_ABORTED) is dequeued. False if there was nothing left to cancel
+        (ERROR_NOT_FOUND: it already completed).
+        """
+        if operation is not None:
+            if operation.owner is not self:
+                raise ValueError(f"{operation!r} belongs to another {self.kind_name}")
+            if not operation.pending:
+                return False
+            operation.cancel_requested = True
+        with self._lock:
+            handle = self._as_port_handle(self._checked())
+            target = operation.overlapped if operation is not None else ffi.NULL
+            if operation is None and self._port is not None:
+                for pending in self._port.pending_operations():
+                    if pending.owner is self:
+                        pending.cancel_requested = True
+            if kernel32.CancelIoEx(handle, target):
+                return True
+            error = kernel32.GetLastError()
+        if error == WinError.ERROR_NOT_FOUND:
+            return False
+        raise exception_for(error, "CancelIoEx")
 
     # -- issuing -------------------------------------------------------------------------------
 

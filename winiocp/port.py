@@ -200,6 +200,11 @@ class CompletionPort:
         return self._handle is None
 
     @property
+    def batch_size(self) -> int:
+        """The most completions one ``get_many`` returns."""
+        return self._batch_size
+
+    @property
     def handle(self) -> CData:
         """The port's HANDLE, for raw calls (raises once the port is closed)."""
         handle = self._handle

@@ -14,6 +14,7 @@ What it guarantees, beyond the raw calls:
 from __future__ import annotations
 
 import socket as _stdlib
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -116,7 +117,13 @@ class Socket(OverlappedOwner[int]):
         if sock.family not in (_stdlib.AF_INET, _stdlib.AF_INET6):
             raise ValueError(f"only AF_INET/AF_INET6 sockets can be borrowed, not {sock.family!r}")
         view = cls._adopt(value, int(sock.family), int(sock.type), sock.proto)
-        view._lend(value, sock.fileno)
+        lender = weakref.ref(sock)  # the view must not keep the stdlib socket alive
+
+        def lender_value() -> int:
+            owner = lender()
+            return -1 if owner is None else owner.fileno()
+
+        view._lend(value, lender_value)
         if sock.type == _stdlib.SOCK_STREAM:
             view._listening = bool(view.getsockopt_int(SocketLevel.SOL_SOCKET,
                                                        SocketOption.SO_ACCEPTCONN))
@@ -345,6 +352,20 @@ class Socket(OverlappedOwner[int]):
             ffi.NULL), returns_bool=False, context=context)
         return operation
 
+    def recvfrom_into(self, buffer: BufferLike, *, context: object = None
+                      ) -> RecvFromOperation:
+        """Post a WSARecvFrom into ``buffer`` (writable, pinned until it completes); as
+        ``recvfrom`` otherwise."""
+        if self.type != SocketType.SOCK_DGRAM:
+            raise ValueError("recvfrom needs a SOCK_DGRAM socket")
+        operation = RecvFromOperation(OpKind.RECVFROM, self)
+        operation.set_buffers([buffer], writable=True)
+        self._issue(operation, "WSARecvFrom", lambda h: ws2_32.WSARecvFrom(
+            h, operation.wsabufs, 1, ffi.NULL, operation.flags,
+            ffi.cast("struct sockaddr *", operation.sockaddr), operation.sockaddr_length,
+            operation.overlapped, ffi.NULL), returns_bool=False, context=context)
+        return operation
+
     def recvfrom(self, size: int = 65536, *, reuse: RecvFromOperation | None = None,
                  context: object = None) -> RecvFromOperation:
         """Post a WSARecvFrom (UDP); the completed operation has ``.data`` and ``.peer``.
@@ -471,33 +492,6 @@ class Socket(OverlappedOwner[int]):
 
         self._issue(operation, "TransmitFile", call, returns_bool=True, context=context)
         return operation
-
-    def cancel(self, operation: Operation | None = None) -> bool:
-        """Ask Windows to cancel ``operation`` (or every operation on this socket).
-
-        A request only: the operation stays owned until its completion (success or
-        ERROR_OPERATION_ABORTED) is dequeued. False if there was nothing left to cancel
-        (ERROR_NOT_FOUND: it already completed).
-        """
-        if operation is not None:
-            if operation.owner is not self:
-                raise ValueError(f"{operation!r} belongs to another socket")
-            if operation.state is not OpState.PENDING:
-                return False
-            operation.cancel_requested = True
-        with self._lock:
-            handle = ffi.cast("HANDLE", self._checked())
-            target = operation.overlapped if operation is not None else ffi.NULL
-            if operation is None and self._port is not None:
-                for pending in self._port.pending_operations():
-                    if pending.owner is self:
-                        pending.cancel_requested = True
-            if kernel32.CancelIoEx(handle, target):
-                return True
-            error = kernel32.GetLastError()
-        if error == WinError.ERROR_NOT_FOUND:
-            return False
-        raise exception_for(error, "CancelIoEx")
 
     def _update_accept_context(self, listener: Socket) -> int:
         """SO_UPDATE_ACCEPT_CONTEXT with the listening socket's value: 0 or the error.

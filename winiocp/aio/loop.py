@@ -1,0 +1,85 @@
+"""The event loop, its policy and ``run()``: asyncio's ProactorEventLoop with winiocp's proactor.
+
+Shaped as uvloop and winloop users know it: ``winiocp.aio.run(main())``, or
+``asyncio.run(main(), loop_factory=winiocp.aio.new_event_loop)`` on 3.12+, or ``install()``
+to make every new loop of the default policy ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import TypeVar
+
+from .proactor import IocpProactor
+
+T = TypeVar("T")
+
+
+class EventLoop(asyncio.ProactorEventLoop):
+    """``asyncio.ProactorEventLoop`` on ``winiocp.aio.IocpProactor``."""
+
+    def __init__(self, proactor: IocpProactor | None = None) -> None:
+        super().__init__(proactor if proactor is not None else IocpProactor())  # type: ignore[arg-type]
+
+
+def new_event_loop() -> EventLoop:
+    """A new ``EventLoop`` (a loop factory for ``asyncio.run`` and ``asyncio.Runner``)."""
+    return EventLoop()
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """The default policy, making ``EventLoop``s."""
+
+    def new_event_loop(self) -> EventLoop:
+        return EventLoop()
+
+
+def install() -> None:
+    """Make ``EventLoop`` the default for new loops (``asyncio.set_event_loop_policy``)."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main: Coroutine[object, object, T], *, debug: bool | None = None) -> T:
+    """``asyncio.run(main)`` on a winiocp ``EventLoop``."""
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+            return runner.run(main)
+    return _run_310(main, debug)
+
+
+def _run_310(main: Coroutine[object, object, T], debug: bool | None) -> T:
+    """What ``asyncio.run`` does on 3.10, with our loop (3.10 has no loop factory)."""
+    if asyncio.events._get_running_loop() is not None:
+        raise RuntimeError("run() cannot be called from a running event loop")
+    loop = new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        if debug is not None:
+            loop.set_debug(debug)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    to_cancel = asyncio.all_tasks(loop)
+    if not to_cancel:
+        return
+    for task in to_cancel:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*to_cancel, return_exceptions=True))
+    for task in to_cancel:
+        if task.cancelled():
+            continue
+        if task.exception() is not None:
+            loop.call_exception_handler({
+                "message": "unhandled exception during winiocp.aio.run() shutdown",
+                "exception": task.exception(), "task": task})

@@ -1,0 +1,549 @@
+"""``IocpProactor``: asyncio's Windows proactor, on winiocp instead of ``_overlapped``.
+
+asyncio's ``ProactorEventLoop`` asks its proactor for futures ("receive into this buffer",
+"accept on this socket") and, once per loop iteration, for the futures that completed
+(``select``). CPython's own proactor keeps a dict from OVERLAPPED address to future and
+callback; this one lets winiocp do what it already does for every operation:
+
+* each call is a winiocp ``Operation`` on a *borrowed* view of the stdlib socket or pipe
+  (``Socket.borrow`` / ``Handle.borrow``): asyncio keeps owning and closing its objects, and a
+  value its owner closed is never touched again;
+* the operation's ``context`` is the ``_Pending`` record that finishes it (future + how to
+  turn the completion into a result), so the dequeue loop routes every completion the same
+  way and never asks what kind of operation it was;
+* the port's registry keeps each operation's memory (OVERLAPPED, pinned buffers, addresses)
+  alive until its completion is dequeued — through cancellation, through the GC of every
+  future, and through ``close()``, which cancels everything, waits for the completions, and
+  leaves anything the kernel still holds to the port's orphan list instead of freeing it;
+* AcceptEx always gets SO_UPDATE_ACCEPT_CONTEXT and ConnectEx SO_UPDATE_CONNECT_CONTEXT
+  (winiocp's rule 7), and completions come classified (rule 2);
+* ``wait_for_handle`` is ``winiocp.waits``: a thread-pool wait that posts a packet.
+
+The results asyncio sees are the stock proactor's: the same values, the same exceptions
+(ConnectionResetError for a reset or aborted receive, BrokenPipeError at once for a closed
+pipe, ...), the same cancellation behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import msvcrt
+import socket
+import time
+import weakref
+from asyncio import windows_utils
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar, Union
+
+from ..addresses import Address
+from ..constants import INFINITE, FileAccess, FileCreation, FileFlags, WinError
+from ..errors import exception_for
+from ..handles import Handle
+from ..operations import AddressedOperation, BufferOperation, Operation, RecvOperation
+from ..owner import OverlappedOwner
+from ..port import Completion, CompletionPort, Outcome
+from ..raw import INVALID_HANDLE, ffi, kernel32
+from ..sockets import AcceptOperation, Socket
+from ..waits import WaitOperation, wait_for_handle
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+log = logging.getLogger("winiocp.aio")
+T = TypeVar("T")
+#: What asyncio hands its proactor: stdlib sockets, and PipeHandle objects for pipes.
+Conn = Union[socket.socket, windows_utils.PipeHandle]
+#: How long ``close()`` waits for cancelled operations before leaving them to the orphan list.
+CLOSE_WAIT_SECONDS = 30.0
+CONNECT_PIPE_INIT_DELAY = 0.001
+CONNECT_PIPE_MAX_DELAY = 0.100
+#: A receive that ends like this failed because the connection went away (as CPython's
+#: proactor reports it).
+_RESET_LIKE = frozenset({WinError.ERROR_NETNAME_DELETED, WinError.ERROR_OPERATION_ABORTED})
+_ERROR_PORT_UNREACHABLE = 1234
+_ERROR_PIPE_BUSY = 231
+_ERROR_BROKEN_PIPE = 109
+
+
+class _IocpFuture(asyncio.Future[T], Generic[T]):
+    """A future for one operation; cancelling it cancels the operation (CancelIoEx).
+
+    ``_ov`` is the operation while it may still be cancelled, as asyncio's own loop code
+    expects of a proactor future (it reads ``fut._ov.pending``)."""
+
+    def __init__(self, operation: Operation | None, owner: OverlappedOwner[object] | None, *,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._ov: Operation | None = operation
+        self._owner = owner
+
+    def _cancel_operation(self) -> None:
+        operation, self._ov = self._ov, None
+        if operation is None or not operation.pending:
+            return
+        try:
+            if isinstance(operation, WaitOperation):
+                operation.cancel()
+            elif self._owner is not None:
+                self._owner.cancel(operation)
+        except OSError as exc:
+            context: dict[str, object] = {
+                "message": "Cancelling an overlapped future failed",
+                "exception": exc, "future": self,
+            }
+            self.get_loop().call_exception_handler(context)
+
+    def cancel(self, msg: object | None = None) -> bool:
+        self._cancel_operation()
+        return super().cancel(msg=msg)
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self._cancel_operation()
+
+    def set_result(self, result: T) -> None:
+        super().set_result(result)
+        self._ov = None
+
+
+class _WaitCancelFuture(_IocpFuture[bool]):
+    """``_wait_cancel``'s future: never cancelled; its callback runs even inside close()."""
+
+    def __init__(self, operation: Operation, *, loop: asyncio.AbstractEventLoop,
+                 done_callback: Callable[[_WaitCancelFuture], object]) -> None:
+        super().__init__(operation, None, loop=loop)
+        self._done_callback = done_callback
+
+    def cancel(self, msg: object | None = None) -> bool:
+        raise RuntimeError("_WaitCancelFuture must not be cancelled")
+
+    def set_result(self, result: bool) -> None:
+        super().set_result(result)
+        self._done_callback(self)
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self._done_callback(self)
+
+
+class _Pending(Generic[T]):
+    """What finishes one operation: its future, how to turn the completion into a result,
+    and the object it was issued on (kept alive until then, as asyncio's proactor does)."""
+
+    __slots__ = ("future", "finish", "obj")
+
+    def __init__(self, future: _IocpFuture[T], finish: Callable[[Completion], T],
+                 obj: object) -> None:
+        self.future = future
+        self.finish = finish
+        self.obj = obj
+
+
+def _failure(completion: Completion) -> OSError:
+    error = completion.error
+    operation = completion.operation
+    what = operation.kind.value if operation is not None else "operation"
+    if error in _RESET_LIKE:
+        return ConnectionResetError(None, exception_for(error, what).strerror, None, error)
+    return exception_for(error, what)
+
+
+def _received(completion: Completion) -> bytes:
+    """A receive's (or ReadFile's) data; a pipe whose writer closed reads as EOF."""
+    operation = completion.operation
+    assert isinstance(operation, BufferOperation)
+    if completion.outcome is Outcome.FAILED:
+        if not _is_eof_or_more_data(completion):
+            raise _failure(completion)
+    return operation.data
+
+
+def _count(completion: Completion) -> int:
+    """Bytes moved (a send, a receive into a buffer, TransmitFile)."""
+    if completion.outcome is Outcome.FAILED and not _is_eof_or_more_data(completion):
+        raise _failure(completion)
+    return completion.bytes_transferred
+
+
+def _is_eof_or_more_data(completion: Completion) -> bool:
+    # ReadFile on a pipe: the writer closed (EOF), or a message longer than the buffer (its
+    # first part is there): both are results, not errors, as _overlapped reports them.
+    operation = completion.operation
+    return (isinstance(operation, RecvOperation) and not isinstance(operation, AddressedOperation)
+            and completion.error in (_ERROR_BROKEN_PIPE, WinError.ERROR_MORE_DATA))
+
+
+class IocpProactor:
+    """A drop-in for ``asyncio.windows_events.IocpProactor`` built on winiocp."""
+
+    def __init__(self, concurrency: int = INFINITE) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._results: list[asyncio.Future[object]] = []
+        self._port: CompletionPort | None = CompletionPort(concurrency)
+        self._views: weakref.WeakKeyDictionary[object, OverlappedOwner[object]] = (
+            weakref.WeakKeyDictionary())
+        self._stopped_serving: weakref.WeakSet[object] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        port = self._port
+        info = [f"overlapped#={port.pending_count if port is not None else 0}",
+                f"result#={len(self._results)}"]
+        if port is None:
+            info.append("closed")
+        return f"<{type(self).__name__} {' '.join(info)}>"
+
+    def _check_closed(self) -> CompletionPort:
+        port = self._port
+        if port is None:
+            raise RuntimeError("IocpProactor is closed")
+        return port
+
+    def set_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("IocpProactor.set_loop() was not called")
+        return loop
+
+    # -- the loop's side ---------------------------------------------------------------------
+
+    def select(self, timeout: float | None = None) -> list[asyncio.Future[object]]:
+        """The futures that completed, waiting up to ``timeout`` seconds for the first."""
+        if not self._results:
+            self._poll(timeout)
+        results, self._results = self._results, []
+        return results
+
+    def _poll(self, timeout: float | None = None) -> None:
+        if timeout is not None:
+            if timeout < 0:
+                raise ValueError("negative timeout")
+            if math.ceil(timeout * 1e3) >= INFINITE:
+                raise ValueError("timeout too big")
+        port = self._check_closed()
+        completions = port.get_many(timeout)
+        while completions:
+            for completion in completions:
+                self._finish(completion)
+            if len(completions) < port.batch_size:
+                break
+            completions = port.get_many(0)
+
+    def _finish(self, completion: Completion) -> None:
+        operation = completion.operation
+        pending = operation.context if operation is not None else None
+        if not isinstance(pending, _Pending):
+            return  # a packet of nobody's (a raw post): nothing to finish
+        future = pending.future
+        if pending.obj is not None and pending.obj in self._stopped_serving:
+            future.cancel()
+        elif not future.done():
+            try:
+                value = pending.finish(completion)
+            except OSError as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+            self._results.append(future)
+
+    def _result(self, value: T) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = self._get_loop().create_future()
+        future.set_result(value)
+        return future
+
+    # -- views of asyncio's objects ----------------------------------------------------------
+
+    def _register_with_iocp(self, obj: object) -> OverlappedOwner[object]:
+        """The borrowed view of ``obj`` (a stdlib socket or a PipeHandle), associated with
+        our port on first use."""
+        port = self._check_closed()
+        view = self._views.get(obj)
+        if view is None or view.closed or view._lender_closed():
+            view = self._borrow(obj)
+            port.associate(view)
+            self._views[obj] = view
+        return view
+
+    @staticmethod
+    def _borrow(obj: object) -> OverlappedOwner[object]:
+        if isinstance(obj, socket.socket):
+            return Socket.borrow(obj)  # type: ignore[return-value]
+        fileno = getattr(obj, "fileno", None)
+        if fileno is None:
+            raise TypeError(f"expected a socket or a pipe handle, not {type(obj).__name__}")
+        value = int(fileno())
+        lender = weakref.ref(obj)
+
+        def lender_value() -> int:
+            owner = lender()
+            return -1 if owner is None else int(owner.fileno())  # type: ignore[attr-defined]
+
+        return Handle.borrow(value, repr(obj), lender_value)  # type: ignore[return-value]
+
+    def _issue(self, conn: Conn, issue: Callable[[OverlappedOwner[object], _Pending[T]], Operation],
+               finish: Callable[[Completion], T]) -> _IocpFuture[T]:
+        """Issue one operation on ``conn``'s view; its future is routed by the record set
+        as the operation's context before the call (another thread may dequeue it first)."""
+        view = self._register_with_iocp(conn)
+        future: _IocpFuture[T] = _IocpFuture(None, view, loop=self._get_loop())
+        future._ov = issue(view, _Pending(future, finish, conn))
+        return future
+
+    # -- sockets and pipes -------------------------------------------------------------------
+
+    def recv(self, conn: Conn, nbytes: int, flags: int = 0) -> asyncio.Future[bytes]:
+        try:
+            if isinstance(conn, socket.socket):
+                return self._issue(conn, lambda view, pending: _sock(view).recv_into(
+                    [bytearray(nbytes)], flags=flags, context=pending), _received)
+            return self._issue(conn, lambda view, pending: _handle(view).read(
+                nbytes, context=pending), _received)
+        except BrokenPipeError:
+            return self._result(b"")
+
+    def recv_into(self, conn: Conn, buf: WriteableBuffer, flags: int = 0
+                  ) -> asyncio.Future[int]:
+        try:
+            if isinstance(conn, socket.socket):
+                return self._issue(conn, lambda view, pending: _sock(view).recv_into(
+                    [buf], flags=flags, context=pending), _count)  # type: ignore[list-item]
+            return self._issue(conn, lambda view, pending: _handle(view).read_into(
+                buf, context=pending), _count)  # type: ignore[arg-type]
+        except BrokenPipeError:
+            return self._result(0)
+
+    def recvfrom(self, conn: socket.socket, nbytes: int, flags: int = 0
+                 ) -> asyncio.Future[tuple[bytes, Address | None]]:
+        try:
+            return self._issue(conn, lambda view, pending: _sock(view).recvfrom(
+                nbytes, context=pending), _datagram)
+        except BrokenPipeError:
+            return self._result((b"", None))
+
+    def recvfrom_into(self, conn: socket.socket, buf: WriteableBuffer, flags: int = 0
+                      ) -> asyncio.Future[tuple[int, Address | None]]:
+        try:
+            return self._issue(conn, lambda view, pending: _sock(view).recvfrom_into(
+                buf, context=pending), _datagram_count)  # type: ignore[arg-type]
+        except BrokenPipeError:
+            return self._result((0, None))
+
+    def sendto(self, conn: socket.socket, buf: ReadableBuffer, flags: int = 0,
+               addr: Address | None = None) -> asyncio.Future[int]:
+        if addr is None:
+            return self.send(conn, buf, flags)
+        return self._issue(conn, lambda view, pending: _sock(view).sendto(
+            buf, addr, context=pending), _count)  # type: ignore[arg-type]
+
+    def send(self, conn: Conn, buf: ReadableBuffer, flags: int = 0) -> asyncio.Future[int]:
+        if isinstance(conn, socket.socket):
+            return self._issue(conn, lambda view, pending: _sock(view).send(
+                buf, flags, context=pending), _count)  # type: ignore[arg-type]
+        return self._issue(conn, lambda view, pending: _handle(view).write(
+            buf, context=pending), _count)  # type: ignore[arg-type]
+
+    def accept(self, listener: socket.socket
+               ) -> asyncio.Future[tuple[socket.socket, Address]]:
+        conn = self._get_accept_socket(listener.family)
+        try:
+            target = Socket.borrow(conn)
+
+            def finish(completion: Completion) -> tuple[socket.socket, Address]:
+                if completion.outcome is Outcome.FAILED:
+                    raise _failure(completion)
+                # SO_UPDATE_ACCEPT_CONTEXT is set already (AcceptOperation.on_success).
+                conn.settimeout(listener.gettimeout())
+                return conn, conn.getpeername()
+
+            def issue(view: OverlappedOwner[object], pending: _Pending[object]) -> Operation:
+                sock = _sock(view)
+                if not sock._listening:  # borrowed before listen() was called
+                    sock._listening = True
+                return sock.accept(target, context=pending)
+
+            future = self._issue(listener, issue, finish)
+        except BaseException:
+            conn.close()
+            raise
+        # The accept socket is the caller's only once the accept succeeded.
+        future.add_done_callback(lambda f: conn.close() if f.cancelled() else None)
+        return future  # type: ignore[return-value]
+
+    def connect(self, conn: socket.socket, address: Address) -> asyncio.Future[socket.socket]:
+        if conn.type == socket.SOCK_DGRAM:
+            # A datagram "connect" only sets the default peer: it completes at once.
+            conn.connect(address)
+            return self._result(conn)
+
+        def finish(completion: Completion) -> socket.socket:
+            if completion.outcome is Outcome.FAILED:
+                raise _failure(completion)
+            return conn  # SO_UPDATE_CONNECT_CONTEXT is set already
+
+        return self._issue(conn, lambda view, pending: _sock(view).connect(
+            address, context=pending), finish)
+
+    def sendfile(self, sock: socket.socket, file: object, offset: int, count: int
+                 ) -> asyncio.Future[int]:
+        fileno = file.fileno()  # type: ignore[attr-defined]
+        value = msvcrt.get_osfhandle(fileno)
+        file_ref = weakref.ref(file)
+
+        def file_value() -> int:
+            owner = file_ref()
+            return -1 if owner is None else msvcrt.get_osfhandle(owner.fileno())  # type: ignore[attr-defined]
+
+        source = Handle.borrow(value, repr(file), file_value)
+        return self._issue(sock, lambda view, pending: _sock(view).transmit_file(
+            source, count, offset=offset, context=pending), _count)
+
+    def accept_pipe(self, pipe: windows_utils.PipeHandle
+                    ) -> asyncio.Future[windows_utils.PipeHandle]:
+        def finish(completion: Completion) -> windows_utils.PipeHandle:
+            if completion.outcome is Outcome.FAILED:
+                raise _failure(completion)
+            return pipe
+
+        future = self._issue(pipe, lambda view, pending: _handle(view).connect_pipe(
+            context=pending), finish)
+        operation = future._ov
+        if operation is not None and not operation.pending:  # ERROR_PIPE_CONNECTED
+            future._ov = None
+            return self._result(pipe)
+        return future
+
+    async def connect_pipe(self, address: str) -> windows_utils.PipeHandle:
+        delay = CONNECT_PIPE_INIT_DELAY
+        while True:
+            # There is no overlapped connect for a pipe client: CreateFile until the server
+            # has a free instance.
+            handle = kernel32.CreateFileW(
+                address, FileAccess.GENERIC_READ | FileAccess.GENERIC_WRITE, 0, ffi.NULL,
+                FileCreation.OPEN_EXISTING, FileFlags.FILE_FLAG_OVERLAPPED, ffi.NULL)
+            if handle != INVALID_HANDLE:
+                return windows_utils.PipeHandle(int(ffi.cast("uintptr_t", handle)))
+            error = kernel32.GetLastError()
+            if error != _ERROR_PIPE_BUSY:
+                raise exception_for(error, f"CreateFileW({address!r})")
+            delay = min(delay * 2, CONNECT_PIPE_MAX_DELAY)
+            await asyncio.sleep(delay)
+
+    # -- handles -----------------------------------------------------------------------------
+
+    def wait_for_handle(self, handle: int, timeout: float | None = None
+                        ) -> asyncio.Future[bool]:
+        """A future whose result is True if ``handle`` is signalled when the wait ends, False
+        after ``timeout`` seconds (as the stock proactor: the object is polled at the end)."""
+        return self._wait_for_handle(handle, timeout, None)
+
+    def _wait_cancel(self, event: int, done_callback: Callable[[_WaitCancelFuture], object]
+                     ) -> _WaitCancelFuture:
+        future = self._wait_for_handle(event, None, done_callback)
+        assert isinstance(future, _WaitCancelFuture)
+        return future
+
+    def _wait_for_handle(self, handle: int, timeout: float | None,
+                         done_callback: Callable[[_WaitCancelFuture], object] | None
+                         ) -> _IocpFuture[bool]:
+        port = self._check_closed()
+        loop = self._get_loop()
+        operation = wait_for_handle(port, handle, timeout)
+        future: _IocpFuture[bool]
+        if done_callback is not None:
+            future = _WaitCancelFuture(operation, loop=loop, done_callback=done_callback)
+        else:
+            future = _IocpFuture(operation, None, loop=loop)
+        operation.context = _Pending(future, lambda completion: operation.signaled(), None)
+        return future
+
+    # -- the rest of the contract ------------------------------------------------------------
+
+    def _unregister(self, ov: object) -> None:
+        """asyncio calls this for a cancelled operation whose completion it will not wait for.
+        Nothing to do: the port's registry keeps the memory until the completion is dequeued
+        (whoever dequeues it), and a done future ignores it."""
+        self._check_closed()
+
+    def _get_accept_socket(self, family: int) -> socket.socket:
+        sock = socket.socket(family)
+        sock.settimeout(0)
+        return sock
+
+    def _stop_serving(self, obj: object) -> None:
+        # The loop closes obj next: its pending operations fail, and their futures are
+        # cancelled instead of failing.
+        self._stopped_serving.add(obj)
+
+    def close(self) -> None:
+        """Cancel every pending operation and wait for their completions; anything the
+        kernel still holds after ``CLOSE_WAIT_SECONDS`` stays allocated (orphaned), never
+        freed."""
+        port = self._port
+        if port is None:
+            return
+        for operation in port.pending_operations():
+            pending = operation.context
+            if not isinstance(pending, _Pending):
+                continue
+            future = pending.future
+            if future.cancelled() or isinstance(future, _WaitCancelFuture):
+                continue
+            try:
+                future.cancel()
+            except OSError as exc:
+                if self._loop is not None:
+                    self._loop.call_exception_handler({
+                        "message": "Cancelling a future failed", "exception": exc,
+                        "future": future})
+        start = time.monotonic()
+        next_message = start + 1.0
+        while port.pending_count and time.monotonic() - start < CLOSE_WAIT_SECONDS:
+            if time.monotonic() >= next_message:
+                log.debug("%r is running after closing for %.1f seconds", self,
+                          time.monotonic() - start)
+                next_message = time.monotonic() + 1.0
+            self._poll(0.1)
+        if port.pending_count:
+            log.warning("%r: %d operations did not complete; their memory is kept",
+                        self, port.pending_count)
+        self._results = []
+        self._port = None
+        port.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_port", None) is not None:
+            self.close()
+
+
+def _sock(view: OverlappedOwner[object]) -> Socket:
+    assert isinstance(view, Socket)
+    return view
+
+
+def _handle(view: OverlappedOwner[object]) -> Handle:
+    assert isinstance(view, Handle)
+    return view
+
+
+def _datagram(completion: Completion) -> tuple[bytes, Address | None]:
+    operation = completion.operation
+    assert isinstance(operation, AddressedOperation)
+    if completion.outcome is Outcome.FAILED:
+        if completion.error == _ERROR_PORT_UNREACHABLE:
+            return b"", None
+        raise _failure(completion)
+    return operation.data, operation.peer
+
+
+def _datagram_count(completion: Completion) -> tuple[int, Address | None]:
+    operation = completion.operation
+    assert isinstance(operation, AddressedOperation)
+    if completion.outcome is Outcome.FAILED:
+        if completion.error == _ERROR_PORT_UNREACHABLE:
+            return 0, None
+        raise _failure(completion)
+    return completion.bytes_transferred, operation.peer
