@@ -8,20 +8,47 @@ to make every new loop of the default policy ours.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from collections.abc import Coroutine
 from typing import TypeVar
 
 from .proactor import IocpProactor
+from .transports import OrderlyClose, SocketTransport
 
 T = TypeVar("T")
 
 
 class EventLoop(asyncio.ProactorEventLoop):
-    """``asyncio.ProactorEventLoop`` on ``winiocp.aio.IocpProactor``."""
+    """``asyncio.ProactorEventLoop`` on ``winiocp.aio.IocpProactor``, whose socket transports
+    close without losing data (``transports.py``)."""
+
+    #: Seconds a closed connection may take to finish its orderly close (rule 4).
+    close_timeout = 5.0
 
     def __init__(self, proactor: IocpProactor | None = None) -> None:
+        self._closing_sockets: set[OrderlyClose] = set()
         super().__init__(proactor if proactor is not None else IocpProactor())  # type: ignore[arg-type]
+
+    def _make_socket_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                               waiter: asyncio.Future[None] | None = None,
+                               extra: dict[str, object] | None = None,
+                               server: asyncio.base_events.Server | None = None
+                               ) -> SocketTransport:
+        return SocketTransport(self, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
+
+    def _close_orderly(self, sock: socket.socket) -> None:
+        """Finish closing ``sock`` after its transport is gone: see ``transports.py``."""
+        if self.is_closed():
+            sock.close()
+            return
+        OrderlyClose(self, sock, self.close_timeout)
+
+    def close(self) -> None:
+        # Connections still closing when the loop closes are closed now.
+        for closing in list(self._closing_sockets):
+            closing.finish()
+        super().close()
 
 
 def new_event_loop() -> EventLoop:

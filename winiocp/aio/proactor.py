@@ -175,6 +175,83 @@ def _is_eof_or_more_data(completion: Completion) -> bool:
             and completion.error in (_ERROR_BROKEN_PIPE, WinError.ERROR_MORE_DATA))
 
 
+class _Reissued(Exception):
+    """Raised by a finisher that issued another operation for the same future."""
+
+
+class _AcceptAttempt:
+    """One ``accept()`` future and the AcceptEx currently serving it."""
+
+    #: How many AcceptEx in a row may fail at once (each takes the next dead client from the
+    #: backlog) before the error is the future's.
+    RETRIES_AT_ONCE = 64
+
+    def __init__(self, proactor: IocpProactor, listener: socket.socket, view: Socket,
+                 future: _IocpFuture[tuple[socket.socket, Address]]) -> None:
+        self.proactor = proactor
+        self.listener = listener
+        self.view = view
+        self.future = future
+        self.conn: socket.socket | None = None
+        self.failures = 0  # completions failed in a row for this future
+
+    def post(self) -> None:
+        """Post an AcceptEx for the future on a fresh accept socket."""
+        for _ in range(self.RETRIES_AT_ONCE):
+            conn = self.conn = self.proactor._get_accept_socket(self.listener.family)
+            try:
+                if not self.view._listening:  # borrowed before listen() was called
+                    self.view._listening = True
+                self.future._ov = self.view.accept(
+                    Socket.borrow(conn), context=_Pending(self.future, self.finish, self.listener))
+                return
+            except OSError as exc:
+                conn.close()
+                self.conn = None
+                if exc.winerror not in _CLIENT_GONE:
+                    raise
+        raise ConnectionAbortedError(None, "AcceptEx kept failing", None,
+                                     WinError.ERROR_CONNECTION_ABORTED)
+
+    def finish(self, completion: Completion) -> tuple[socket.socket, Address]:
+        conn = self.conn
+        assert conn is not None
+        if completion.outcome is Outcome.FAILED:
+            # The listener's own trouble shows when AcceptEx is issued; a completion that
+            # fails (ERROR_NETNAME_DELETED on Windows, ERROR_UNEXP_NET_ERR under Wine) is
+            # about the one client it took. Only a cancellation ends the accept.
+            operation = completion.operation
+            cancelled = completion.error == WinError.ERROR_OPERATION_ABORTED or (
+                operation is not None and operation.cancel_requested)
+            if not cancelled and self.listener.fileno() != -1 and self.failures < 1000:
+                self.failures += 1
+                conn.close()
+                self.post()  # the same future, a new AcceptEx
+                raise _Reissued
+            raise _failure(completion)
+        # SO_UPDATE_ACCEPT_CONTEXT is set already (AcceptOperation.on_success), and the
+        # peer's address is AcceptEx's: no getpeername, which fails (WSAENOTCONN) if the
+        # client has reset meanwhile; the transport then learns of the reset by reading.
+        operation = completion.operation
+        assert isinstance(operation, AcceptOperation)
+        conn.settimeout(self.listener.gettimeout())
+        self.conn = None  # the caller's now
+        address = operation.remote_address
+        return conn, address if address is not None else conn.getpeername()
+
+    def done(self, future: asyncio.Future[tuple[socket.socket, Address]]) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:  # cancelled or failed: the accept socket was never handed out
+            conn.close()
+
+
+#: AcceptEx failures that concern one client that went away, not the listener.
+_CLIENT_GONE = frozenset({
+    WinError.ERROR_NETNAME_DELETED, WinError.WSAECONNRESET, WinError.ERROR_CONNECTION_ABORTED,
+    WinError.WSAECONNABORTED, 59,  # ERROR_UNEXP_NET_ERR
+})
+
+
 class IocpProactor:
     """A drop-in for ``asyncio.windows_events.IocpProactor`` built on winiocp."""
 
@@ -244,6 +321,8 @@ class IocpProactor:
         elif not future.done():
             try:
                 value = pending.finish(completion)
+            except _Reissued:
+                return  # another operation serves the future now
             except OSError as exc:
                 future.set_exception(exc)
             else:
@@ -348,30 +427,20 @@ class IocpProactor:
 
     def accept(self, listener: socket.socket
                ) -> asyncio.Future[tuple[socket.socket, Address]]:
-        conn = self._get_accept_socket(listener.family)
-        try:
-            target = Socket.borrow(conn)
+        """AcceptEx on ``listener``: a future of ``(conn, address)``.
 
-            def finish(completion: Completion) -> tuple[socket.socket, Address]:
-                if completion.outcome is Outcome.FAILED:
-                    raise _failure(completion)
-                # SO_UPDATE_ACCEPT_CONTEXT is set already (AcceptOperation.on_success).
-                conn.settimeout(listener.gettimeout())
-                return conn, conn.getpeername()
-
-            def issue(view: OverlappedOwner[object], pending: _Pending[object]) -> Operation:
-                sock = _sock(view)
-                if not sock._listening:  # borrowed before listen() was called
-                    sock._listening = True
-                return sock.accept(target, context=pending)
-
-            future = self._issue(listener, issue, finish)
-        except BaseException:
-            conn.close()
-            raise
-        # The accept socket is the caller's only once the accept succeeded.
-        future.add_done_callback(lambda f: conn.close() if f.cancelled() else None)
-        return future  # type: ignore[return-value]
+        A client that connected and reset before it was accepted (rule 9) fails only its
+        AcceptEx, not the accept: the same future goes on with a new AcceptEx on a new
+        socket, so neither ``sock_accept`` nor a server's accept loop ever sees it.
+        (CPython's proactor passes that error on, and asyncio's server then closes its
+        listening socket for good.)"""
+        view = self._register_with_iocp(listener)
+        future: _IocpFuture[tuple[socket.socket, Address]] = _IocpFuture(
+            None, view, loop=self._get_loop())
+        attempt = _AcceptAttempt(self, listener, _sock(view), future)
+        attempt.post()
+        future.add_done_callback(attempt.done)
+        return future
 
     def connect(self, conn: socket.socket, address: Address) -> asyncio.Future[socket.socket]:
         if conn.type == socket.SOCK_DGRAM:

@@ -1,0 +1,307 @@
+"""Where ``winiocp.aio`` is better than the stock ProactorEventLoop (issue 9).
+
+Each scenario runs on both loops in the same test. Ours must pass; what the stock loop did is
+printed (run with ``-s`` to see it) and, where the stock loop is known to fail, asserted too,
+so the test shows it guards against something real. Peers are stdlib sockets in threads;
+every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import winiocp.aio
+from winiocp.port import orphaned_operation_count
+
+LOOPBACK = "127.0.0.1"
+MiB = 1 << 20
+WAIT = 30.0
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "stock": asyncio.ProactorEventLoop,
+    "winiocp": winiocp.aio.new_event_loop,
+}
+
+
+def run_on(name: str, main: Callable[[], object]) -> object:
+    loop = LOOPS[name]()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main(), WAIT))  # type: ignore[arg-type]
+    finally:
+        loop.close()
+
+
+def reset_close(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("hh", 1, 0))
+    sock.close()
+
+
+class Echo(asyncio.Protocol):
+    """Echoes, and stops reading while its echoes are not read (flow control)."""
+
+    def __init__(self, peak: list[int] | None = None) -> None:
+        self.peak = peak
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+        if self.peak is not None:
+            self.peak[0] = max(self.peak[0], self.transport.get_write_buffer_size())
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+# -- the accept loop survives clients that reset before they are accepted (rule 9) -------------
+
+
+@dataclass
+class AcceptOutcome:
+    failures_reported: list[str] = field(default_factory=list)
+    exchange: bytes | str = b""
+    storm_stopped: str = ""
+
+
+def accept_storm(name: str) -> AcceptOutcome:
+    outcome = AcceptOutcome()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(
+            lambda _, context: outcome.failures_reported.append(
+                f"{context.get('message')} ({context.get('exception')!r})"))
+        server = await loop.create_server(Echo, LOOPBACK, 0, backlog=1000)
+        address = server.sockets[0].getsockname()[:2]
+
+        def storm() -> None:
+            for index in range(500):
+                try:
+                    client = socket.create_connection(address, timeout=WAIT)
+                except OSError as exc:  # the listener is gone
+                    outcome.storm_stopped = f"client {index}: {type(exc).__name__}"
+                    return
+                reset_close(client)
+
+        await asyncio.to_thread(storm)
+
+        def exchange() -> bytes | str:
+            try:
+                with socket.create_connection(address, timeout=5.0) as client:
+                    client.sendall(b"still serving?")
+                    return client.recv(100)
+            except OSError as exc:
+                return f"{type(exc).__name__}: {exc}"
+
+        outcome.exchange = await asyncio.to_thread(exchange)
+        server.close()
+        await server.wait_closed()
+
+    run_on(name, main)
+    return outcome
+
+
+def test_the_accept_loop_survives_clients_that_reset_before_accept() -> None:
+    results = {name: accept_storm(name) for name in LOOPS}
+    for name, outcome in results.items():
+        print(f"{name}: exchange after 500 resets -> {outcome.exchange!r}; "
+              f"reported: {sorted(set(outcome.failures_reported))}; "
+              f"storm: {outcome.storm_stopped or 'all 500 connected'}")
+    assert results["winiocp"].exchange == b"still serving?"
+    assert results["winiocp"].failures_reported == []
+    assert results["winiocp"].storm_stopped == ""
+    stock = results["stock"]
+    if stock.exchange != b"still serving?":
+        assert any(report.startswith("Accept failed on a socket")
+                   for report in stock.failures_reported)
+
+
+# -- transport.close() never loses written bytes (rule 3) --------------------------------------
+
+
+def close_after_response(name: str, response: bytes, peer_keeps_sending: bool) -> bytes:
+    received = bytearray()
+
+    class Responder(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            if not received and not getattr(self, "answered", False):
+                self.answered = True
+                assert isinstance(self.transport, asyncio.Transport)
+                self.transport.write(response)
+                self.transport.close()  # write, then close at once: nothing may be lost
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Responder, LOOPBACK, 0)
+        address = server.sockets[0].getsockname()[:2]
+
+        def peer() -> None:
+            with socket.create_connection(address, timeout=WAIT) as client:
+                client.sendall(b"request" + b"x" * MiB)  # more than the server reads
+                stop = threading.Event()
+
+                def keep_sending() -> None:
+                    while not stop.is_set():
+                        try:
+                            client.send(b"y" * 4096)
+                        except OSError:
+                            return
+                        time.sleep(0.002)
+
+                sender = threading.Thread(target=keep_sending, daemon=True)
+                if peer_keeps_sending:
+                    sender.start()
+                time.sleep(0.5)  # read late: the response waits in the buffers
+                while True:
+                    try:
+                        chunk = client.recv(65536)
+                    except OSError:
+                        break  # a reset: what was still queued is lost
+                    if not chunk:
+                        break
+                    received.extend(chunk)
+                stop.set()
+                if peer_keeps_sending:
+                    sender.join(WAIT)
+
+        await asyncio.to_thread(peer)
+        server.close()
+        await server.wait_closed()
+
+    run_on(name, main)
+    return bytes(received)
+
+
+@pytest.mark.parametrize("peer_keeps_sending", [False, True])
+def test_transport_close_never_loses_written_bytes(peer_keeps_sending: bool) -> None:
+    response = os.urandom(4 * MiB)
+    results = {name: close_after_response(name, response, peer_keeps_sending) for name in LOOPS}
+    for name, got in results.items():
+        print(f"{name}: the peer got {len(got)} of {len(response)} bytes"
+              f"{' (intact)' if got == response else ''}")
+    assert hashlib.sha256(results["winiocp"]).digest() == hashlib.sha256(response).digest()
+    assert results["stock"] != response, "the stock loop lost nothing: the test shows nothing"
+
+
+# -- flow control is honoured end to end ---------------------------------------------------------
+
+
+def never_reading_peer(name: str) -> tuple[int, bytes]:
+    peak = [0]
+    data = os.urandom(64 * MiB)
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: Echo(peak), LOOPBACK, 0)
+        address = server.sockets[0].getsockname()[:2]
+
+        def peer() -> bytes:
+            with socket.create_connection(address, timeout=WAIT) as client:
+                sender = threading.Thread(target=client.sendall, args=(data,), daemon=True)
+                sender.start()
+                time.sleep(2.0)  # the peer reads nothing
+                got = bytearray()
+                while len(got) < len(data):
+                    chunk = client.recv(1 << 20)
+                    if not chunk:
+                        break
+                    got += chunk
+                sender.join(WAIT)
+                return bytes(got)
+
+        echoed = await asyncio.to_thread(peer)
+        server.close()
+        await server.wait_closed()
+        return echoed
+
+    echoed = run_on(name, main)
+    assert isinstance(echoed, bytes)
+    return peak[0], echoed
+
+
+def test_flow_control_bounds_the_servers_write_buffer() -> None:
+    """A peer sends 64 MiB and reads nothing: the server's write buffer stays under the
+    high-water mark plus one receive, and then every byte comes back intact."""
+    high = 64 * 1024  # asyncio's default high-water mark
+    receive = 256 * 1024  # the largest read asyncio's proactor transport makes (3.12+)
+    for name in LOOPS:
+        peak, echoed = never_reading_peer(name)
+        print(f"{name}: peak write buffer {peak} bytes, echo intact: {len(echoed)} bytes")
+        if name == "winiocp":
+            assert peak <= high + receive
+            assert len(echoed) == 64 * MiB
+
+
+# -- memory the kernel may write stays owned through cancellation and close -------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(["recv", "recv_cancel", "send", "gc", "peer_send"]),
+                min_size=1, max_size=12),
+       st.booleans())
+def test_cancelled_and_abandoned_io_never_frees_kernel_memory(actions: list[str],
+                                                              close_with_io_pending: bool
+                                                              ) -> None:
+    loop = winiocp.aio.new_event_loop()
+    proactor = loop._proactor  # type: ignore[attr-defined]
+    listener = socket.create_server((LOOPBACK, 0))
+    peer = socket.create_connection(listener.getsockname(), timeout=WAIT)
+    ours, _ = listener.accept()
+    ours.setblocking(False)
+    listener.close()
+    futures: list[asyncio.Future[object]] = []
+    try:
+        async def main() -> None:
+            for action in actions:
+                if action in ("recv", "recv_cancel"):
+                    future = asyncio.ensure_future(loop.sock_recv(ours, 1024))
+                    futures.append(future)  # type: ignore[arg-type]
+                    await asyncio.sleep(0)
+                    if action == "recv_cancel":
+                        future.cancel()
+                elif action == "send":
+                    await loop.sock_sendall(ours, b"z" * 1000)
+                elif action == "gc":
+                    gc.collect()
+                else:
+                    peer.sendall(b"p" * 100)
+                await asyncio.sleep(0.001)
+            if not close_with_io_pending:
+                for future in futures:
+                    future.cancel()
+                await asyncio.gather(*futures, return_exceptions=True)
+
+        loop.run_until_complete(asyncio.wait_for(main(), WAIT))
+    finally:
+        pending_before = proactor._port.pending_count if proactor._port is not None else 0
+        orphans_before = orphaned_operation_count()
+        loop.close()  # cancels what is pending and waits for its completions
+        ours.close()
+        peer.close()
+    # Nothing the kernel might still write was freed: every operation was either dequeued or
+    # is kept in the orphan list.
+    assert orphaned_operation_count() - orphans_before <= pending_before
+    for future in futures:
+        assert future.done() or loop.is_closed()
+    gc.collect()
