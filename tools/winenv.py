@@ -16,6 +16,7 @@ and runs commands inside it. Each step leaves a stamp, so a second run costs onl
 start-up. On Windows the same commands run natively with the current interpreter.
 
     python3 tools/winenv.py test               # host tests, then the Windows tests (3.13-3.10)
+    python3 tools/winenv.py asyncio-suite      # CPython's test_asyncio: stock loop vs winiocp.aio
     python3 tools/winenv.py demo               # the demo, inside Windows CPython
     python3 tools/winenv.py docs               # docs/_build/html, and run the docs' examples
     python3 tools/winenv.py run -- python -c "import winiocp"
@@ -335,6 +336,14 @@ def command_test(options: argparse.Namespace) -> int:
             return run_windows(version, ["python", "-m", "pytest", "tests/windows",
                                          *options.pytest_args])
         steps.append((f"Windows tests, CPython {version}", windows_tests))
+    if not options.no_asyncio_suite:
+        import asyncio_suite  # here: Windows CPython's ._pth leaves tools/ off its path
+
+        for version in options.python.split(","):
+            def suite(version: str = version) -> int:
+                return asyncio_suite.command([version], list(asyncio_suite.MODES))
+            if version in asyncio_suite.DEBIAN_SUITES:
+                steps.append((f"CPython's test_asyncio, CPython {version}", suite))
     results: list[tuple[str, int, float]] = []
     for name, step in steps:
         started = time.monotonic()
@@ -363,7 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     test_parser.add_argument("--windows-only", action="store_true")
     test_parser.add_argument("--no-docs", action="store_true",
                              help="skip building the docs and running their examples")
+    test_parser.add_argument("--no-asyncio-suite", action="store_true",
+                             help="skip CPython's test_asyncio (stock loop against winiocp.aio)")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    suite_parser = commands.add_parser(
+        "asyncio-suite", help="CPython's test_asyncio with the stock loop and with winiocp.aio")
+    suite_parser.add_argument("--python", default="3.13,3.11")
+    suite_parser.add_argument("--mode", default="stock,proactor,loop")
+    suite_parser.add_argument("--report", action="store_true",
+                              help="compare the last runs again, without running anything")
     demo_parser = commands.add_parser("demo", help="run `python -m winiocp demo`")
     demo_parser.add_argument("--python", default=DEFAULT_PYTHON, choices=sorted(PYTHONS))
     demo_parser.add_argument("argv", nargs=argparse.REMAINDER)
@@ -387,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_windows(options.python, ["python", "-m", "winiocp", "demo", *options.argv])
     if options.command == "docs":
         return command_docs(options.python)
+    if options.command == "asyncio-suite":
+        import asyncio_suite
+
+        return asyncio_suite.main(["--python", options.python, "--mode", options.mode,
+                                   *(["--report"] if options.report else [])])
     return 2
 
 
