@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ SERVER_TITLES = {
     "pywin32": "pywin32 IOCP",
     "c": "C IOCP (MinGW)",
 }
+AIO_LOOPS = ["winiocp", "stock", "selector", "winloop"]
+AIO_LOOP_TITLES = {
+    "winiocp": "winiocp.aio.EventLoop",
+    "stock": "stock ProactorEventLoop",
+    "selector": "SelectorEventLoop",
+    "winloop": "winloop",
+}
+AIO_API_TITLES = {
+    "protocol": "Protocol echo (`data_received` -> `transport.write`)",
+    "streams": "Streams echo (`start_server`, `read` -> `write` + `drain`)",
+}
+#: Issue 10's targets for winiocp.aio (messages/s ratios), measured from this baseline on.
+AIO_TARGETS = {"protocol": {"stock": 1.5, "winloop": 1.0}, "streams": {"stock": 1.3}}
 TARGET_COMPLETION_US = 1.5
 TARGET_SUBMIT_US = 3.0
 TARGET_IDLE_BYTES = 4096
@@ -61,6 +75,26 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 add("echo 256 conn: winiocp p99 <= 2x C's p99",
                     f"{ours['p99_us'] / 1000:.1f} ms vs {c_server['p99_us'] / 1000:.1f} ms "
                     f"({p99:.2f}x)", p99 <= 2.0, "echo")
+    aio = results.get("aio", {}).get("cells", {})
+    for api, wanted in AIO_TARGETS.items():
+        loops = aio.get(api, {})
+        for count in sorted(int(c) for c in loops.get("winiocp", {})):
+            ours = loops["winiocp"][str(count)]
+            for other, minimum in wanted.items():
+                theirs = loops.get(other, {}).get(str(count))
+                if theirs:
+                    ratio = _ratio(ours["messages_per_s"], theirs["messages_per_s"])
+                    add(f"aio {api} echo {count} conn: winiocp.aio >= {minimum:g}x "
+                        f"{AIO_LOOP_TITLES[other]} (issue 10)", f"{ratio:.2f}x",
+                        ratio >= minimum, "aio")
+            if api == "protocol" and count == 256:
+                for other in wanted:
+                    theirs = loops.get(other, {}).get(str(count))
+                    if theirs:
+                        add(f"aio protocol echo 256 conn: p99 no worse than "
+                            f"{AIO_LOOP_TITLES[other]} (issue 10)",
+                            f"{ours['p99_us'] / 1000:.1f} ms vs {theirs['p99_us'] / 1000:.1f} ms",
+                            ours["p99_us"] <= theirs["p99_us"], "aio")
     cost = results.get("python_cost", {})
     if cost:
         for key, label in (("classify_us", "classify (get_many path)"),
@@ -220,6 +254,9 @@ def markdown(results: dict[str, Any]) -> str:
             out(f"Client-side errors (broken connections): {errors}")
             out("")
 
+    # -- 1b. aio ---------------------------------------------------------------------------------
+    lines.extend(_aio_markdown(results.get("aio", {})))
+
     # -- 2. Python cost ------------------------------------------------------------------------
     cost = results.get("python_cost", {})
     if cost:
@@ -348,6 +385,83 @@ def markdown(results: dict[str, Any]) -> str:
         "host).")
     out("")
     return "\n".join(lines)
+
+
+def _aio_markdown(aio: dict[str, Any]) -> list[str]:
+    """Section 1b: one block of tables per application (protocol, streams), a column per loop."""
+    by_api: dict[str, dict[str, dict[str, Any]]] = aio.get("cells", {})
+    if not any(by_api.values()):
+        return []
+    lines = ["## 1b. asyncio event loops (`aio`): 64-byte ping-pong", "", aio.get("note", ""), ""]
+    out = lines.append
+    banners: dict[str, str] = aio.get("loops", {})
+    classes = sorted({f"{name.split('/')[1]}: `{banner}`" for name, banner in banners.items()})
+    if classes:
+        out("Loop classes running (each server prints its own): " + "; ".join(classes) + ".")
+        out("")
+    for name, reason in aio.get("skipped", {}).items():
+        out(f"- **{name} not measured**: {reason}")
+    if aio.get("skipped"):
+        out("")
+    for api, cells in by_api.items():
+        loops = [loop for loop in AIO_LOOPS if loop in cells]
+        if not loops:
+            continue
+        counts = sorted({int(c) for loop in loops for c in cells[loop]})
+        header = "| connections | " + " | ".join(AIO_LOOP_TITLES[loop] for loop in loops) + " |"
+        rule = "|---|" + "---:|" * len(loops)
+
+        def table(cell_text: Callable[[dict[str, Any]], str]) -> None:
+            out(header)
+            out(rule)
+            for count in counts:
+                row = [cell_text(cells[loop][str(count)]) if str(count) in cells[loop] else "-"
+                       for loop in loops]
+                out(f"| {count} | " + " | ".join(row) + " |")
+            out("")
+
+        out(f"### {AIO_API_TITLES.get(api, api)}")
+        out("")
+        out("Messages per second (higher is better):")
+        out("")
+        table(lambda cell: _fmt_rate(cell["messages_per_s"]))
+        out("Latency p50 / p99 in ms (lower is better):")
+        out("")
+        table(lambda cell: f"{_fmt_ms(cell['p50_us'])} / {_fmt_ms(cell['p99_us'])}")
+        if any("server_cpu_us_per_msg" in cell for loop in loops for cell in cells[loop].values()):
+            out("CPU per echoed message, us: the server process + its wineserver (as in "
+                "section 1):")
+            out("")
+            table(lambda cell: f"{cell['server_cpu_us_per_msg']:.0f} + "
+                  f"{cell.get('wineserver_cpu_us_per_msg', 0):.0f}"
+                  if "server_cpu_us_per_msg" in cell else "-")
+        others = [loop for loop in loops if loop != "winiocp"]
+        if "winiocp" in cells and others:
+            out("winiocp.aio as a ratio of each other loop (messages/s, then p99; "
+                "targets of issue 10: "
+                + ", ".join(f">= {v:g}x {AIO_LOOP_TITLES[k]}"
+                            for k, v in AIO_TARGETS.get(api, {}).items()) + "):")
+            out("")
+            out("| connections | " + " | ".join(f"msg/s vs {loop}" for loop in others) + " | "
+                + " | ".join(f"p99 vs {loop}" for loop in others) + " |")
+            out("|---|" + "---:|" * (2 * len(others)))
+            for count in counts:
+                ours = cells["winiocp"].get(str(count))
+                if not ours:
+                    continue
+                theirs = [cells[loop].get(str(count)) for loop in others]
+                rates = [f"{_ratio(ours['messages_per_s'], t['messages_per_s']):.2f}x" if t
+                         else "-" for t in theirs]
+                p99s = [f"{_ratio(ours['p99_us'], t['p99_us']):.2f}x" if t else "-"
+                        for t in theirs]
+                out(f"| {count} | " + " | ".join(rates + p99s) + " |")
+            out("")
+        errors = {loop: sum(int(v.get("errors", 0)) for v in cells[loop].values())
+                  for loop in loops}
+        if any(errors.values()):
+            out(f"Client-side errors (broken connections): {errors}")
+            out("")
+    return lines
 
 
 def _wine_call_cost(results: dict[str, Any]) -> str:

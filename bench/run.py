@@ -1,6 +1,6 @@
 """Run every winiocp benchmark in one go and write the report.
 
-    python3 bench/run.py [--quick] [--only echo,python,drain,churn,memory]
+    python3 bench/run.py [--quick] [--only echo,aio,python,drain,churn,memory]
 
 On the Linux host: provisions Wine, the Windows CPython and pywin32 (through tools/winenv.py),
 compiles the C programs (host gcc: the load generator; MinGW-w64: the C servers), then runs,
@@ -9,6 +9,9 @@ side by side on this machine under the same Wine and the same load generator:
 1. echo messages/s and p50/p99 latency at 1, 16, 64 and 256 connections — winiocp
    (``python -m winiocp serve echo``) vs asyncio's ProactorEventLoop vs thread-per-connection
    vs pywin32 IOCP vs C IOCP;
+1b. (``aio``) the same ping-pong against one asyncio echo server (a Protocol, and streams) on
+   each event loop: ``winiocp.aio.EventLoop`` vs the stock ProactorEventLoop vs
+   SelectorEventLoop vs winloop;
 2. winiocp's own Python cost per completion and per submission (system calls stubbed), and
    Post+GQCS drain rates (winiocp, raw cffi, ``_overlapped``, pywin32, C);
 3. connection churn with and without TIME_WAIT avoidance, and the TIME_WAIT left behind;
@@ -26,6 +29,7 @@ import datetime
 import json
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +43,7 @@ if str(ROOT) not in sys.path:
 from bench import harness, report  # noqa: E402
 from bench.harness import WindowsProcess, exe_command, log, python_command  # noqa: E402
 
-SECTIONS = ("echo", "python", "drain", "churn", "memory")
+SECTIONS = ("echo", "aio", "python", "drain", "churn", "memory")
 
 
 @dataclass(frozen=True)
@@ -97,40 +101,52 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return combined
 
 
-def bench_echo(settings: Settings) -> dict[str, Any]:
-    servers = echo_servers(settings.workers)
+def pingpong_matrix(servers: dict[str, tuple[list[str], bool]], settings: Settings,
+                    section: str) -> tuple[dict[str, dict[str, Any]], dict[str, str],
+                                           dict[str, str]]:
+    """Start every server, then ping-pong each at each connection count, interleaved.
+
+    Returns (cells: name -> count -> combined runs, skipped: name -> why it was not measured,
+    banners: name -> the server's first ``loop ...`` line if it printed one). A server that
+    fails to start, or breaks the load generator, is skipped with the reason; the rest go on.
+    """
     processes: dict[str, WindowsProcess] = {}
     ports: dict[str, int] = {}
+    skipped: dict[str, str] = {}
+    banners: dict[str, str] = {}
     samples: dict[str, dict[int, list[dict[str, Any]]]] = {
         name: {count: [] for count in settings.counts} for name in servers}
     try:
         for name, (command, _) in servers.items():
             processes[name] = WindowsProcess(command, name)
-            ports[name] = processes[name].listening_port()
-        log(f"echo servers listening: {ports}")
-        names = list(servers)
+            try:
+                ports[name] = processes[name].listening_port()
+            except (RuntimeError, TimeoutError) as error:
+                skipped[name] = f"did not start: {_last_lines(error)}"
+                log(f"{section} {name}: {skipped[name]}")
+                continue
+            banner = next((line for line in processes[name].lines
+                           if line.startswith("loop ")), "")
+            if banner:
+                banners[name] = banner[len("loop "):]
+        log(f"{section} servers listening: {ports}")
         for repeat in range(settings.echo_repeats):
             for index, count in enumerate(settings.counts):
                 # Alternate the order so no server always runs first (or right after another).
+                names = [name for name in servers if name in ports and name not in skipped]
                 order = names if (index + repeat) % 2 == 0 else names[::-1]
                 for name in order:
-                    pid = processes[name].process.pid
-                    server_cpu = harness.process_cpu_seconds(pid)
-                    wineserver = harness.bench_wineserver_pid()
-                    wine_cpu = harness.process_cpu_seconds(wineserver) if wineserver else 0.0
-                    result = harness.pingpong(ports[name], count, settings.echo_seconds,
-                                              settings.warmup)
-                    # CPU per message over the whole run (warm-up included, at about the
-                    # same rate): the server process (all threads) and the wineserver.
-                    sent = result["messages_per_s"] * (settings.echo_seconds + settings.warmup)
-                    if sent > 0:
-                        result["server_cpu_us_per_msg"] = 1e6 * (
-                            harness.process_cpu_seconds(pid) - server_cpu) / sent
-                        result["wineserver_cpu_us_per_msg"] = 1e6 * (
-                            harness.process_cpu_seconds(wineserver) - wine_cpu
-                        ) / sent if wineserver else 0.0
+                    try:
+                        result = measure_pingpong(processes[name].process.pid, ports[name],
+                                                  count, settings)
+                    except (RuntimeError, subprocess.TimeoutExpired) as error:
+                        skipped[name] = (f"failed at {count} connections: "
+                                         f"{_last_lines(error)}")
+                        log(f"{section} {name}: {skipped[name]}")
+                        continue
                     samples[name][count].append(result)
-                    log(f"echo {name:8} {count:4} conn: {result['messages_per_s']:9,.0f} msg/s "
+                    log(f"{section} {name:16} {count:4} conn: "
+                        f"{result['messages_per_s']:9,.0f} msg/s "
                         f"p50 {result['p50_us'] / 1000:7.2f} ms p99 "
                         f"{result['p99_us'] / 1000:7.2f} ms errors {result['errors']}")
                     time.sleep(0.3)
@@ -138,7 +154,36 @@ def bench_echo(settings: Settings) -> dict[str, Any]:
         for name, process in processes.items():
             process.stop(timeout=15 if servers[name][1] else 0)
     cells = {name: {str(count): combine(runs) for count, runs in by_count.items() if runs}
-             for name, by_count in samples.items()}
+             for name, by_count in samples.items() if name not in skipped}
+    return cells, skipped, banners
+
+
+def _last_lines(error: BaseException) -> str:
+    """An exception's message, its last 3 lines only (server output can be long)."""
+    return " / ".join(line.strip() for line in str(error).strip().splitlines()[-3:])
+
+
+def measure_pingpong(pid: int, port: int, count: int, settings: Settings) -> dict[str, Any]:
+    """One load-generator run, with the CPU per message of the server and its wineserver."""
+    server_cpu = harness.process_cpu_seconds(pid)
+    wineserver = harness.bench_wineserver_pid()
+    wine_cpu = harness.process_cpu_seconds(wineserver) if wineserver else 0.0
+    result = harness.pingpong(port, count, settings.echo_seconds, settings.warmup)
+    # CPU per message over the whole run (warm-up included, at about the same rate): the
+    # server process (all threads) and the wineserver.
+    sent = result["messages_per_s"] * (settings.echo_seconds + settings.warmup)
+    if sent > 0:
+        result["server_cpu_us_per_msg"] = 1e6 * (
+            harness.process_cpu_seconds(pid) - server_cpu) / sent
+        result["wineserver_cpu_us_per_msg"] = 1e6 * (
+            harness.process_cpu_seconds(wineserver) - wine_cpu) / sent if wineserver else 0.0
+    return result
+
+
+def bench_echo(settings: Settings) -> dict[str, Any]:
+    cells, skipped, _ = pingpong_matrix(echo_servers(settings.workers), settings, "echo")
+    if skipped:
+        raise RuntimeError(f"echo servers failed: {skipped}")
     return {
         "cells": cells,
         "note": (f"Each cell: the median of {settings.echo_repeats} run(s) of "
@@ -148,6 +193,41 @@ def bench_echo(settings: Settings) -> dict[str, Any]:
                  "the same CLI server with --workers 1, for contrast); asyncio one "
                  "thread; the thread server one thread per connection. All five servers stay "
                  "up for the whole section; only the one under load is busy."),
+    }
+
+
+# -- 1b. aio: asyncio event loops ---------------------------------------------------------------
+
+AIO_LOOPS = ("winiocp", "stock", "selector", "winloop")
+AIO_APIS = ("protocol", "streams")
+
+
+def aio_servers() -> dict[str, tuple[list[str], bool]]:
+    """``API/LOOP`` -> (command, stops on stdin EOF): bench/servers/aio_echo.py on each loop."""
+    return {f"{api}/{loop}": (python_command("-m", "bench.servers.aio_echo", "--loop", loop,
+                                             "--api", api), True)
+            for api in AIO_APIS for loop in AIO_LOOPS}
+
+
+def bench_aio(settings: Settings) -> dict[str, Any]:
+    cells, skipped, banners = pingpong_matrix(aio_servers(), settings, "aio")
+    by_api: dict[str, dict[str, Any]] = {api: {} for api in AIO_APIS}
+    for name, by_count in cells.items():
+        api, loop = name.split("/")
+        by_api[api][loop] = by_count
+    return {
+        "cells": by_api,
+        "skipped": skipped,
+        "loops": banners,
+        "note": (f"Each cell: the median of {settings.echo_repeats} run(s) of "
+                 f"{settings.echo_seconds:g} s (after {settings.warmup:g} s of warm-up) of "
+                 "64-byte ping-pong by `bench/loadgen.c`, interleaved across servers. Every "
+                 "server is `bench/servers/aio_echo.py` (one thread): the same application "
+                 "code on each loop, only the loop factory differs. `protocol`: an "
+                 "`asyncio.Protocol` whose `data_received` calls `transport.write`; "
+                 "`streams`: `asyncio.start_server`, `await reader.read(65536)`, "
+                 "`writer.write`, `await writer.drain()`. All servers stay up for the whole "
+                 "section; only the one under load is busy."),
     }
 
 
@@ -478,8 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     previous_path = harness.RESULTS / "results.json"
     if options.merge and previous_path.exists():
         previous = json.loads(previous_path.read_text())
-        keys = {"echo": "echo", "python": "python_cost", "drain": "drain", "churn": "churn",
-                "memory": "memory"}
+        keys = {"echo": "echo", "aio": "aio", "python": "python_cost", "drain": "drain",
+                "churn": "churn", "memory": "memory"}
         for section, key in keys.items():
             if section not in sections and key in previous:
                 results[key] = previous[key]
@@ -508,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     if "echo" in sections:
         before("echo")
         results["echo"] = bench_echo(settings)
+    if "aio" in sections:
+        before("aio")
+        results["aio"] = bench_aio(settings)
     if "python" in sections:
         before("python")
         results["python_cost"] = bench_python_cost(settings)
