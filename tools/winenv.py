@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     if options.command == "setup":
         for version in options.python.split(","):
             print(setup(version))
+        if DEFAULT_PYTHON in options.python.split(","):
+            print(ensure_docs_packages(DEFAULT_PYTHON))
         if not ON_WINDOWS:
             ensure_host_requirements()
         return 0
