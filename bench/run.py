@@ -2,7 +2,8 @@
 
     python3 bench/run.py [--quick] [--only echo,aio,python,drain,churn,memory]
 
-On the Linux host: provisions Wine, the Windows CPython and pywin32 (through tools/winenv.py),
+On the Linux host: provisions Wine, the Windows CPython and the bench-only wheels (pywin32,
+winloop; through tools/winenv.py),
 compiles the C programs (host gcc: the load generator; MinGW-w64: the C servers), then runs,
 side by side on this machine under the same Wine and the same load generator:
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -239,6 +241,20 @@ def profile_echo_server(settings: Settings) -> tuple[str, dict[str, Any]]:
     with WindowsProcess(command, "winiocp profile") as process:
         port = process.listening_port()
         load = harness.pingpong(port, 64, seconds, settings.warmup)
+        process.stop(timeout=60)
+    text = "\n".join(process.lines)
+    start, end = text.find("PROFILE-BEGIN"), text.find("PROFILE-END")
+    summary = text[start + len("PROFILE-BEGIN"):end].strip() if start >= 0 else text[-4000:]
+    return summary, load
+
+
+def profile_aio_server(settings: Settings, loop: str) -> tuple[str, dict[str, Any]]:
+    """The Protocol echo on ``loop`` under cProfile while 64 connections ping-pong."""
+    command = python_command("-m", "bench.servers.aio_echo", "--loop", loop, "--api",
+                             "protocol", "--profile")
+    with WindowsProcess(command, f"aio {loop} profile") as process:
+        port = process.listening_port()
+        load = harness.pingpong(port, 64, max(2.0, settings.echo_seconds), settings.warmup)
         process.stop(timeout=60)
     text = "\n".join(process.lines)
     start, end = text.find("PROFILE-BEGIN"), text.find("PROFILE-END")
@@ -501,6 +517,7 @@ def findings(results: dict[str, Any]) -> list[str]:
             f"echoes {one['messages_per_s']:,.0f} msg/s against {two['messages_per_s']:,.0f} "
             "with 2 workers (each completion tends to wake the other thread: a cross-thread "
             "hand-off per message; the C server shows the same effect). The CLI's default is 4.")
+    found.extend(aio_findings(results))
     cost = results.get("python_cost", {})
     if cost and cost.get("run_once_us", 0) > report.TARGET_COMPLETION_US:
         found.append(
@@ -512,6 +529,43 @@ def findings(results: dict[str, Any]) -> list[str]:
             f"{cost['echo_ceiling_msgs_per_s']:,.0f} messages/s per core before any system "
             "call. See the profiles below for the split.")
     return found
+
+
+def aio_findings(results: dict[str, Any]) -> list[str]:
+    """What the aio section's numbers show about winiocp.aio against the stock loop."""
+    protocol = results.get("aio", {}).get("cells", {}).get("protocol", {})
+    ours, stock = protocol.get("winiocp", {}), protocol.get("stock", {})
+    counts = [c for c in ours if c in stock and "server_cpu_us_per_msg" in ours[c]
+              and "server_cpu_us_per_msg" in stock[c]]
+    if not counts:
+        return []
+    dearer = [c for c in counts
+              if ours[c]["server_cpu_us_per_msg"] > 1.15 * stock[c]["server_cpu_us_per_msg"]]
+    if len(dearer) * 2 <= len(counts):
+        return []
+    cells = "; ".join(
+        f"{c} conn {ours[c]['server_cpu_us_per_msg']:.0f} + "
+        f"{ours[c].get('wineserver_cpu_us_per_msg', 0):.0f} vs "
+        f"{stock[c]['server_cpu_us_per_msg']:.0f} + "
+        f"{stock[c].get('wineserver_cpu_us_per_msg', 0):.0f}" for c in counts)
+    per_message = {}
+    for title, text in results.get("profiles", {}).items():
+        match = re.search(r"\((\d+) per message\)", text)
+        for loop in ("winiocp", "stock"):
+            if title.startswith(f"aio Protocol echo on {loop},") and match:
+                per_message[loop] = int(match.group(1))
+    calls = (f" Under cProfile the winiocp.aio server makes {per_message['winiocp']} Python "
+             f"function calls per echoed message against the stock loop's "
+             f"{per_message['stock']} (profiles below): `_overlapped`'s C methods become "
+             "Python frames (IocpProactor's issue path, the operation and socket wrappers, "
+             "cffi calls)." if {"winiocp", "stock"} <= per_message.keys() else "")
+    return [
+        "**winiocp.aio spends more server CPU per message than the stock loop** (Protocol "
+        "echo, us per echoed message, server process + its wineserver, winiocp.aio vs stock: "
+        f"{cells}). Both loops run asyncio's own proactor transports, so the difference is "
+        "the proactor under them." + calls
+        + " This is the baseline issue 10's own transports, inline completions and batch "
+        "dequeue start from."]
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -616,6 +670,16 @@ def main(argv: list[str] | None = None) -> int:
         profiles[f"winiocp echo server, 1 worker, 64 connections, "
                  f"{load['messages_per_s']:,.0f} msg/s under the profiler "
                  "(cProfile, sorted by own time)"] = summary
+    if "aio" not in sections:
+        profiles.update({title: text for title, text in previous.get("profiles", {}).items()
+                         if title.startswith("aio ")})
+    elif any(not t["met"] for t in results["targets"] if t["area"] == "aio"):
+        # Both proactor loops (the same asyncio code above different proactors), for the split.
+        for loop in ("winiocp", "stock"):
+            summary, measured = profile_aio_server(settings, loop)
+            profiles[f"aio Protocol echo on {loop}, 64 connections, "
+                     f"{measured['messages_per_s']:,.0f} msg/s under the profiler "
+                     "(cProfile, sorted by own time)"] = summary
     profile_text = results.get("python_cost", {}).pop("profile_echo_turn", "")
     if "python" not in sections:
         profiles.update({title: text for title, text in previous.get("profiles", {}).items()

@@ -14,7 +14,7 @@ Loops: ``stock`` (``asyncio.ProactorEventLoop`` on CPython's ``_overlapped``), `
 (``asyncio.SelectorEventLoop``: ``select()``, at most 512 sockets on Windows) and ``winloop``
 (libuv, from PyPI; a bench-only wheel, imported by name so the host's mypy needs no stubs).
 
-    python -m bench.servers.aio_echo --loop winiocp --api protocol
+    python -m bench.servers.aio_echo --loop winiocp --api protocol [--profile]
 
 Speaks the stdin/stdout protocol of bench/servers/common.py; the first line also names the
 loop class actually running (``loop MODULE.CLASS``) so the report can show it.
@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import importlib
+import pstats
 import threading
 from collections.abc import Callable
 from typing import cast
 
-from bench.servers.common import announce, control_loop, start_watchdog
+from bench.servers.common import announce, control_loop, profile_summary, start_watchdog
 
 LOOPS = ("stock", "winiocp", "selector", "winloop")
 APIS = ("protocol", "streams")
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loop", choices=LOOPS, default="stock")
     parser.add_argument("--api", choices=APIS, default="protocol")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the loop under cProfile; print a summary between "
+                             "PROFILE-BEGIN and PROFILE-END when stdin ends")
     parser.add_argument("--max-seconds", type=float, default=900)
     options = parser.parse_args(argv)
     start_watchdog(options.max_seconds)
@@ -99,11 +104,37 @@ def main(argv: list[str] | None = None) -> int:
         loop.call_soon_threadsafe(loop.stop)
 
     threading.Thread(target=wait_for_stdin, daemon=True).start()
+    profile = cProfile.Profile() if options.profile else None
     try:
+        if profile is not None:
+            profile.enable()
         loop.run_forever()
     finally:
+        if profile is not None:
+            profile.disable()
         shutdown(loop, server)
+    if profile is not None:
+        print("PROFILE-BEGIN\n" + calls_per_message(profile, options.api) + "\n"
+              + profile_summary(profile) + "PROFILE-END", flush=True)
     return 0
+
+
+def calls_per_message(profile: cProfile.Profile, api: str) -> str:
+    """Python function calls per echoed message: the whole profile's call count over the
+    number of times our own echo ran (``Echo.data_received`` / ``echo_stream``'s writes)."""
+    stats = pstats.Stats(profile)
+    # pstats.Stats has always kept these (print_stats reads them); typeshed omits them.
+    entries: dict[tuple[str, int, str], tuple[int, int, float, float, object]] = getattr(
+        stats, "stats")
+    total = int(getattr(stats, "total_calls"))
+    module, function = {"protocol": ("aio_echo.py", "data_received"),
+                        "streams": ("streams.py", "write")}[api]
+    echoes = 0
+    for (filename, _, name), (_, calls, *_) in entries.items():
+        if name == function and filename.endswith(module):
+            echoes = int(calls)
+    per = f"{total / echoes:.0f}" if echoes else "?"
+    return f"echoed messages: {echoes}; Python function calls: {total} ({per} per message)"
 
 
 def shutdown(loop: asyncio.AbstractEventLoop, server: asyncio.Server) -> None:

@@ -11,8 +11,11 @@ regular file as stdout), so they must all speak the same tiny protocol:
 
 from __future__ import annotations
 
+import cProfile
+import io
 import json
 import os
+import pstats
 import sys
 import threading
 import time
@@ -59,6 +62,14 @@ def control_loop(status: Callable[[], dict[str, object]] | None = None) -> None:
             if status is not None:
                 payload.update(status())
             result(payload)
+
+
+def profile_summary(profile: cProfile.Profile, limit: int = 25) -> str:
+    """A ``pstats`` summary, sorted by own time (what ``--profile`` servers print)."""
+    stream = io.StringIO()
+    stats = pstats.Stats(profile, stream=stream)
+    stats.strip_dirs().sort_stats(pstats.SortKey.TIME).print_stats(limit)
+    return stream.getvalue()
 
 
 def start_watchdog(seconds: float) -> None:

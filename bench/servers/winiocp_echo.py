@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
-import pstats
 import threading
 import time
 
 from winiocp.connections import CloseReason, Connection, Handler
 from winiocp.servers import EchoHandler, Server
 
-from bench.servers.common import announce, control_loop, start_watchdog
+from bench.servers.common import announce, control_loop, profile_summary, start_watchdog
 
 
 class EchoOnceHandler:
@@ -43,13 +41,6 @@ class EchoOnceHandler:
 
     def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
         pass
-
-
-def profile_summary(profile: cProfile.Profile, limit: int = 25) -> str:
-    stream = io.StringIO()
-    stats = pstats.Stats(profile, stream=stream)
-    stats.strip_dirs().sort_stats(pstats.SortKey.TIME).print_stats(limit)
-    return stream.getvalue()
 
 
 def main() -> int:
