@@ -57,7 +57,7 @@ def new_event_loop() -> EventLoop:
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-    """The default policy, making ``EventLoop``s."""
+    """The default policy, making ``EventLoop`` instances."""
 
     def new_event_loop(self) -> EventLoop:
         return EventLoop()
