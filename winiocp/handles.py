@@ -97,12 +97,7 @@ class Handle(OverlappedOwner[CData]):
 
     def read(self, size: int, offset: int = 0, *, context: object = None) -> RecvOperation:
         """Post a ReadFile of up to ``size`` bytes at ``offset`` (ignored for pipes)."""
-        operation = RecvOperation(OpKind.READ, self)
-        operation.set_buffers([bytearray(check_size(size))], writable=True)
-        buffer = operation.wsabufs[0]
-        self._issue(operation, "ReadFile", lambda h: kernel32.ReadFile(
-            h, buffer.buf, buffer.len, ffi.NULL, operation.overlapped), offset, context)
-        return operation
+        return self.read_into(bytearray(check_size(size)), offset, context=context)
 
     def read_into(self, buffer: BufferLike, offset: int = 0, *,
                   context: object = None) -> RecvOperation:
