@@ -209,7 +209,8 @@ def command_docs(version: str = DEFAULT_PYTHON) -> int:
     packages = ensure_docs_packages(version)
     where = str(packages) if ON_WINDOWS else windows_path(packages)
     failures = 0
-    for builder, extra in (("html", ["-q"]), ("doctest", [])):
+    # -E: read every page again, since autodoc cannot tell when a docstring changed.
+    for builder, extra in (("html", ["-q", "-E"]), ("doctest", [])):
         log(f"docs: sphinx {builder} builder on CPython {version}")
         failures += run_windows(version, [
             "python", "-c", DOCS_BOOTSTRAP, where, "-W", "--keep-going", "-N", *extra, "-b", builder,
