@@ -43,9 +43,9 @@ autodoc_preserve_defaults = True
 # No network while building: intersphinx links only to inventories shipped with the docs, if any.
 intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
 
-# The doctest builder: every testcode block runs; the setup makes sure we are on Windows.
+# The doctest builder runs every testcode block, and every ``>>>`` example, docstrings included.
 doctest_global_setup = "import winiocp"
-doctest_test_doctest_blocks = ""
+doctest_test_doctest_blocks = "default"
 
 html_theme = "furo"
 html_title = f"winiocp {release}"

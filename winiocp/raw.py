@@ -4,8 +4,12 @@ Everything here is the C API as Windows defines it, callable from Python and che
 through the generated Protocols in ``_api.py``. Nothing here adds policy; the typed wrappers
 (``port``, ``sockets``, ...) are built on it.
 
-    from winiocp.raw import ffi, kernel32, ws2_32
-    port = kernel32.CreateIoCompletionPort(INVALID_HANDLE, ffi.NULL, 0, 0)
+>>> from winiocp.raw import INVALID_HANDLE, ffi, kernel32
+>>> port = kernel32.CreateIoCompletionPort(INVALID_HANDLE, ffi.NULL, 0, 0)
+>>> port != ffi.NULL
+True
+>>> kernel32.CloseHandle(port)
+1
 
 The extension functions (AcceptEx, ConnectEx, ...) are not exported by any DLL: Winsock hands
 out a pointer per provider through ``WSAIoctl(SIO_GET_EXTENSION_FUNCTION_POINTER)``.
