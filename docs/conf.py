@@ -54,6 +54,8 @@ html_static_path: list[str] = []
 highlight_language = "none"
 
 myst_heading_anchors = 3
+# Quotes stay as typed: the pages quote code, JSON and command lines.
+smartquotes = False
 
 
 # -- :test:`tests/windows/test_x.py::test_name` ---------------------------------------------------
@@ -85,5 +87,31 @@ def test_role(name: str, rawtext: str, text: str, lineno: int, inliner: Inliner,
     return [node], messages
 
 
+# -- every public module has its page -------------------------------------------------------------
+# A module added to the package without an ``automodule`` in the API reference is a warning
+# (an error, under -W), so the reference cannot silently fall behind the package.
+
+import pkgutil  # noqa: E402
+
+from sphinx.environment import BuildEnvironment  # noqa: E402
+from sphinx.util import logging as sphinx_logging  # noqa: E402
+
+
+def public_modules() -> set[str]:
+    names = {"winiocp"}
+    for module in pkgutil.walk_packages(winiocp.__path__, "winiocp."):
+        if not any(part.startswith("_") for part in module.name.split(".")):
+            names.add(module.name)
+    return names
+
+
+def check_modules_documented(app: Sphinx, env: BuildEnvironment) -> None:
+    documented = set(env.get_domain("py").data["modules"])
+    for name in sorted(public_modules() - documented):
+        sphinx_logging.getLogger(__name__).warning(
+            "public module %s has no page in the API reference (docs/api/)", name)
+
+
 def setup(app: Sphinx) -> None:
     app.add_role("test", test_role)
+    app.connect("env-check-consistency", check_modules_documented)
