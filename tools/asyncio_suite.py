@@ -109,7 +109,10 @@ class Expectation:
 
 
 def parse_expectations(text: str) -> list[Expectation]:
-    """``skip <id-pattern> -- <reason>`` or ``differ <versions|*> <modes|*> <id-pattern> -- <reason>``."""
+    """Parse the expectations: one entry a line, each with its reason.
+
+    ``skip <id-pattern> -- <reason>`` or ``differ <versions|*> <modes|*> <id-pattern> -- <reason>``.
+    """
     expectations = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -206,7 +209,7 @@ def iter_tests(suite: unittest.TestSuite | unittest.TestCase) -> Iterator[unitte
         yield suite
 
 
-def tail(text: str, lines: int = 12) -> str:
+def tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
@@ -216,7 +219,8 @@ class RecordingResult(unittest.TestResult):
     def __init__(self, progress: TextIO, watchdog: TextIO, timeout: float,
                  tracer: Tracer) -> None:
         super().__init__()
-        self.progress, self.watchdog, self.timeout, self.tracer = progress, watchdog, timeout, tracer
+        self.progress, self.watchdog, self.timeout = progress, watchdog, timeout
+        self.tracer = tracer
         self.current: str | None = None
         self.outcome = "pass"
         self.detail = ""
@@ -561,7 +565,8 @@ def table(runs: list[Run]) -> str:
     rows = [header]
     for run in runs:
         rows.append((run.version, run.mode, str(len(run.outcomes)), str(run.count("pass", "xfail")),
-                     str(run.count("fail", "xpass")), str(run.count("error")), str(run.count("skip")),
+                     str(run.count("fail", "xpass")), str(run.count("error")),
+                     str(run.count("skip")),
                      str(run.count("hang")), str(run.count("crash")),
                      f"{run.io_tests.get('ours', 0)}/{run.io_tests.get('stock', 0)}",
                      f"{run.seconds:.0f} s"))
@@ -629,6 +634,12 @@ def command(versions: list[str], modes: list[str], timeout: float = TEST_TIMEOUT
             run = run_mode(version, mode, timeout, only) if rerun else load_run(version, mode, only)
             log(f"CPython {version}, {mode}: {len(run.outcomes)} tests in {run.seconds:.0f} s")
             runs.append(run)
+    for version in versions:  # swapped modes alone: compare with the last stock run
+        last_stock = results_dir(version, "stock") / "meta.json"
+        if not only and "stock" not in modes and last_stock.exists():
+            log(f"CPython {version}: comparing with the last stock run")
+            runs.append(load_run(version, "stock"))
+    runs.sort(key=lambda run: (versions.index(run.version), MODES.index(run.mode)))
     if only:  # an ad hoc run: each test's outcome, nothing to compare
         for run in runs:
             for test_id, outcome in sorted(run.outcomes.items()):
