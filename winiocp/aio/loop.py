@@ -44,6 +44,19 @@ class EventLoop(asyncio.ProactorEventLoop):
             return
         OrderlyClose(self, sock, self.close_timeout)
 
+    def _write_to_self(self) -> None:
+        """Wake the loop from another thread (``call_soon_threadsafe``): one packet posted to
+        the port, where the stock loop sends a byte through a socket pair (whose receive it
+        then has to re-post). Signals still arrive through the socket pair."""
+        proactor = self._proactor  # type: ignore[attr-defined]
+        port = proactor._port if proactor is not None else None
+        if port is None:
+            return
+        try:
+            port.post()
+        except OSError:  # closed meanwhile: the loop is going away
+            pass
+
     def close(self) -> None:
         # Connections still closing when the loop closes are closed now.
         for closing in list(self._closing_sockets):
