@@ -413,8 +413,8 @@ class IocpProactor:
 
     def sendto(self, conn: socket.socket, buf: ReadableBuffer, flags: int = 0,
                addr: Address | None = None) -> asyncio.Future[int]:
-        if addr is None:
-            return self.send(conn, buf, flags)
+        if not isinstance(addr, tuple):  # as _overlapped.WSASendTo: an address is required
+            raise TypeError(f"sendto() needs an address tuple, not {type(addr).__name__}")
         return self._issue(conn, lambda view, pending: _sock(view).sendto(
             buf, addr, context=pending), _count)  # type: ignore[arg-type]
 
