@@ -222,6 +222,7 @@ class RecordingResult(unittest.TestResult):
         self.progress, self.watchdog, self.timeout = progress, watchdog, timeout
         self.tracer = tracer
         self.current: str | None = None
+        self.module = ""
         self.outcome = "pass"
         self.detail = ""
         self.started = 0.0
@@ -239,7 +240,14 @@ class RecordingResult(unittest.TestResult):
         super().startTest(test)
         self.tracer.take()  # calls made by fixtures count for no test
         self.current, self.outcome, self.detail = test.id(), "pass", ""
-        self.write({"event": "start", "id": self.current})
+        record: dict[str, object] = {"event": "start", "id": self.current}
+        module = type(test).__module__
+        if module != self.module:  # what earlier modules left alive (a leak shows here)
+            import gc
+            gc.collect()
+            record["heap"] = len(gc.get_objects())
+            self.module = module
+        self.write(record)
         self.started = time.monotonic()
         self.arm()
 
@@ -432,6 +440,8 @@ class Run:
     outcomes: dict[str, str] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
     calls: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> method -> n
+    durations: dict[str, float] = field(default_factory=dict)  # test id -> seconds
+    heap: dict[str, int] = field(default_factory=dict)  # module -> objects alive at its start
     io_tests: dict[str, int] = field(default_factory=dict)  # kind -> tests with real I/O
     seconds: float = 0.0
     processes: int = 0
@@ -457,11 +467,14 @@ def load_run(version: str, mode: str, only: str | None = None) -> Run:
     for record in read_progress(out / "progress.jsonl"):
         if record["event"] == "finished":
             run.complete = True
+        if record["event"] == "start" and "heap" in record:
+            run.heap[str(record["id"]).rsplit(".", 2)[0]] = cast(int, record["heap"])
         if record["event"] != "end":
             continue
         test_id = str(record["id"])
         run.outcomes[test_id] = str(record["outcome"])
         run.details[test_id] = str(record.get("detail", ""))
+        run.durations[test_id] = float(cast(float, record.get("seconds", 0)))
         per_kind = cast("dict[str, dict[str, int]]", record.get("calls") or {})
         for kind, methods in per_kind.items():
             calls.setdefault(kind, collections.Counter()).update(methods)
@@ -538,6 +551,7 @@ def run_mode(version: str, mode: str, timeout: float, only: str | None = None) -
 class Comparison:
     """What one swapped run did worse than the stock run of the same version."""
 
+    stock: Run
     run: Run
     regressions: dict[str, str]  # test id -> what ours did (stock passed it)
     expected: dict[str, str]  # the same, but listed in asyncio-expected.txt (id -> reason)
@@ -556,7 +570,7 @@ def compare(stock: Run, ours: Run, expectations: Iterable[Expectation]) -> Compa
         else:
             expected[test_id] = listed.reason
     missing = sorted(set(stock.outcomes) - set(ours.outcomes))
-    return Comparison(ours, regressions, expected, missing)
+    return Comparison(stock, ours, regressions, expected, missing)
 
 
 def table(runs: list[Run]) -> str:
@@ -618,6 +632,21 @@ def write_failures_report(comparisons: list[Comparison]) -> None:
         for test_id, outcome in comparison.regressions.items():
             lines += [f"### {test_id} ({outcome})", "", "```",
                       run.details.get(test_id, "").strip() or "(no detail)", "```", ""]
+        stock = comparison.stock
+        slow = sorted((seconds, test_id) for test_id, seconds in run.durations.items()
+                      if seconds > max(5 * stock.durations.get(test_id, seconds), 
+                                       stock.durations.get(test_id, seconds) + 3))
+        if slow:
+            lines += [f"Much slower with ours than with stock ({run.version} {run.mode}):", ""]
+            lines += [f"- {test_id}: {seconds:.1f} s (stock {stock.durations[test_id]:.1f} s)"
+                      for seconds, test_id in reversed(slow)]
+            lines.append("")
+        if run.heap:
+            lines += [f"Objects alive (after gc.collect) when each module starts, stock / ours "
+                      f"({run.version} {run.mode}):", ""]
+            lines += [f"- {module}: {stock.heap.get(module, 0)} / {count}"
+                      for module, count in run.heap.items()]
+            lines.append("")
     FAILURES_REPORT.write_text("\n".join(lines) + "\n")
 
 
