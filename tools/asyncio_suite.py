@@ -29,7 +29,9 @@ event to a progress file; after a watchdog exit or a crash the driver records th
 The driver then compares, per version: every swapped run must run every test the stock run ran,
 and every test that fails, errors or hangs (or is skipped) with ours must not pass with stock,
 unless ``tools/asyncio-expected.txt`` lists it with its reason. That file also lists the tests
-skipped in every mode (they hang under Wine with the stock loop).
+skipped in every mode (they hang under Wine with the stock loop). Each such regression is then
+run again on its own (``<mode>-alone``), and the report says whether it failed again there: a
+hint whether it is ours alone or the load of the whole suite (it is reported either way).
 
     python3 tools/winenv.py asyncio-suite                       # 3.13 and 3.11, all three modes
     python3 tools/winenv.py asyncio-suite --python 3.13 --mode stock,loop
@@ -78,6 +80,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 TEST_TIMEOUT = 60.0  # seconds one test (or the fixtures between two tests) may take
 MAX_PROCESSES = 40  # per run: each hang or crash costs a new process
+MAX_RECHECKS = 40  # tests that failed with ours only, run again alone (more: not worth it)
 # Every method BaseProactorEventLoop / ProactorEventLoop call on their proactor (3.10-3.13).
 PROACTOR_METHODS = (
     "set_loop", "select", "recv", "recv_into", "recvfrom", "recvfrom_into", "send", "sendto",
@@ -452,7 +455,7 @@ class Run:
 
 
 def results_dir(version: str, mode: str, only: str | None = None) -> Path:
-    return RESULTS_HOME / version / (f"{mode}-only" if only else mode)
+    return RESULTS_HOME / version / (f"{mode}-alone" if only else mode)
 
 
 def load_run(version: str, mode: str, only: str | None = None) -> Run:
@@ -526,6 +529,8 @@ def run_mode(version: str, mode: str, timeout: float, only: str | None = None) -
     winenv.setup(version)
     out = results_dir(version, mode, only)
     shutil.rmtree(out, ignore_errors=True)
+    if not only:  # the last recheck was of the last full run
+        shutil.rmtree(results_dir(version, mode, "recheck"), ignore_errors=True)
     out.mkdir(parents=True)
     log(f"CPython {version}, {mode}: test.test_asyncio")
     started = time.monotonic()
@@ -556,6 +561,11 @@ class Comparison:
     regressions: dict[str, str]  # test id -> what ours did (stock passed it)
     expected: dict[str, str]  # the same, but listed in asyncio-expected.txt (id -> reason)
     missing: list[str]  # stock ran them, ours did not
+    recheck: dict[str, str] = field(default_factory=dict)  # regression -> its outcome alone
+
+    def alone(self, test_id: str) -> str:
+        outcome = self.recheck.get(test_id)
+        return "" if outcome is None else f" (run again alone: {outcome})"
 
 
 def compare(stock: Run, ours: Run, expectations: Iterable[Expectation]) -> Comparison:
@@ -570,7 +580,12 @@ def compare(stock: Run, ours: Run, expectations: Iterable[Expectation]) -> Compa
         else:
             expected[test_id] = listed.reason
     missing = sorted(set(stock.outcomes) - set(ours.outcomes))
-    return Comparison(stock, ours, regressions, expected, missing)
+    recheck_dir = results_dir(ours.version, ours.mode, "recheck")
+    recheck = {}
+    if (recheck_dir / "meta.json").exists():
+        recheck = load_run(ours.version, ours.mode, "recheck").outcomes
+    return Comparison(stock, ours, regressions, expected, missing,
+                      {t: recheck[t] for t in regressions if t in recheck})
 
 
 def table(runs: list[Run]) -> str:
@@ -614,7 +629,7 @@ def report(runs: list[Run], expectations: list[Expectation]) -> tuple[str, list[
             lines.append(f"{run.version} {run.mode}: expected ({reason}): {test_id}")
         for test_id, outcome in comparison.regressions.items():
             lines.append(f"{run.version} {run.mode}: {outcome.upper()} with ours, passed with "
-                         f"stock: {test_id}")
+                         f"stock: {test_id}{comparison.alone(test_id)}")
     return "\n".join(lines), comparisons
 
 
@@ -637,7 +652,7 @@ def write_failures_report(expectations: list[Expectation]) -> None:
                      f"(ran {len(run.outcomes)}, missing {len(comparison.missing)})")
         lines.append("")
         for test_id, outcome in comparison.regressions.items():
-            lines += [f"### {test_id} ({outcome})", "", "```",
+            lines += [f"### {test_id} ({outcome}{comparison.alone(test_id)})", "", "```",
                       run.details.get(test_id, "").strip() or "(no detail)", "```", ""]
         stock = comparison.stock
         slow = sorted((seconds, test_id) for test_id, seconds in run.durations.items()
@@ -684,6 +699,14 @@ def command(versions: list[str], modes: list[str], timeout: float = TEST_TIMEOUT
                     print("    " + run.details[test_id].replace("\n", "\n    "))
         print(table(runs), flush=True)
         return 1 if any(run.count(*BAD_OUTCOMES) for run in runs) else 0
+    _, comparisons = report(runs, expectations)
+    if rerun:
+        for comparison in comparisons:  # does each regression show again, on its own?
+            if 0 < len(comparison.regressions) <= MAX_RECHECKS:
+                run = comparison.run
+                log(f"CPython {run.version}, {run.mode}: running the tests that failed with "
+                    "ours only again, alone")
+                run_mode(run.version, run.mode, timeout, ",".join(comparison.regressions))
     text, comparisons = report(runs, expectations)
     print(text, flush=True)
     write_failures_report(expectations)
