@@ -58,6 +58,7 @@ class EventLoop(asyncio.ProactorEventLoop):
             pass
 
     def close(self) -> None:
+        """Close the loop; connections still closing are closed at once."""
         # Connections still closing when the loop closes are closed now.
         for closing in list(self._closing_sockets):
             closing.finish()
@@ -73,6 +74,7 @@ class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
     """The default policy, making ``EventLoop`` instances."""
 
     def new_event_loop(self) -> EventLoop:
+        """A new ``EventLoop``."""
         return EventLoop()
 
 

@@ -278,6 +278,7 @@ class IocpProactor:
         return port
 
     def set_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop whose futures this proactor creates (called by the loop itself)."""
         self._loop = loop
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
@@ -375,6 +376,8 @@ class IocpProactor:
     # -- sockets and pipes -------------------------------------------------------------------
 
     def recv(self, conn: Conn, nbytes: int, flags: int = 0) -> asyncio.Future[bytes]:
+        """WSARecv (or ReadFile on a pipe) of up to ``nbytes``: a future of the bytes (b"" at
+        the end of the stream). A reset or aborted receive raises ConnectionResetError."""
         try:
             if isinstance(conn, socket.socket):
                 return self._issue(conn, lambda view, pending: _sock(view).recv_into(
@@ -386,6 +389,8 @@ class IocpProactor:
 
     def recv_into(self, conn: Conn, buf: WriteableBuffer, flags: int = 0
                   ) -> asyncio.Future[int]:
+        """WSARecv (or ReadFile) into ``buf``, zero-copy: a future of the byte count. ``buf``
+        stays pinned (owned by the operation) until the completion is dequeued."""
         try:
             if isinstance(conn, socket.socket):
                 return self._issue(conn, lambda view, pending: _sock(view).recv_into(
@@ -397,6 +402,8 @@ class IocpProactor:
 
     def recvfrom(self, conn: socket.socket, nbytes: int, flags: int = 0
                  ) -> asyncio.Future[tuple[bytes, Address | None]]:
+        """WSARecvFrom: a future of ``(data, address)``; an ICMP port-unreachable reported
+        by Windows gives ``(b"", None)``, as the stock proactor does."""
         try:
             return self._issue(conn, lambda view, pending: _sock(view).recvfrom(
                 nbytes, context=pending), _datagram)
@@ -405,6 +412,7 @@ class IocpProactor:
 
     def recvfrom_into(self, conn: socket.socket, buf: WriteableBuffer, flags: int = 0
                       ) -> asyncio.Future[tuple[int, Address | None]]:
+        """WSARecvFrom into ``buf``: a future of ``(count, address)``."""
         try:
             return self._issue(conn, lambda view, pending: _sock(view).recvfrom_into(
                 buf, context=pending), _datagram_count)  # type: ignore[arg-type]
@@ -413,12 +421,15 @@ class IocpProactor:
 
     def sendto(self, conn: socket.socket, buf: ReadableBuffer, flags: int = 0,
                addr: Address | None = None) -> asyncio.Future[int]:
+        """WSASendTo ``addr`` (required: TypeError without one): a future of the count."""
         if not isinstance(addr, tuple):  # as _overlapped.WSASendTo: an address is required
             raise TypeError(f"sendto() needs an address tuple, not {type(addr).__name__}")
         return self._issue(conn, lambda view, pending: _sock(view).sendto(
             buf, addr, context=pending), _count)  # type: ignore[arg-type]
 
     def send(self, conn: Conn, buf: ReadableBuffer, flags: int = 0) -> asyncio.Future[int]:
+        """WSASend (or WriteFile on a pipe) of ``buf``, zero-copy (pinned until it
+        completes): a future of the byte count."""
         if isinstance(conn, socket.socket):
             return self._issue(conn, lambda view, pending: _sock(view).send(
                 buf, flags, context=pending), _count)  # type: ignore[arg-type]
@@ -443,6 +454,9 @@ class IocpProactor:
         return future
 
     def connect(self, conn: socket.socket, address: Address) -> asyncio.Future[socket.socket]:
+        """ConnectEx to a resolved ``address`` (binding first if needed), with
+        SO_UPDATE_CONNECT_CONTEXT set on success: a future of ``conn``. A datagram socket is
+        connected at once."""
         if conn.type == socket.SOCK_DGRAM:
             # A datagram "connect" only sets the default peer: it completes at once.
             conn.connect(address)
@@ -458,6 +472,8 @@ class IocpProactor:
 
     def sendfile(self, sock: socket.socket, file: object, offset: int, count: int
                  ) -> asyncio.Future[int]:
+        """TransmitFile of ``count`` bytes (0: to the end) of ``file`` from ``offset``: a
+        future of the bytes sent. ``file`` stays the caller's (a borrowed handle)."""
         fileno = file.fileno()  # type: ignore[attr-defined]
         value = msvcrt.get_osfhandle(fileno)
         file_ref = weakref.ref(file)
@@ -472,6 +488,8 @@ class IocpProactor:
 
     def accept_pipe(self, pipe: windows_utils.PipeHandle
                     ) -> asyncio.Future[windows_utils.PipeHandle]:
+        """ConnectNamedPipe on a server instance: a future of ``pipe`` once a client is
+        connected (at once if one already is)."""
         def finish(completion: Completion) -> windows_utils.PipeHandle:
             if completion.outcome is Outcome.FAILED:
                 raise _failure(completion)
@@ -486,6 +504,8 @@ class IocpProactor:
         return future
 
     async def connect_pipe(self, address: str) -> windows_utils.PipeHandle:
+        """Open the client end of the named pipe ``address`` (overlapped), retrying while
+        every server instance is busy; raises the OSError of any other failure."""
         delay = CONNECT_PIPE_INIT_DELAY
         while True:
             # There is no overlapped connect for a pipe client: CreateFile until the server

@@ -38,6 +38,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):
     _abortive = False
 
     def abort(self) -> None:
+        """Close at once (the socket is reset), as the stock transport does."""
         self._abortive = True
         super().abort()
 
@@ -98,6 +99,7 @@ class OrderlyClose:
         self.read()
 
     def read(self) -> None:
+        """Post the next receive of the drain."""
         sock = self.sock
         if sock is None:
             return
@@ -110,12 +112,14 @@ class OrderlyClose:
         future.add_done_callback(self.step)
 
     def step(self, future: asyncio.Future[bytes]) -> None:
+        """One drain receive ended: the peer's FIN, a failure, or more data to discard."""
         if future.cancelled() or future.exception() is not None or not future.result():
             self.finish()  # the peer's FIN (b""), a reset, or the loop is closing
         else:
             self.read()  # the peer is still sending: discard it, wait for its FIN
 
     def finish(self) -> None:
+        """Close the socket now (idempotent); the deadline, the FIN or the loop's close."""
         sock, self.sock = self.sock, None
         if sock is None:
             return
