@@ -102,7 +102,8 @@ class OverlappedOwner(Generic[H]):
 
     @property
     def closed(self) -> bool:
-        return self._handle is None
+        """Whether the handle is closed (for a borrowed one: let go, or closed by its owner)."""
+        return self._handle is None or self._lender_closed()
 
     def _checked(self) -> H:
         handle = self._handle
