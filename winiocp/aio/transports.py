@@ -32,7 +32,9 @@ _DETACH_TAKES_TRANSPORT = len(inspect.signature(
     asyncio.base_events.Server._detach).parameters) > 1  # type: ignore[attr-defined]
 
 
-class SocketTransport(proactor_events._ProactorSocketTransport):
+# asyncio's transport is subclassed on purpose: its whole contract is kept, only the close
+# differs.
+class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ignore[reportPrivateUsage]
     """asyncio's proactor socket transport, with an orderly close."""
 
     _abortive = False
@@ -89,7 +91,7 @@ class OrderlyClose:
         self.loop = loop
         self.sock: socket.socket | None = sock
         self.timer: asyncio.TimerHandle | None = None
-        loop._closing_sockets.add(self)
+        loop.closing_connections.add(self)
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:  # already reset, or not connected: nothing to wait for
@@ -103,9 +105,11 @@ class OrderlyClose:
         sock = self.sock
         if sock is None:
             return
-        proactor: Any = self.loop._proactor  # type: ignore[attr-defined]
+        proactor = self.loop.proactor
         try:
-            future: asyncio.Future[bytes] = proactor.recv(sock, _DRAIN_BYTES)
+            if proactor is None:
+                raise RuntimeError("the loop is closed")
+            future = proactor.recv(sock, _DRAIN_BYTES)
         except (OSError, RuntimeError):
             self.finish()
             return
@@ -125,5 +129,5 @@ class OrderlyClose:
             return
         if self.timer is not None:
             self.timer.cancel()
-        self.loop._closing_sockets.discard(self)
+        self.loop.closing_connections.discard(self)
         sock.close()
