@@ -645,7 +645,10 @@ def write_failures_report(expectations: list[Expectation]) -> None:
             if (results_dir(version, mode) / "meta.json").exists()]
     _, comparisons = report(runs, expectations)
     lines = [f"# test_asyncio: fails with winiocp.aio, passes with stock "
-             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", ""]
+             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             "Run one again: `python3 tools/asyncio_suite.py --python V --mode M --only "
+             "'<test id or fnmatch pattern>'` (the full run: `python3 tools/winenv.py "
+             "asyncio-suite`).", ""]
     for comparison in comparisons:
         run = comparison.run
         lines.append(f"## {run.version} {run.mode}: {len(comparison.regressions)} "
