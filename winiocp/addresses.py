@@ -37,8 +37,13 @@ def encode(family: int, address: tuple[object, ...]) -> bytes:
     """``address`` (a stdlib-style tuple) as the bytes of a sockaddr for ``family``.
 
     Literal addresses are parsed; host names are resolved with ``socket.getaddrinfo``.
+    Raises ``TypeError`` for a malformed tuple, ``ValueError`` for a family other than
+    AF_INET/AF_INET6, ``OverflowError`` for a port outside 0-65535, and ``socket.gaierror``
+    for a name that does not resolve.
     """
-    if not isinstance(address, tuple) or len(address) < 2:
+    # Checked at run time too: untyped callers pass anything.
+    if (not isinstance(address, tuple)  # pyright: ignore[reportUnnecessaryIsInstance]
+            or len(address) < 2):
         raise TypeError(f"address must be a (host, port) tuple, not {address!r}")
     host, port = address[0], address[1]
     if not isinstance(host, str) or not isinstance(port, int):
@@ -69,7 +74,11 @@ def encode(family: int, address: tuple[object, ...]) -> bytes:
 
 class Sockaddr:
     """A ``struct sockaddr`` in cffi-owned memory; keep this object alive while Winsock
-    may read ``pointer`` (a cast pointer does not keep its memory alive by itself)."""
+    may read ``pointer`` (a cast pointer does not keep its memory alive by itself).
+
+    ``storage`` owns the memory, ``pointer`` is it cast to ``struct sockaddr *`` and
+    ``length`` the size of the encoded address. Raises as ``encode`` does.
+    """
 
     __slots__ = ("storage", "pointer", "length")
 
@@ -78,11 +87,15 @@ class Sockaddr:
         self.storage: CData = ffi.new("struct sockaddr_storage *")
         ffi.memmove(self.storage, data, len(data))
         self.pointer: CData = ffi.cast("struct sockaddr *", self.storage)
-        self.length = len(data)
+        self.length: int = len(data)
 
 
 def decode(raw: bytes) -> Address:
-    """Parse the bytes of a sockaddr_in or sockaddr_in6."""
+    """Parse the bytes of a sockaddr_in or sockaddr_in6 into a stdlib-style tuple.
+
+    ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6; raises
+    ``ValueError`` for too few bytes or another family.
+    """
     if len(raw) < 2:
         raise ValueError("sockaddr too short")
     family = int.from_bytes(raw[:2], "little")
@@ -97,4 +110,5 @@ def decode(raw: bytes) -> Address:
 
 
 def decode_cdata(pointer: CData, length: int) -> Address:
+    """``decode`` of the ``length`` bytes at ``pointer`` (copied out: the result owns nothing)."""
     return decode(ffi.buffer(pointer, length)[:])

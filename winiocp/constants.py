@@ -29,7 +29,7 @@ MAKEWORD_2_2 = 0x0202
 
 
 class WinError(IntEnum):
-    """Win32 and Winsock error codes that completion-port code meets."""
+    """Win32 and Winsock error codes (winerror.h) that completion-port code meets."""
 
     ERROR_SUCCESS = 0
     ERROR_ACCESS_DENIED = 5
@@ -102,7 +102,7 @@ class WinError(IntEnum):
 
 
 class NtStatus(IntEnum):
-    """NTSTATUS values seen in ``OVERLAPPED.Internal`` (as unsigned 32-bit numbers)."""
+    """NTSTATUS values (ntstatus.h) seen in ``OVERLAPPED.Internal``, as unsigned numbers."""
 
     STATUS_SUCCESS = 0x00000000
     STATUS_PENDING = 0x00000103
@@ -115,17 +115,23 @@ class NtStatus(IntEnum):
 
 
 class AddressFamily(IntEnum):
+    """``AF_*`` (winsock2.h): the address family of WSASocketW and of a ``sockaddr``."""
+
     AF_UNSPEC = 0
     AF_INET = 2
     AF_INET6 = 23
 
 
 class SocketType(IntEnum):
+    """``SOCK_*`` (winsock2.h): the socket type of WSASocketW."""
+
     SOCK_STREAM = 1
     SOCK_DGRAM = 2
 
 
 class IPProto(IntEnum):
+    """``IPPROTO_*`` (winsock2.h): the protocol argument of WSASocketW."""
+
     IPPROTO_IP = 0
     IPPROTO_TCP = 6
     IPPROTO_UDP = 17
@@ -133,13 +139,15 @@ class IPProto(IntEnum):
 
 
 class SocketLevel(IntEnum):
+    """The ``level`` of setsockopt/getsockopt (winsock2.h): ``SOL_SOCKET`` or a protocol."""
+
     SOL_SOCKET = 0xFFFF
     IPPROTO_TCP = 6
     IPPROTO_IPV6 = 41
 
 
 class SocketOption(IntEnum):
-    """Options at level ``SOL_SOCKET``."""
+    """Options at level ``SOL_SOCKET`` (winsock2.h; the ``SO_UPDATE_*`` ones mswsock.h)."""
 
     SO_ACCEPTCONN = 0x0002
     SO_REUSEADDR = 0x0004
@@ -157,21 +165,27 @@ class SocketOption(IntEnum):
 
 
 class TcpOption(IntEnum):
+    """Options at level ``IPPROTO_TCP`` (winsock2.h), for setsockopt/getsockopt."""
+
     TCP_NODELAY = 0x0001
 
 
 class Ipv6Option(IntEnum):
+    """Options at level ``IPPROTO_IPV6`` (ws2ipdef.h), for setsockopt/getsockopt."""
+
     IPV6_V6ONLY = 27
 
 
 class Shutdown(IntEnum):
+    """``SD_*`` (winsock2.h): the ``how`` of shutdown()."""
+
     SD_RECEIVE = 0
     SD_SEND = 1
     SD_BOTH = 2
 
 
 class TransmitFileFlags(IntFlag):
-    """Flags of TransmitFile and DisconnectEx."""
+    """``TF_*`` (mswsock.h): the flags of TransmitFile and DisconnectEx."""
 
     TF_USE_DEFAULT_WORKER = 0x00
     TF_DISCONNECT = 0x01
@@ -182,12 +196,14 @@ class TransmitFileFlags(IntFlag):
 
 
 class WSASocketFlags(IntFlag):
+    """``WSA_FLAG_*`` (winsock2.h): the ``dwFlags`` of WSASocketW."""
+
     WSA_FLAG_OVERLAPPED = 0x01
     WSA_FLAG_NO_HANDLE_INHERIT = 0x80
 
 
 class CompletionNotificationModes(IntFlag):
-    """Flags of SetFileCompletionNotificationModes."""
+    """The flags of SetFileCompletionNotificationModes (winbase.h)."""
 
     FILE_SKIP_COMPLETION_PORT_ON_SUCCESS = 0x1
     FILE_SKIP_SET_EVENT_ON_HANDLE = 0x2
@@ -202,7 +218,7 @@ class WaitFlags(IntFlag):
 
 
 class IoControl(IntEnum):
-    """Codes for WSAIoctl and ioctlsocket."""
+    """Control codes for WSAIoctl and ioctlsocket (winsock2.h, mswsock.h, mstcpip.h)."""
 
     FIONBIO = 0x8004667E
     FIONREAD = 0x4004667F
@@ -215,6 +231,8 @@ class IoControl(IntEnum):
 
 
 class MsgFlags(IntFlag):
+    """``MSG_*`` (winsock2.h): the flags of WSASend/WSARecv and their -To/-From forms."""
+
     MSG_OOB = 0x1
     MSG_PEEK = 0x2
     MSG_PARTIAL = 0x8000
@@ -254,19 +272,23 @@ class TcpState(IntEnum):
 
 
 class FileAccess(IntFlag):
-    """Access, share, creation and flag values of CreateFileW and CreateNamedPipeW."""
+    """``GENERIC_*`` (winnt.h): the ``dwDesiredAccess`` of CreateFileW."""
 
     GENERIC_READ = 0x80000000
     GENERIC_WRITE = 0x40000000
 
 
 class FileShare(IntFlag):
+    """``FILE_SHARE_*`` (winnt.h): the ``dwShareMode`` of CreateFileW."""
+
     FILE_SHARE_READ = 0x1
     FILE_SHARE_WRITE = 0x2
     FILE_SHARE_DELETE = 0x4
 
 
 class FileCreation(IntEnum):
+    """The ``dwCreationDisposition`` of CreateFileW (fileapi.h)."""
+
     CREATE_NEW = 1
     CREATE_ALWAYS = 2
     OPEN_EXISTING = 3
@@ -274,6 +296,9 @@ class FileCreation(IntEnum):
 
 
 class FileFlags(IntFlag):
+    """``FILE_ATTRIBUTE_*`` (winnt.h) and ``FILE_FLAG_*`` (winbase.h): the
+    ``dwFlagsAndAttributes`` of CreateFileW and the open mode of CreateNamedPipeW."""
+
     FILE_ATTRIBUTE_NORMAL = 0x80
     FILE_FLAG_FIRST_PIPE_INSTANCE = 0x00080000
     FILE_FLAG_DELETE_ON_CLOSE = 0x04000000
@@ -281,6 +306,9 @@ class FileFlags(IntFlag):
 
 
 class PipeMode(IntFlag):
+    """``PIPE_*`` (winbase.h): the open mode, pipe mode and instance limit of
+    CreateNamedPipeW."""
+
     PIPE_ACCESS_INBOUND = 0x1
     PIPE_ACCESS_OUTBOUND = 0x2
     PIPE_ACCESS_DUPLEX = 0x3

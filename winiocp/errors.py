@@ -77,6 +77,11 @@ class Failure(Enum):
 
 
 def classify_failure(code: int, cancel_requested: bool) -> Failure:
+    """The ``Failure`` for Windows error ``code`` (Win32 or Winsock form; never raises).
+
+    ``cancel_requested`` tells a cancellation from a close: both end the I/O with
+    ERROR_OPERATION_ABORTED. A code in no group is ``Failure.OTHER``.
+    """
     if code in RESET_ERRORS:
         return Failure.RESET
     if code in CANCELLED_ERRORS:
@@ -136,6 +141,7 @@ def _describe(code: int) -> str:
 
 
 def error_name(code: int) -> str:
+    """The ``WinError`` name of ``code`` (``"WSAECONNRESET"``), or the number as text."""
     try:
         return WinError(code).name
     except ValueError:

@@ -31,8 +31,10 @@ def tcp_state(sock: Socket) -> TcpInfoState | None:
     version = ffi.new("DWORD *", 0)  # TCP_INFO_v0
     info = ffi.new("TCP_INFO_v0 *")
     returned = ffi.new("DWORD *")
-    with sock._lock:  # the value is read under the socket's lock: never a recycled one
-        handle = sock._handle
+    # The value is read and used under the socket's own lock (as Socket's methods do), so
+    # close() cannot hand it to Windows for reuse meanwhile: friend access, one package.
+    with sock._lock:  # pyright: ignore[reportPrivateUsage]
+        handle = sock._handle  # pyright: ignore[reportPrivateUsage]
         if handle is None:
             return None
         result = ws2_32.WSAIoctl(handle, IoControl.SIO_TCP_INFO, version, ffi.sizeof("DWORD"),
