@@ -329,8 +329,13 @@ class CompletionPort:
             return Completion(Outcome.PORT_CLOSED)
         try:
             out = self._buffers
-            ok = kernel32.GetQueuedCompletionStatus(handle, out.bytes, out.key, out.overlapped,
-                                                    milliseconds)
+            out.address[0] = 0
+            try:
+                ok = kernel32.GetQueuedCompletionStatus(handle, out.bytes, out.key,
+                                                        out.overlapped, milliseconds)
+            except BaseException:
+                self._salvage_interrupted_get(out)  # as in _get_many_once
+                raise
             address = out.address[0]
             if not address:
                 if ok:
@@ -404,8 +409,20 @@ class CompletionPort:
             raise PortClosedError(None, "completion port is closed", None,
                                   WinError.ERROR_INVALID_HANDLE)
         try:
-            if not kernel32.GetQueuedCompletionStatusEx(handle, out.entries, count,
-                                                        out.removed, milliseconds, 0):
+            out.removed[0] = 0
+            try:
+                ok = kernel32.GetQueuedCompletionStatusEx(handle, out.entries, count,
+                                                          out.removed, milliseconds, 0)
+            except BaseException:
+                # An interrupt (Ctrl-C) is raised as soon as the call returns: the packets it
+                # dequeued are gone from the port, so they are kept for the next call.
+                removed = out.removed[0]
+                if removed:
+                    raw = (out.entries_view if out.entries_view is not None else memoryview(
+                        ffi.buffer(out.entries)))[:removed * _ENTRY.size]  # type: ignore[arg-type]
+                    self._salvage_batch(raw, [], None)
+                raise
+            if not ok:
                 error = kernel32.GetLastError()
                 if error == WinError.WAIT_TIMEOUT and self._handle is not None:
                     return []
@@ -473,6 +490,19 @@ class CompletionPort:
                                                  _entry_error(internal)))
         if wakes > 1:
             self._repost_wakes(wakes - 1)
+
+    def _salvage_interrupted_get(self, out: _DequeueBuffers) -> None:
+        """An interrupt right after GetQueuedCompletionStatus returned: if it dequeued one of
+        our operations, keep its completion (its status is the one the kernel left in the
+        OVERLAPPED's Internal, documented as the request's status code)."""
+        address = out.address[0]
+        if not address or address == _WAKE_ADDRESS:
+            return  # nothing, a posted packet, or our own wake-up: nothing to keep
+        operation = self._pending.pop(address, None)
+        if operation is None:
+            return  # a raw post's pointer: nothing of ours to keep
+        error = _entry_error(int(operation.overlapped.Internal))
+        self._ready.append(self._salvage(operation, address, out.key[0], out.bytes[0], error))
 
     def _salvage(self, operation: Operation | None, address: int, key: int, transferred: int,
                  error: int) -> Completion:
