@@ -572,7 +572,11 @@ def compare(stock: Run, ours: Run, expectations: Iterable[Expectation]) -> Compa
     differ = [e for e in expectations if e.kind == "differ"]
     regressions, expected = {}, {}
     for test_id, outcome in sorted(ours.outcomes.items()):
-        if outcome in PASSED_OUTCOMES or stock.outcomes.get(test_id) not in PASSED_OUTCOMES:
+        if outcome in PASSED_OUTCOMES:
+            continue
+        # A fixture's error or hang has an id of its own: bad with ours and absent with stock.
+        absent_bad = test_id not in stock.outcomes and outcome in BAD_OUTCOMES
+        if stock.outcomes.get(test_id) not in PASSED_OUTCOMES and not absent_bad:
             continue
         listed = next((e for e in differ if e.applies(test_id, ours.version, ours.mode)), None)
         if listed is None:

@@ -32,6 +32,13 @@ def test_a_test_ours_fails_and_stock_passes_is_a_regression() -> None:
     assert comparison.missing == []
 
 
+def test_a_fixture_that_fails_or_hangs_only_with_ours_is_a_regression() -> None:
+    ours = run("proactor", {**STOCK, "setUpClass (t.C)": "error",
+                            "(fixtures after t.e)": "hang", "t.f": "skip"})
+    assert compare(run("stock", STOCK), ours, []).regressions == {
+        "setUpClass (t.C)": "error", "(fixtures after t.e)": "hang"}
+
+
 def test_a_test_both_fail_is_not_a_regression() -> None:
     ours = run("loop", {**STOCK, "t.b": "error", "t.d": "fail"})
     assert compare(run("stock", STOCK), ours, []).regressions == {}
