@@ -563,6 +563,11 @@ class CompletionPort:
             if handle is None:
                 return
             if self._pending:
+                for operation in self._pending.values():
+                    # Only the memory the kernel may write is kept: no completion will be
+                    # routed, so whatever the context leads to (a connection, an event loop
+                    # and all it holds) is let go.
+                    operation.context = None
                 _ORPHANED.append(self._pending)
                 self._pending = {}
             if self._waiters:
