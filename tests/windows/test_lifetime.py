@@ -159,6 +159,26 @@ def test_closing_the_port_orphans_pending_operations() -> None:
         assert ref() is not None  # orphans are never freed
 
 
+def test_an_orphaned_operation_keeps_its_memory_but_not_its_context() -> None:
+    """What an orphan's context leads to (a connection, an event loop and everything it
+    holds) is let go: only the memory the kernel may write is kept."""
+
+    class Context:
+        pass
+
+    with Network() as network:
+        sock, _peer = network.pair()
+        context = Context()
+        context_ref = weakref.ref(context)
+        receiving = sock.recv(100, context=context)
+        receiving_ref = weakref.ref(receiving)
+        del context, receiving
+        network.port.close()
+        gc.collect()
+        assert receiving_ref() is not None  # the kernel may still write it
+        assert context_ref() is None
+
+
 # -- re-arming (rule 11) ----------------------------------------------------------------------------
 
 
