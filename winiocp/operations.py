@@ -49,6 +49,8 @@ RECEIVE_WARNINGS = frozenset({WinError.WSAEMSGSIZE, WinError.ERROR_MORE_DATA})
 
 
 class OpKind(Enum):
+    """Which call an operation is; each value is the Windows function's name."""
+
     ACCEPT = "AcceptEx"
     CONNECT = "ConnectEx"
     RECV = "WSARecv"
@@ -64,21 +66,35 @@ class OpKind(Enum):
 
 
 class OpState(Enum):
-    IDLE = "idle"  # created or re-armable; the kernel holds no pointer into it
-    PENDING = "pending"  # issued; only its dequeued completion may end this state
-    DONE = "done"  # completion dequeued (or the call failed at once)
+    """Where an operation is in its life; only ``PENDING`` lends memory to the kernel."""
+
+    #: Created or re-armable; the kernel holds no pointer into it.
+    IDLE = "idle"
+    #: Issued; only its dequeued completion may end this state.
+    PENDING = "pending"
+    #: Completion dequeued (or the call failed at once, or was never made).
+    DONE = "done"
 
 
 class Owner(Protocol):
     """What an operation is issued on: a Socket or an overlapped Handle."""
 
     @property
-    def port(self) -> CompletionPort | None: ...
+    def port(self) -> CompletionPort | None:
+        """The port the owner is associated with (None before ``associate``)."""
+        ...
+
     def __repr__(self) -> str: ...
 
 
 class Operation:
-    """One overlapped operation and the memory it lends the kernel."""
+    """One overlapped operation and the memory it lends the kernel.
+
+    It owns its OVERLAPPED (cffi memory, freed with the object) and whatever ``keep_alive``
+    was given. While it is pending the port's registry references it, so none of that
+    memory can be freed before its completion is dequeued (or, if the port is closed first,
+    ever). Made by what issues the calls (``Socket``, ``Handle``, ``wait_for_handle``).
+    """
 
     __slots__ = (
         "kind", "owner", "overlapped", "address", "state", "bytes_transferred", "error",
@@ -94,17 +110,21 @@ class Operation:
     warnings: frozenset[int] = frozenset()
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
-        self.kind = kind
-        self.owner = owner
+        self.kind: OpKind = kind
+        #: The socket or handle the call was issued on.
+        self.owner: Owner = owner
         self.overlapped: CData = ffi.new("OVERLAPPED *")
         #: The OVERLAPPED's address: the registry key and what the completion packet carries.
         self.address: int = int(ffi.cast("uintptr_t", self.overlapped))
-        self.state = OpState.IDLE
-        self.bytes_transferred = 0
+        self.state: OpState = OpState.IDLE
+        #: The byte count of its completion (0 until then).
+        self.bytes_transferred: int = 0
         #: The Windows error the operation completed with (0 for success).
-        self.error = 0
+        self.error: int = 0
+        #: What kind of failure that error is (None unless it failed).
         self.failure: Failure | None = None
-        self.cancel_requested = False
+        #: Whether ``cancel()`` asked for it: tells ``Failure.CANCELLED`` from ``CLOSED``.
+        self.cancel_requested: bool = False
         #: Free for the caller: whatever helps it route the completion.
         self.context: object = None
         #: The exception post-processing raised, when that is why the operation failed.
@@ -117,6 +137,7 @@ class Operation:
 
     @property
     def pending(self) -> bool:
+        """Whether the kernel may still write its memory (issued, completion not dequeued)."""
         return self.state is OpState.PENDING
 
     def keep_alive(self, *objects: object) -> None:
@@ -124,7 +145,8 @@ class Operation:
         self._keepalive = objects
 
     def rearm(self) -> None:
-        """Make a finished (or new) operation ready for another call."""
+        """Make a finished (or new) operation ready for another call (a zeroed OVERLAPPED,
+        results cleared); raises ``OperationPendingError`` while it is still pending."""
         if self.state is OpState.PENDING:
             raise OperationPendingError(
                 f"{self!r} is still pending: the kernel owns its OVERLAPPED until its "
@@ -193,14 +215,20 @@ class BufferOperation(Operation):
         self.wsabufs: CData = ffi.NULL
 
     def set_buffers(self, buffers: Sequence[BufferLike], writable: bool) -> int:
-        """Pin ``buffers`` (zero-copy) into a WSABUF array; return the total length."""
+        """Pin ``buffers`` (zero-copy) into a WSABUF array; return the total length.
+
+        The operation keeps the pinned views and the array alive until its completion is
+        dequeued. Raises ``ValueError`` for no buffers, ``TypeError`` for a non-buffer (or
+        a read-only one with ``writable``), ``OverflowError`` for one of 4 GiB or more.
+        Returns -1 without pinning anything when re-armed on the very same buffers.
+        """
         if not buffers:
             raise ValueError("at least one buffer is needed")
         old = self.buffers
         if (len(old) == len(buffers) and self.wsabufs != ffi.NULL
                 and all(a is b for a, b in zip(old, buffers))):
             return -1  # re-armed on the very same buffers: they are pinned already
-        pinned = []
+        pinned: list[CData] = []
         wsabufs = ffi.new("WSABUF[]", len(buffers))
         total = 0
         for index, buffer in enumerate(buffers):
@@ -223,7 +251,7 @@ class BufferOperation(Operation):
         if len(self.buffers) == 1:
             return bytes(memoryview(self.buffers[0]).cast("B")[:self.bytes_transferred])
         remaining = self.bytes_transferred
-        parts = []
+        parts: list[bytes] = []
         for buffer in self.buffers:
             view = memoryview(buffer).cast("B")
             take = min(remaining, len(view))
@@ -235,19 +263,24 @@ class BufferOperation(Operation):
 
     @property
     def all_buffers_empty(self) -> bool:
+        """Whether every buffer has length 0 (a zero-byte read: 0 bytes is then no EOF)."""
         return all(len(memoryview(buffer)) == 0 for buffer in self.buffers)
 
     def release(self) -> None:
+        """Drop the pins and the WSABUF array; ``buffers`` stay, for ``data``."""
         super().release()
         self.wsabufs = ffi.NULL
 
 
 class RecvOperation(BufferOperation):
-    """WSARecv: ``data`` is what arrived (a copy of the filled part of the buffer)."""
+    """WSARecv (or a Handle's ReadFile): ``data`` is what arrived (a copy of the filled part
+    of the buffers). Reusable (rule 11): ``recv(reuse=op)`` re-arms it (given the very same
+    buffers, ``recv_into`` does not pin them again); until it completes, the kernel owns its
+    OVERLAPPED, buffers and flags word."""
 
     __slots__ = ("flags",)
     reusable = True
-    warnings = RECEIVE_WARNINGS  # a message-mode pipe's ReadFile: ERROR_MORE_DATA
+    warnings: frozenset[int] = RECEIVE_WARNINGS  # a message-mode pipe's ReadFile: ERROR_MORE_DATA
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
         super().__init__(kind, owner)
@@ -260,22 +293,31 @@ class RecvOperation(BufferOperation):
         return self.error == 0 and self.bytes_transferred == 0 and not self.all_buffers_empty
 
 class SendOperation(BufferOperation):
+    """WSASend (or a Handle's WriteFile): the data buffers stay pinned until it completes."""
+
     __slots__ = ()
 
 
 class AddressedOperation(BufferOperation):
-    """WSARecvFrom / WSASendTo: a buffer operation with a peer address."""
+    """WSARecvFrom / WSASendTo: a buffer operation with a peer address.
+
+    Owns the ``sockaddr`` storage, its in/out length and the flags word the kernel writes.
+    """
 
     __slots__ = ("sockaddr", "sockaddr_length", "peer", "flags")
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
         super().__init__(kind, owner)
+        #: The in/out flags word of WSARecvFrom (unused by WSASendTo).
         self.flags: CData = ffi.new("DWORD *")
+        #: The peer's address: WSASendTo's target, or where WSARecvFrom writes the sender.
         self.sockaddr: CData = ffi.new("struct sockaddr_storage *")
         self.sockaddr_length: CData = ffi.new("int *", ffi.sizeof("struct sockaddr_storage"))
+        #: After a receive's completion: who sent the datagram (None before).
         self.peer: Address | None = None
 
     def rearm(self) -> None:
+        """As ``Operation.rearm``; also clears the flags word and ``peer``."""
         super().rearm()
         self.flags[0] = 0  # in/out: what the last completion left must not become input
         self.peer = None
@@ -288,15 +330,20 @@ class RecvFromOperation(AddressedOperation):
     __slots__ = ()
     reusable = True
     post_processing = True
-    warnings = RECEIVE_WARNINGS
+    warnings: frozenset[int] = RECEIVE_WARNINGS
 
     def on_success(self) -> int:
+        """Decode the sender's address into ``peer``; 0 (a bad address raises ValueError,
+        which fails this operation alone)."""
         self.peer = decode_cdata(ffi.cast("struct sockaddr *", self.sockaddr),
                                  self.sockaddr_length[0])
         return 0
 
 
 class SendToOperation(AddressedOperation):
+    """WSASendTo: the datagram's buffer and the encoded target address stay owned until
+    it completes."""
+
     __slots__ = ()
 
 
@@ -328,7 +375,11 @@ def pin(buffer: object, writable: bool) -> CData:
 
 
 def check_size(size: int, what: str = "size") -> int:
-    if not isinstance(size, int) or isinstance(size, bool):
+    """``size`` if it is an int in 0 to 2**32-1 (a DWORD); else ``TypeError`` (not an int,
+    or a bool), ``ValueError`` (negative) or ``OverflowError`` (too large)."""
+    # Checked at run time too: untyped callers pass anything.
+    if (not isinstance(size, int)  # pyright: ignore[reportUnnecessaryIsInstance]
+            or isinstance(size, bool)):
         raise TypeError(f"{what} must be an int, not {type(size).__name__}")
     if size < 0:
         raise ValueError(f"{what} must not be negative, got {size}")

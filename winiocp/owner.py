@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._cdata import CData
 from .constants import WinError
@@ -33,14 +33,19 @@ if TYPE_CHECKING:
     from .port import CompletionPort
 
 H = TypeVar("H")
-T = TypeVar("T", bound="OverlappedOwner[Any]")
+T = TypeVar("T")
 
 
 class OverlappedOwner(Generic[H]):
-    """A handle (``H``: a SOCKET int or a HANDLE pointer) for overlapped I/O on a port."""
+    """A handle (``H``: a SOCKET int or a HANDLE pointer) for overlapped I/O on a port.
+
+    It owns the handle and closes it exactly once, in ``close()`` (or, with a
+    ``ResourceWarning``, when collected unclosed), unless it is borrowed: then the lender
+    closes it. A context manager: leaving the ``with`` block closes it.
+    """
 
     #: Used in error messages ("socket is closed").
-    kind_name = "handle"
+    kind_name: str = "handle"
     #: For a borrowed handle (``_lend``): the lender's current value (its ``fileno``).
     _lender_value: Callable[[], int] | None = None
 
@@ -49,7 +54,7 @@ class OverlappedOwner(Generic[H]):
         self._lock = threading.Lock()
         self._port: CompletionPort | None = None
         #: The completion key given by ``CompletionPort.associate``.
-        self.key = 0
+        self.key: int = 0
         self._borrowed_value = 0
 
     def _lend(self, value: int, lender_value: Callable[[], int]) -> None:
@@ -127,6 +132,7 @@ class OverlappedOwner(Generic[H]):
 
     @property
     def port(self) -> CompletionPort | None:
+        """The completion port this handle is associated with (None before ``associate``)."""
         return self._port
 
     def _associate(self, port: CompletionPort, key: int,
@@ -146,7 +152,9 @@ class OverlappedOwner(Generic[H]):
 
         A request only: the operation stays owned until its completion (success or
         ERROR_OPERATION_ABORTED) is dequeued. False if there was nothing left to cancel
-        (ERROR_NOT_FOUND: it already completed).
+        (ERROR_NOT_FOUND: it already completed). Raises ``ValueError`` for another
+        handle's operation, ``ClosedHandleError`` once closed, ``OSError`` if CancelIoEx
+        fails otherwise.
         """
         if operation is not None:
             if operation.owner is not self:
@@ -179,6 +187,11 @@ class OverlappedOwner(Generic[H]):
         An error in ``done_at_once`` means it completed without a packet (e.g.
         ERROR_PIPE_CONNECTED). ``context`` is set before the call, so a completion dequeued
         by another thread before the call returns is still routed.
+
+        Raises ``ClosedHandleError`` once closed, ``RuntimeError`` before the handle is
+        associated with a port, and the classified ``OSError`` (``exception_for``) when the
+        call fails at once; the operation is then given back (not pending), unless the
+        kernel queued a packet for it anyway (see ``_packet_queued``).
         """
         self._checked()  # a closed handle says so, whether or not it was ever associated
         port = self._port
