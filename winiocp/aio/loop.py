@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import Coroutine
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TypeVar, cast
 
-from .proactor import IocpProactor
+from .proactor import HasFileno, IocpProactor
 from .transports import OrderlyClose, SocketTransport
 
 T = TypeVar("T")
@@ -37,6 +37,14 @@ class EventLoop(asyncio.ProactorEventLoop):
                                server: asyncio.base_events.Server | None = None
                                ) -> SocketTransport:
         return SocketTransport(self, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
+
+    async def _sendfile_native(self, transp: asyncio.Transport, file: HasFileno, offset: int,
+                               count: int | None) -> int:
+        if isinstance(transp, SocketTransport):
+            transp.wrote = True  # the file's bytes are ours to deliver before closing
+        native = cast("Callable[..., Awaitable[int]]",
+                      super()._sendfile_native)  # type: ignore[misc]
+        return await native(transp, file, offset, count)
 
     def _close_orderly(self, sock: socket.socket) -> None:
         """Finish closing ``sock`` after its transport is gone: see ``transports.py``."""

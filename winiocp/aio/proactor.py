@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, Union, cast
 
 from ..addresses import Address
 from ..constants import INFINITE, FileAccess, FileCreation, FileFlags, WinError
-from ..errors import exception_for
+from ..errors import ClosedHandleError, exception_for
 from ..handles import Handle
 from ..operations import AddressedOperation, BufferOperation, Operation, RecvOperation
 from ..owner import OverlappedOwner
@@ -94,6 +94,8 @@ class _IocpFuture(asyncio.Future[T], Generic[T]):
                 operation.cancel()
             elif self._owner is not None:
                 self._owner.cancel(operation)
+        except ClosedHandleError:
+            pass  # its socket or pipe was closed, which ends (cancels) the operation anyway
         except OSError as exc:
             context: dict[str, object] = {
                 "message": "Cancelling an overlapped future failed",

@@ -38,6 +38,15 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     """asyncio's proactor socket transport, with an orderly close."""
 
     _abortive = False
+    #: Whether anything was written: with nothing of ours in flight, there is nothing an
+    #: immediate close could lose, and it closes as the stock transport does.
+    wrote = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """As asyncio's ``write``; the close then waits for these bytes to be delivered."""
+        if data:
+            self.wrote = True
+        super().write(data)
 
     def abort(self) -> None:
         """Close at once (the socket is reset), as the stock transport does."""
@@ -68,7 +77,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             state._called_connection_lost = True
             if sock is not None:
                 loop = state._loop
-                if exc is None and not self._abortive and sock.fileno() != -1 \
+                if exc is None and not self._abortive and self.wrote and sock.fileno() != -1 \
                         and hasattr(loop, "_close_orderly"):
                     loop._close_orderly(sock)
                 else:
