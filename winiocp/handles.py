@@ -26,18 +26,25 @@ from .raw import INVALID_HANDLE, ffi, kernel32
 
 
 class Handle(OverlappedOwner[CData]):
-    """A kernel HANDLE opened with FILE_FLAG_OVERLAPPED."""
+    """A kernel HANDLE opened with FILE_FLAG_OVERLAPPED.
+
+    It owns the handle: ``close()`` calls CloseHandle once (a ``borrow`` view never does).
+    Each read, write or pipe connect is an operation that owns its OVERLAPPED and buffer
+    until its completion is dequeued. Raises ``ValueError`` for INVALID_HANDLE_VALUE or NULL.
+    """
 
     def __init__(self, handle: CData, name: str) -> None:
         if handle == INVALID_HANDLE or handle == ffi.NULL:
             raise ValueError("not a valid handle")
         super().__init__(handle)
-        self.name = name
+        #: The path or pipe name, for messages.
+        self.name: str = name
         self.kind_name = f"handle {name!r}"
 
     @classmethod
     def open_file(cls, path: str, *, write: bool = False, create: bool = False) -> Handle:
-        """Open (or create) a file for overlapped reads (and writes)."""
+        """Open (or, with ``create``, create or truncate) a file for overlapped reads (and,
+        with ``write``, writes). Raises the ``OSError`` of CreateFileW's error."""
         access = FileAccess.GENERIC_READ | (FileAccess.GENERIC_WRITE if write else 0)
         disposition = FileCreation.CREATE_ALWAYS if create else FileCreation.OPEN_EXISTING
         handle = kernel32.CreateFileW(
@@ -51,7 +58,10 @@ class Handle(OverlappedOwner[CData]):
     @classmethod
     def create_named_pipe(cls, name: str, *, buffer_size: int = 65536,
                           instances: int = 1) -> Handle:
-        r"""Create the server end of a byte-mode duplex pipe (``\\.\pipe\NAME``)."""
+        r"""Create the server end of a byte-mode duplex pipe (``\\.\pipe\NAME``) that refuses
+        remote clients. Raises ``ValueError`` for ``instances`` outside 1-255, ``TypeError``
+        / ``ValueError`` / ``OverflowError`` for a bad ``buffer_size``, and the ``OSError``
+        of CreateNamedPipeW's error."""
         check_size(buffer_size, "buffer_size")
         if not 1 <= instances <= PipeMode.PIPE_UNLIMITED_INSTANCES:
             raise ValueError("instances must be 1-255")

@@ -51,7 +51,13 @@ class _WaitOwner:
 
 
 class WaitOperation(Operation):
-    """A RegisterWaitForSingleObject wait whose signal (or time-out) completes on a port."""
+    """A RegisterWaitForSingleObject wait whose signal (or time-out) completes on a port.
+
+    Made by ``wait_for_handle``. The port's registry keeps it alive until its completion is
+    dequeued (or ``cancel()`` finished it); the thread-pool wait it registered is
+    unregistered when it completes or is cancelled. It does not own the waited-for handle,
+    which the caller must keep open until then.
+    """
 
     __slots__ = ("handle", "wait_handle", "_ident", "_fired", "_unregistered", "_port")
     post_processing = True
@@ -59,7 +65,8 @@ class WaitOperation(Operation):
     def __init__(self, port: CompletionPort, handle: int) -> None:
         super().__init__(OpKind.WAIT, _WaitOwner(port))
         #: The waited-for object's HANDLE value.
-        self.handle = handle
+        self.handle: int = handle
+        #: The thread pool's wait handle (NULL until RegisterWaitForSingleObject returned).
         self.wait_handle: CData = ffi.NULL
         self._ident = next(_idents)
         self._fired = False
@@ -76,6 +83,7 @@ class WaitOperation(Operation):
         return kernel32.WaitForSingleObject(ffi.cast("HANDLE", self.handle), 0) == WAIT_OBJECT_0
 
     def on_success(self) -> int:
+        """Unregister the one-shot wait (without blocking); 0."""
         self._unregister(blocking=False)  # a one-shot wait still holds the pool's resources
         return 0
 
@@ -110,33 +118,44 @@ class WaitOperation(Operation):
 def wait_for_handle(port: CompletionPort, handle: int, timeout: float | None = None, *,
                     context: object = None) -> WaitOperation:
     """Wait (on the thread pool) for ``handle`` to be signalled, or ``timeout`` seconds; the
-    returned operation completes on ``port``. ``handle`` must stay open until then."""
+    returned operation completes on ``port``. ``handle`` must stay open until then.
+
+    Raises ``ValueError`` for a negative or NaN ``timeout`` or a handle value of 0 or -1,
+    ``ClosedHandleError`` if the port is closed, and the ``OSError`` of
+    RegisterWaitForSingleObject's error (the operation is then given back, not pending).
+    """
     if timeout is None:
         milliseconds = INFINITE
     else:
         if timeout != timeout or timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
         milliseconds = min(math.ceil(timeout * 1000), INFINITE - 1)  # at least ``timeout``
-    if not isinstance(handle, int) or handle in (0, -1):
+    # Checked at run time too: untyped callers pass anything.
+    if (not isinstance(handle, int)  # pyright: ignore[reportUnnecessaryIsInstance]
+            or handle in (0, -1)):
         raise ValueError(f"not a valid handle: {handle!r}")
     operation = WaitOperation(port, handle)
     operation.context = context
+    # This function and _fired() are WaitOperation's other half: the private fields they
+    # use are the module's (hence the reportPrivateUsage ignores).
     out = ffi.new("HANDLE *")
     port.register(operation)
     with _lock:
-        _waits[operation._ident] = operation
+        _waits[operation._ident] = operation  # pyright: ignore[reportPrivateUsage]
     ok = kernel32.RegisterWaitForSingleObject(
-        out, ffi.cast("HANDLE", handle), _CALLBACK, ffi.cast("void *", operation._ident),
+        out, ffi.cast("HANDLE", handle), _CALLBACK,
+        ffi.cast("void *", operation._ident),  # pyright: ignore[reportPrivateUsage]
         milliseconds, WaitFlags.WT_EXECUTEONLYONCE | WaitFlags.WT_EXECUTEINWAITTHREAD)
     if not ok:
         error = kernel32.GetLastError()
         with _lock:
-            _waits.pop(operation._ident, None)
+            _waits.pop(operation._ident, None)  # pyright: ignore[reportPrivateUsage]
         port.unregister(operation, error)
         raise exception_for(error, f"RegisterWaitForSingleObject({handle:#x})")
     with _lock:
         operation.wait_handle = out[0]
-        late = operation._unregistered  # it fired and was dequeued before we got here
+        # It fired and was dequeued before we got here.
+        late = operation._unregistered  # pyright: ignore[reportPrivateUsage]
     if late:
         kernel32.UnregisterWaitEx(out[0], ffi.NULL)
     return operation
@@ -155,12 +174,14 @@ _lock = threading.Lock()
 def _fired(context: CData, timer_or_wait_fired: int) -> None:
     """On a thread-pool wait thread: the object was signalled (or the time-out passed)."""
     ident = int(ffi.cast("uintptr_t", context))
+    # Friend access to the operation's private fields: see wait_for_handle.
     with _lock:
         operation = _waits.pop(ident, None)
         if operation is None:
             return  # cancelled meanwhile
-        operation._fired = True
-    operation._port.post_completion(operation, 1 if timer_or_wait_fired else 0)
+        operation._fired = True  # pyright: ignore[reportPrivateUsage]
+    operation._port.post_completion(  # pyright: ignore[reportPrivateUsage]
+        operation, 1 if timer_or_wait_fired else 0)
 
 
 _CALLBACK = ffi.callback("WAITORTIMERCALLBACK", _fired)
