@@ -80,16 +80,26 @@ assert _ENTRY.size == ffi.sizeof("OVERLAPPED_ENTRY")
 class Outcome(Enum):
     """What one dequeue produced."""
 
-    COMPLETED = "completed"  # TRUE, non-NULL
-    PEER_CLOSED = "peer closed"  # TRUE, non-NULL, a receive of 0 bytes into non-empty buffers
-    FAILED = "failed"  # FALSE, non-NULL: see Completion.failure and .error
-    POSTED = "posted"  # TRUE, NULL: PostQueuedCompletionStatus
-    TIMED_OUT = "timed out"  # FALSE, NULL, WAIT_TIMEOUT
-    PORT_CLOSED = "port closed"  # FALSE, NULL, ERROR_ABANDONED_WAIT_0 / ERROR_INVALID_HANDLE
+    #: TRUE, non-NULL: an operation completed.
+    COMPLETED = "completed"
+    #: TRUE, non-NULL, a receive of 0 bytes into non-empty buffers: the peer's graceful close.
+    PEER_CLOSED = "peer closed"
+    #: FALSE, non-NULL: that operation failed; see ``Completion.failure`` and ``.error``.
+    FAILED = "failed"
+    #: TRUE, NULL: a packet queued by PostQueuedCompletionStatus (``CompletionPort.post``).
+    POSTED = "posted"
+    #: FALSE, NULL, WAIT_TIMEOUT: nothing came in time.
+    TIMED_OUT = "timed out"
+    #: FALSE, NULL, ERROR_ABANDONED_WAIT_0 / ERROR_INVALID_HANDLE: the port was closed.
+    PORT_CLOSED = "port closed"
 
 
 class Completion:
-    """One dequeued completion packet, classified."""
+    """One dequeued completion packet, classified.
+
+    Made by ``CompletionPort.get``/``get_many``. It holds the finished operation (its
+    results stay readable; the kernel no longer owns any of its memory).
+    """
 
     __slots__ = ("outcome", "key", "bytes_transferred", "operation", "error", "failure",
                  "overlapped")
@@ -97,17 +107,20 @@ class Completion:
     def __init__(self, outcome: Outcome, key: int = 0, bytes_transferred: int = 0,
                  operation: Operation | None = None, error: int = 0,
                  failure: Failure | None = None, overlapped: int = 0) -> None:
-        self.outcome = outcome
+        #: Which of the dequeue's cases this is.
+        self.outcome: Outcome = outcome
         #: The completion key: the associated handle's key, or what was posted.
-        self.key = key
-        self.bytes_transferred = bytes_transferred
+        self.key: int = key
+        #: The packet's byte count (for a posted packet: what was posted).
+        self.bytes_transferred: int = bytes_transferred
         #: The operation this completes (None for posted packets and unknown OVERLAPPEDs).
-        self.operation = operation
+        self.operation: Operation | None = operation
         #: The Windows error (0 unless the outcome is FAILED).
-        self.error = error
-        self.failure = failure
+        self.error: int = error
+        #: What kind of failure ``error`` is (None unless the outcome is FAILED).
+        self.failure: Failure | None = failure
         #: The OVERLAPPED address the packet carried (0 for NULL).
-        self.overlapped = overlapped
+        self.overlapped: int = overlapped
 
     def __repr__(self) -> str:
         detail = f" {self.failure.value} ({self.error})" if self.failure else ""
@@ -126,6 +139,7 @@ class Completion:
         return error
 
     def raise_for_failure(self) -> Completion:
+        """Raise ``exception()`` if the outcome is FAILED; else return this completion."""
         error = self.exception()
         if error is not None:
             raise error
@@ -133,10 +147,13 @@ class Completion:
 
 
 class Associable(Protocol):
-    """A socket or handle that can be associated with a port."""
+    """A socket or handle that can be associated with a port (an ``OverlappedOwner``)."""
 
     def _associate(self, port: CompletionPort, key: int,
-                   call: Callable[[CData], None]) -> None: ...
+                   call: Callable[[CData], None]) -> None:
+        """Make ``call(handle)`` with the value read under the owner's lock; remember
+        ``port`` and ``key`` (the owner's half of ``CompletionPort.associate``)."""
+        ...
 
 
 class _DequeueBuffers(threading.local):
@@ -156,7 +173,15 @@ class _DequeueBuffers(threading.local):
 
 
 class CompletionPort:
-    """An I/O completion port. Several threads may wait on it at once; the GIL is released."""
+    """An I/O completion port. Several threads may wait on it at once; the GIL is released.
+
+    It owns the port's handle (``close()``, or leaving a ``with`` block, closes it once) and
+    the registry of pending operations, which keeps each one's memory alive until its
+    completion is dequeued; operations still pending when the port closes are kept for the
+    life of the process. ``concurrency`` is CreateIoCompletionPort's thread limit (0: one per
+    CPU), ``batch_size`` the most entries one ``get_many`` dequeues. Raises ``ValueError``
+    for either out of range, and the ``OSError`` of CreateIoCompletionPort's error.
+    """
 
     def __init__(self, concurrency: int = 0, *, batch_size: int = 64) -> None:
         if not 0 <= concurrency <= 0xFFFFFFFF:
@@ -197,6 +222,7 @@ class CompletionPort:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close()`` was called."""
         return self._handle is None
 
     @property
@@ -216,13 +242,19 @@ class CompletionPort:
 
     @property
     def pending_count(self) -> int:
+        """Operations issued on handles of this port whose completions are not dequeued."""
         return len(self._pending)
 
     def pending_operations(self) -> list[Operation]:
+        """A snapshot of the pending operations (the registry itself keeps them alive)."""
         return list(self._pending.values())
 
     def register(self, operation: Operation) -> None:
-        """Record ``operation`` as pending; call just before issuing it."""
+        """Record ``operation`` as pending; call just before issuing it.
+
+        Raises ``RuntimeError`` if it is pending already, ``ClosedHandleError`` once the
+        port is closed (nothing would ever dequeue its completion).
+        """
         if operation.state is OpState.PENDING:
             raise RuntimeError(f"{operation!r} is already pending")
         with self._lock:  # atomic with close(): never into a registry that close() let go
@@ -249,6 +281,10 @@ class CompletionPort:
 
         Without ``key``, a fresh number is used, never reused for the life of the process, so a
         key names one connection, not a handle value the OS may recycle (rule 6).
+
+        Raises ``ValueError`` for a key that does not fit a ULONG_PTR or a target already
+        associated, ``ClosedHandleError`` if the port or the target is closed, and the
+        ``OSError`` of CreateIoCompletionPort's error.
         """
         key = next(_keys) if key is None else key
         if not 0 <= key < 1 << (8 * ffi.sizeof("ULONG_PTR")):
@@ -263,7 +299,8 @@ class CompletionPort:
                                     f"CreateIoCompletionPort (associate {target!r})")
 
         try:
-            target._associate(self, key, call)
+            # The owner's half of association (a protected hook of OverlappedOwner).
+            target._associate(self, key, call)  # pyright: ignore[reportPrivateUsage]
         finally:
             self._leave()
         return key
