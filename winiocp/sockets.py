@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket as _stdlib
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import addresses
 from ._cdata import CData
@@ -42,7 +42,6 @@ from .operations import (
     BufferLike,
     Operation,
     OpKind,
-    OpState,
     RecvFromOperation,
     RecvOperation,
     SendOperation,
@@ -50,7 +49,7 @@ from .operations import (
     check_size,
 )
 from .owner import OverlappedOwner
-from .raw import ExtensionFunctions, extension_functions, ffi, kernel32, ws2_32
+from .raw import ExtensionFunctions, extension_functions, ffi, ws2_32
 
 if TYPE_CHECKING:
     from .handles import Handle
@@ -62,7 +61,15 @@ _EXTENSIONS: dict[tuple[int, int, int], ExtensionFunctions] = {}
 
 
 class Socket(OverlappedOwner[int]):
-    """An overlapped, non-inheritable socket (IPv4/IPv6, TCP/UDP)."""
+    """An overlapped, non-inheritable socket (IPv4/IPv6, TCP/UDP).
+
+    It owns the SOCKET: ``close()`` (or leaving a ``with`` block) calls closesocket once,
+    and no call reaches the value afterwards (``ClosedHandleError``). A ``borrow`` view
+    never closes it. Each overlapped method returns an operation that owns the memory the
+    kernel may write until its completion is dequeued; associate the socket with a
+    ``CompletionPort`` first. Raises ``ValueError`` for a family other than AF_INET/AF_INET6
+    or a type other than SOCK_STREAM/SOCK_DGRAM, and the ``OSError`` of WSASocketW's error.
+    """
 
     kind_name = "socket"
 
@@ -80,9 +87,9 @@ class Socket(OverlappedOwner[int]):
 
     def _init(self, handle: int, family: int, type: int, proto: int) -> None:
         super().__init__(handle)
-        self.family = AddressFamily(family)
-        self.type = SocketType(type)
-        self.proto = proto
+        self.family: AddressFamily = AddressFamily(family)
+        self.type: SocketType = SocketType(type)
+        self.proto: int = proto
         self._listening = False
         #: The AcceptEx pending with this socket as its accept socket (owned by the listener).
         self._accept_target_of: AcceptOperation | None = None
@@ -178,6 +185,11 @@ class Socket(OverlappedOwner[int]):
     # -- plain calls -------------------------------------------------------------------------
 
     def bind(self, address: tuple[object, ...]) -> None:
+        """Bind to ``address`` (``(host, port)``, or the IPv6 4-tuple; ``""`` is the wildcard).
+
+        Raises as ``addresses.encode`` does for a bad address, and the ``OSError`` of bind's
+        error (e.g. ``WSAEADDRINUSE``).
+        """
         sockaddr = addresses.Sockaddr(self.family, address)
         with self._lock:
             if ws2_32.bind(self._checked(), sockaddr.pointer, sockaddr.length) == SOCKET_ERROR:
@@ -193,6 +205,7 @@ class Socket(OverlappedOwner[int]):
         return True
 
     def listen(self, backlog: int = 128) -> None:
+        """Listen (after ``bind``), so ``accept()`` can be posted; ``ValueError`` for UDP."""
         if self.type != SocketType.SOCK_STREAM:
             raise ValueError("listen() needs a SOCK_STREAM socket")
         with self._lock:
@@ -210,12 +223,19 @@ class Socket(OverlappedOwner[int]):
         return addresses.decode_cdata(pointer, length[0])
 
     def getsockname(self) -> Address:
+        """The local address, as the ``socket`` module gives it (``OSError`` if unbound)."""
         return self._name(ws2_32.getsockname, "getsockname")
 
     def getpeername(self) -> Address:
+        """The peer's address (``OSError`` if not connected)."""
         return self._name(ws2_32.getpeername, "getpeername")
 
     def shutdown(self, how: int = Shutdown.SD_SEND) -> None:
+        """shutdown(): by default ``SD_SEND``, which sends a FIN once queued data is out.
+
+        Raises ``ValueError`` for another ``how``, and the ``OSError`` of shutdown's error
+        (``WSAENOTCONN`` on a socket that is not connected).
+        """
         if how not in (Shutdown.SD_RECEIVE, Shutdown.SD_SEND, Shutdown.SD_BOTH):
             raise ValueError(f"how must be SD_RECEIVE, SD_SEND or SD_BOTH, not {how}")
         with self._lock:
@@ -223,14 +243,16 @@ class Socket(OverlappedOwner[int]):
                 self._raise_last("shutdown")
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
-        """Set an option: an int (as a 4-byte int) or raw bytes."""
+        """Set an option: an int (as a 4-byte int) or raw bytes; raises the ``OSError`` of
+        setsockopt's error (``WSAENOPROTOOPT`` for an unknown option)."""
         data = value if isinstance(value, bytes) else int(value).to_bytes(4, "little", signed=True)
         with self._lock:
             if ws2_32.setsockopt(self._checked(), level, option, data, len(data)) == SOCKET_ERROR:
                 self._raise_last(f"setsockopt({level}, {option})")
 
     def getsockopt(self, level: int, option: int, size: int = 4) -> bytes:
-        """Read an option's raw bytes (at most ``size``)."""
+        """Read an option's raw bytes (at most ``size``); raises the ``OSError`` of
+        getsockopt's error."""
         check_size(size)
         buffer = ffi.new("char[]", max(size, 1))
         length = ffi.new("int *", size)
@@ -240,6 +262,7 @@ class Socket(OverlappedOwner[int]):
         return ffi.buffer(buffer, length[0])[:]
 
     def getsockopt_int(self, level: int, option: int) -> int:
+        """An option's value read as a signed 4-byte little-endian int."""
         return int.from_bytes(self.getsockopt(level, option, 4).ljust(4, b"\0"), "little",
                               signed=True)
 
@@ -251,28 +274,36 @@ class Socket(OverlappedOwner[int]):
         self.setsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_LINGER, value)
 
     def get_linger(self) -> tuple[bool, int]:
+        """SO_LINGER as ``(enabled, seconds)``."""
         raw = self.getsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_LINGER, 4)
         return bool(int.from_bytes(raw[:2], "little")), int.from_bytes(raw[2:4], "little")
 
     def set_nodelay(self, enabled: bool) -> None:
+        """TCP_NODELAY: with ``True``, small sends go out at once (no Nagle delay)."""
         self.setsockopt(SocketLevel.IPPROTO_TCP, TcpOption.TCP_NODELAY, int(enabled))
 
     def get_nodelay(self) -> bool:
+        """Whether TCP_NODELAY is set."""
         return bool(self.getsockopt_int(SocketLevel.IPPROTO_TCP, TcpOption.TCP_NODELAY))
 
     def set_buffer_sizes(self, receive: int | None = None, send: int | None = None) -> None:
+        """SO_RCVBUF and SO_SNDBUF in bytes (``None`` leaves one as it is)."""
         for option, size in ((SocketOption.SO_RCVBUF, receive), (SocketOption.SO_SNDBUF, send)):
             if size is not None:
                 self.setsockopt(SocketLevel.SOL_SOCKET, option, check_size(size, "buffer size"))
 
     def get_buffer_sizes(self) -> tuple[int, int]:
+        """``(SO_RCVBUF, SO_SNDBUF)`` in bytes."""
         return (self.getsockopt_int(SocketLevel.SOL_SOCKET, SocketOption.SO_RCVBUF),
                 self.getsockopt_int(SocketLevel.SOL_SOCKET, SocketOption.SO_SNDBUF))
 
     def set_reuse_address(self, enabled: bool) -> None:
+        """SO_REUSEADDR (on Windows it lets another socket bind the same port: prefer
+        ``set_exclusive_address_use`` for servers)."""
         self.setsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_REUSEADDR, int(enabled))
 
     def set_exclusive_address_use(self, enabled: bool) -> None:
+        """SO_EXCLUSIVEADDRUSE: no other socket may bind this address (set before ``bind``)."""
         self.setsockopt(SocketLevel.SOL_SOCKET, SocketOption.SO_EXCLUSIVEADDRUSE, int(enabled))
 
     def set_udp_connreset(self, enabled: bool) -> None:
@@ -327,7 +358,13 @@ class Socket(OverlappedOwner[int]):
 
     def recv_into(self, buffers: Sequence[BufferLike], *, reuse: RecvOperation | None = None,
                   flags: int = 0, context: object = None) -> RecvOperation:
-        """Post a WSARecv scattering into writable ``buffers`` (pinned until it completes)."""
+        """Post a WSARecv scattering into writable ``buffers`` (pinned until it completes).
+
+        Raises ``ValueError`` on a listening socket or for a ``reuse`` operation that is not
+        this socket's receive, ``OperationPendingError`` if ``reuse`` is still pending,
+        ``TypeError`` for a read-only or non-buffer, and the classified ``OSError`` when
+        WSARecv fails at once (rule 10: e.g. ``ConnectionResetError``).
+        """
         if self._listening:
             raise ValueError("recv needs a connected socket, not a listening one")
         operation = self._reusable(reuse, OpKind.RECV, lambda: RecvOperation(OpKind.RECV, self))
@@ -341,7 +378,12 @@ class Socket(OverlappedOwner[int]):
 
     def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0, *,
              context: object = None) -> SendOperation:
-        """Post a WSASend of ``data`` (one buffer, or a list to gather), zero-copy."""
+        """Post a WSASend of ``data`` (one buffer, or a list to gather), zero-copy: the
+        operation pins the buffers until it completes, so do not change them meanwhile.
+
+        Raises ``ValueError`` on a listening socket, ``TypeError`` for ``str`` or a
+        non-buffer, and the classified ``OSError`` when WSASend fails at once.
+        """
         if self._listening:
             raise ValueError("send needs a connected socket, not a listening one")
         buffers = _as_buffer_list(data)
@@ -408,7 +450,13 @@ class Socket(OverlappedOwner[int]):
                context: object = None) -> AcceptOperation:
         """Post an AcceptEx. On completion the operation's ``accepted`` socket already has
         SO_UPDATE_ACCEPT_CONTEXT set, and ``local_address``/``remote_address``/``data`` are
-        filled in. With ``recv_size`` > 0 it completes only after that much data arrives."""
+        filled in. With ``recv_size`` > 0 it completes only after that much data arrives.
+
+        Without ``accept_socket`` a new socket of the listener's kind is made (and closed
+        again if posting fails). Raises ``ValueError`` if this socket is not listening or
+        ``accept_socket`` is this socket, and the classified ``OSError`` when AcceptEx
+        fails at once (e.g. a client that reset while queued: post another accept).
+        """
         if not self._listening:
             raise ValueError("accept needs a listening socket: call listen() first")
         check_size(recv_size, "recv_size")
@@ -442,7 +490,12 @@ class Socket(OverlappedOwner[int]):
     def connect(self, address: tuple[object, ...], data: BufferLike = b"", *,
                 context: object = None) -> ConnectOperation:
         """Post a ConnectEx (binding to the wildcard address first if unbound, as it requires);
-        on completion SO_UPDATE_CONNECT_CONTEXT is set and ``data`` has been sent."""
+        on completion SO_UPDATE_CONNECT_CONTEXT is set and ``data`` has been sent.
+
+        Raises ``ValueError`` for a UDP or listening socket, as ``addresses.encode`` does
+        for a bad address, and the classified ``OSError`` when ConnectEx fails at once.
+        A refusal normally comes as a FAILED completion (``Failure.REFUSED``).
+        """
         self._need_stream("connect")
         if not self._is_bound():  # ConnectEx requires a bound socket
             self.bind(("", 0))
@@ -528,7 +581,14 @@ class Socket(OverlappedOwner[int]):
 
 
 class AcceptOperation(Operation):
-    """AcceptEx: owns the output buffer (first data + both addresses) and the byte count."""
+    """AcceptEx: owns the output buffer (first data + both addresses) and the byte count.
+
+    While it is pending it also keeps the accept socket alive (``accepted``); the socket is
+    the caller's once the completion is dequeued (close it if the accept failed).
+    Reusable (rule 11): ``listener.accept(reuse=op)`` re-arms it. It is Socket's friend:
+    it calls the accept socket's private hooks (SO_UPDATE_ACCEPT_CONTEXT, the extension
+    functions), hence the reportPrivateUsage ignores below.
+    """
 
     __slots__ = ("listener", "accepted", "output", "received", "recv_size", "local_address",
                  "remote_address", "data", "context_updated")
@@ -537,20 +597,30 @@ class AcceptOperation(Operation):
 
     def __init__(self, listener: Socket, accepted: Socket) -> None:
         super().__init__(OpKind.ACCEPT, listener)
-        self.listener = listener
-        self.accepted = accepted
+        #: The listening socket the AcceptEx was posted on.
+        self.listener: Socket = listener
+        #: The accept socket: connected to the client once this completes.
+        self.accepted: Socket = accepted
+        #: AcceptEx's output buffer: first data, then the local and remote addresses.
         self.output: CData = ffi.NULL
+        #: AcceptEx's byte count out-parameter.
         self.received: CData = ffi.new("DWORD *")
-        self.recv_size = 0
+        #: How much first data the accept waits for (0: it completes on the connection).
+        self.recv_size: int = 0
+        #: After completion: our end's address (None before).
         self.local_address: Address | None = None
+        #: After completion: the client's address (None before).
         self.remote_address: Address | None = None
-        self.data = b""
+        #: After completion: the first data received with the connection.
+        self.data: bytes = b""
         #: Whether SO_UPDATE_ACCEPT_CONTEXT was set (rule 7): True after every success.
-        self.context_updated = False
+        self.context_updated: bool = False
 
     def prepare(self, accepted: Socket, recv_size: int) -> None:
+        """Set up a (re-armed) accept into ``accepted``: a new output buffer, results
+        cleared; the operation keeps the buffer and the socket alive until it completes."""
         self.accepted = accepted
-        accepted._accept_target_of = self
+        accepted._accept_target_of = self  # pyright: ignore[reportPrivateUsage]
         self.recv_size = recv_size
         self.output = ffi.new("char[]", recv_size + 2 * ACCEPT_ADDRESS_SIZE)
         self.local_address = self.remote_address = None
@@ -559,13 +629,16 @@ class AcceptOperation(Operation):
         self.keep_alive(self.output, accepted)
 
     def on_success(self) -> int:
-        error = self.accepted._update_accept_context(self.listener)
+        """Set SO_UPDATE_ACCEPT_CONTEXT (rule 7), then read both addresses and the first
+        data out of the buffer; 0, or the error that fails the accept."""
+        error = self.accepted._update_accept_context(  # pyright: ignore[reportPrivateUsage]
+            self.listener)
         if error:
             return error
         self.context_updated = True
         local, local_length = ffi.new("struct sockaddr **"), ffi.new("int *")
         remote, remote_length = ffi.new("struct sockaddr **"), ffi.new("int *")
-        self.accepted._extensions().GetAcceptExSockaddrs(
+        self.accepted._extensions().GetAcceptExSockaddrs(  # pyright: ignore[reportPrivateUsage]
             self.output, self.recv_size, ACCEPT_ADDRESS_SIZE, ACCEPT_ADDRESS_SIZE, local,
             local_length, remote, remote_length)
         self.local_address = addresses.decode_cdata(local[0], local_length[0])
@@ -574,31 +647,39 @@ class AcceptOperation(Operation):
         return 0
 
     def uses(self, target: object) -> bool:
+        """The kernel uses both the listening socket and the accept socket."""
         return target is self.owner or target is self.accepted
 
     def release(self) -> None:
+        """Drop the output buffer (the decoded results stay) and the accept socket pin."""
         super().release()
         self.output = ffi.NULL
 
 
 class ConnectOperation(Operation):
-    """ConnectEx: owns the address, the optional first data and the sent-bytes count."""
+    """ConnectEx: owns the address, the optional first data and the sent-bytes count
+    until its completion is dequeued. Socket's friend: it sets SO_UPDATE_CONNECT_CONTEXT
+    through the socket's private hook."""
 
     __slots__ = ("sent", "data")
     post_processing = True
 
     def __init__(self, sock: Socket) -> None:
         super().__init__(OpKind.CONNECT, sock)
+        #: ConnectEx's sent-bytes out-parameter.
         self.sent: CData = ffi.new("DWORD *")
+        #: The first data sent with the connection (pinned while the connect is pending).
         self.data: BufferLike = b""
 
     def set_data(self, data: BufferLike) -> CData:
+        """Remember ``data`` and return a ``char[]`` over it (zero-copy) for ConnectEx."""
         self.data = data
         return ffi.from_buffer("char[]", data) if len(memoryview(data)) else ffi.new("char[]", 0)
 
     def on_success(self) -> int:
+        """Set SO_UPDATE_CONNECT_CONTEXT; 0, or the error that fails the connect."""
         assert isinstance(self.owner, Socket)
-        return self.owner._update_connect_context()
+        return self.owner._update_connect_context()  # pyright: ignore[reportPrivateUsage]
 
 
 def _bool_failed(result: object) -> bool:
@@ -611,7 +692,9 @@ def _int_failed(result: object) -> bool:
 
 def _as_buffer_list(data: BufferLike | Sequence[BufferLike]) -> Sequence[BufferLike]:
     if isinstance(data, (bytes, bytearray, memoryview)):
-        return [data]
+        # One buffer. The cast: pyright narrows the Sequence[BufferLike] arm to
+        # memoryview[BufferLike] (as if a memoryview's items could be buffers).
+        return [cast(BufferLike, data)]
     if isinstance(data, str):
         raise TypeError("send() needs bytes-like data, not str")
     try:
