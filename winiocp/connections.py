@@ -101,48 +101,81 @@ class Handler(Protocol):
     (see ``FlowControlled``); they are called when it has them.
     """
 
-    def data_received(self, connection: Connection, data: bytes) -> None: ...
-    def eof_received(self, connection: Connection) -> None: ...
-    def connection_lost(self, connection: Connection, reason: CloseReason) -> None: ...
+    def data_received(self, connection: Connection, data: bytes) -> None:
+        """Bytes arrived, in order (``data`` is a copy: the handler may keep it)."""
+        ...
+
+    def eof_received(self, connection: Connection) -> None:
+        """The peer closed its side (a 0-byte receive); the connection then closes."""
+        ...
+
+    def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
+        """The connection is over (its socket closed or recycled); the handler's last call."""
+        ...
 
 
 class FlowControlled(Handler, Protocol):
     """A handler that wants to know when the connection's write buffer fills and drains."""
 
-    def pause_writing(self, connection: Connection) -> None: ...
-    def resume_writing(self, connection: Connection) -> None: ...
+    def pause_writing(self, connection: Connection) -> None:
+        """Pending sends passed the high-water mark: stop sending until resumed."""
+        ...
+
+    def resume_writing(self, connection: Connection) -> None:
+        """Pending sends drained to the low-water mark: sending may go on."""
+        ...
 
 
 class Connection:
-    """One TCP connection on a ``ConnectionManager``'s port."""
+    """One TCP connection on a ``ConnectionManager``'s port.
+
+    Made by ``ConnectionManager.add`` (or an ``AcceptPool``), which associates the socket and
+    starts reading. The connection owns the socket from then on: it closes it at the end of
+    the close sequence, abortively on a failure, ``abort()`` or the close deadline, or hands
+    it to ``recycle``. It owns its receive buffer too (or borrows one from the manager's
+    pool per read, with ``zero_byte_reads``); a send's data belongs to that send's operation
+    until it completes.
+    """
 
     def __init__(self, manager: ConnectionManager, sock: Socket, handler: Handler, *,
                  recv_size: int = 65536, zero_byte_reads: bool = False,
                  recycle: Callable[[Socket], bool] | None = None,
                  local_address: Address | None = None,
                  peer_address: Address | None = None) -> None:
-        self.manager = manager
+        #: The manager whose port and loop drive this connection.
+        self.manager: ConnectionManager = manager
         #: Takes the socket after a graceful close instead of closesocket (DisconnectEx reuse).
-        self.recycle = recycle
-        self.sock = sock
-        self.handler = handler
-        self.state = State.OPEN
+        self.recycle: Callable[[Socket], bool] | None = recycle
+        #: The connected socket (owned by the connection).
+        self.sock: Socket = sock
+        #: What the connection tells what it receives and how it ends.
+        self.handler: Handler = handler
+        #: Where the connection is in its life.
+        self.state: State = State.OPEN
+        #: Why it ended (None while it has not).
         self.close_reason: CloseReason | None = None
-        self.pending_sends = 0
-        self.pending_recvs = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        #: Sends posted whose completions are not handled yet.
+        self.pending_sends: int = 0
+        #: Receives posted whose completions are not handled yet (0 or 1).
+        self.pending_recvs: int = 0
+        #: Bytes the completed sends carried.
+        self.bytes_sent: int = 0
+        #: Bytes received (delivered, held or dropped).
+        self.bytes_received: int = 0
         #: Bytes that arrived after close() while reading was paused, and were dropped.
-        self.bytes_dropped = 0
-        self.peer_fin = False
-        self.shutdown_sent = False
+        self.bytes_dropped: int = 0
+        #: Whether the peer's FIN (a 0-byte receive) has been dequeued.
+        self.peer_fin: bool = False
+        #: Whether our shutdown(SD_SEND) was called (step 2 of the close).
+        self.shutdown_sent: bool = False
         #: time.monotonic() of the last data received or send completed (the idle deadline
         #: counts from it).
-        self.last_activity = time.monotonic()
+        self.last_activity: float = time.monotonic()
         #: Whether our FIN went out first and was acknowledged (TIME_WAIT would follow):
         #: None until known, and for good when the OS cannot tell (see the module docstring).
         self.we_closed_first: bool | None = None
-        self.zero_byte_reads = zero_byte_reads
+        #: Whether idle reads are zero-byte reads that pin no buffer.
+        self.zero_byte_reads: bool = zero_byte_reads
         self._local_address = local_address
         self._peer_address = peer_address
         self._lock = threading.RLock()
@@ -441,7 +474,8 @@ class Connection:
             if self.state is State.OPEN:
                 self.state = State.CLOSING
                 self._held = None  # the handler closed: what it had not read is not wanted
-                self.manager._closing(self)
+                # The manager's close-queue hook: the manager is this class's friend.
+                self.manager._closing(self)  # pyright: ignore[reportPrivateUsage]
                 self._advance_close()
                 self._read_if_wanted()  # a paused connection must still see the peer's FIN
         self._deliver()
@@ -512,7 +546,7 @@ class Connection:
                 except OSError:
                     pass  # already closed or reset: closing is all that is left
             self.sock.close()
-        self.manager._closed(self, reason)
+        self.manager._closed(self, reason)  # pyright: ignore[reportPrivateUsage]  # friend
         # Let go of what only a live connection needs; a receive still in flight keeps its
         # own buffer alive (the port's registry holds the operation) until it is dequeued.
         self._buffer = None
@@ -537,13 +571,13 @@ class NullHandler:
     """A handler that ignores data; closes when the peer does."""
 
     def data_received(self, connection: Connection, data: bytes) -> None:
-        pass
+        """Drop ``data``."""
 
     def eof_received(self, connection: Connection) -> None:
-        pass
+        """Nothing: the connection closes by itself after EOF."""
 
     def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
-        pass
+        """Nothing."""
 
 
 #: What a zero-byte receive "reads into"; never written, so one serves every connection.

@@ -34,7 +34,7 @@ from .addresses import Address
 from .port import Completion, CompletionPort, Outcome
 from .sockets import AcceptOperation, Socket
 
-log = logging.getLogger("winiocp")
+log: logging.Logger = logging.getLogger("winiocp")
 #: How many times in a row a synchronously failing AcceptEx is retried at once (each retry
 #: takes the next client from the backlog) before the slot backs off.
 ACCEPT_RETRIES = 16
@@ -51,14 +51,21 @@ RESOURCE_ERRORS = frozenset({
 
 
 class BufferPool:
-    """Receive buffers lent to zero-byte-read connections for one read at a time."""
+    """Receive buffers lent to zero-byte-read connections for one read at a time.
+
+    A taken buffer is the borrower's (and its receive operation's) until ``give`` returns
+    it; the pool keeps at most ``keep`` free ones.
+    """
 
     def __init__(self, size: int, keep: int = 64) -> None:
-        self.size = size
-        self.keep = keep
+        #: Each buffer's size in bytes.
+        self.size: int = size
+        #: The most free buffers kept for reuse.
+        self.keep: int = keep
         self._free: list[bytearray] = []
 
     def take(self) -> bytearray:
+        """A free buffer, or a new one of ``size`` bytes."""
         try:
             return self._free.pop()
         except IndexError:
@@ -87,11 +94,18 @@ class Stats:
 
     @property
     def forced_closes(self) -> int:
+        """Connections force-closed at their close deadline (``CloseReason.FORCED``)."""
         return self.closed_by_reason[CloseReason.FORCED]
 
 
 class ConnectionManager:
-    """Owns a completion port's connections: routing, close queue, statistics."""
+    """Owns a completion port's connections: routing, close queue, statistics.
+
+    Without ``port`` it creates one and owns it (``close()`` closes it); a given port stays
+    the caller's. Every ``Connection`` it manages owns its socket; ``close_all`` closes them
+    all. Raises ``ValueError`` for a ``recv_size`` outside 1 to 2**32-1, or a
+    ``close_timeout`` / ``idle_timeout`` that is not positive.
+    """
 
     def __init__(self, port: CompletionPort | None = None, *, close_timeout: float = 5.0,
                  time_wait_avoidance: bool = True, recv_size: int = 65536,
@@ -99,21 +113,30 @@ class ConnectionManager:
                  on_forced_close: Callable[[Connection], None] | None = None) -> None:
         if not 1 <= recv_size <= 0xFFFFFFFF:
             raise ValueError(f"recv_size must be 1 to 2**32-1 bytes, got {recv_size}")
-        self.port = port if port is not None else CompletionPort()
+        #: The port the connections complete on.
+        self.port: CompletionPort = port if port is not None else CompletionPort()
         self._owns_port = port is None
         self.close_queue: CloseQueue[Connection] = CloseQueue(close_timeout)
         #: Open connections by idle deadline; one idle that long is closed (gracefully).
         self.idle_queue: CloseQueue[Connection] | None = (
             CloseQueue(idle_timeout) if idle_timeout is not None else None)
-        self.time_wait_avoidance = time_wait_avoidance
-        self.recv_size = recv_size
-        self.zero_byte_reads = zero_byte_reads
-        self.buffers = BufferPool(recv_size)
-        self.on_forced_close = on_forced_close
+        #: Close with an RST a connection whose FIN went first (see ``connections.py``).
+        self.time_wait_avoidance: bool = time_wait_avoidance
+        #: Each connection's receive buffer size.
+        self.recv_size: int = recv_size
+        #: Whether idle connections wait with zero-byte reads (no buffer pinned).
+        self.zero_byte_reads: bool = zero_byte_reads
+        #: The buffers zero-byte-read connections borrow for each real read.
+        self.buffers: BufferPool = BufferPool(recv_size)
+        #: Called with each connection the close queue forced.
+        self.on_forced_close: Callable[[Connection], None] | None = on_forced_close
         #: Accept slots waiting out a back-off before they are posted again.
         self.retry_queue: CloseQueue[_AcceptRetry] = CloseQueue(ACCEPT_BACKOFF)
-        self.stats = Stats()
+        #: The counters (updated under the manager's lock).
+        self.stats: Stats = Stats()
+        #: The connections not yet closed.
         self.live: set[Connection] = set()
+        #: The accept pools ``listen`` started.
         self.pools: list[AcceptPool] = []
         self._lock = threading.Lock()
 
@@ -181,6 +204,9 @@ class ConnectionManager:
         return True
 
     def dispatch(self, completion: Completion) -> None:
+        """Route ``completion`` to the ``Connection`` or ``AcceptPool`` that issued its
+        operation (``op.context``); anything else is ignored. Never raises for a handler's
+        exception (it is logged and counted, and its connection aborted)."""
         operation = completion.operation
         target = operation.context if operation is not None else None
         if isinstance(target, (Connection, AcceptPool)):
@@ -262,22 +288,35 @@ class ConnectionManager:
 
 
 class AcceptPool:
-    """N AcceptEx always posted on one listening socket; failed accepts never stop it."""
+    """N AcceptEx always posted on one listening socket; failed accepts never stop it.
+
+    Made by ``ConnectionManager.listen``. It owns the listener (``close()`` closes it) and
+    each accept socket until its accept completes, when the socket goes to a new
+    ``Connection``; recycled sockets are the pool's until reused. Raises ``ValueError``
+    for ``accepts`` < 1.
+    """
 
     def __init__(self, manager: ConnectionManager, listener: Socket,
                  handler_factory: Callable[[], Handler], *, accepts: int = 16,
                  recycle: bool = False) -> None:
         if accepts < 1:
             raise ValueError(f"accepts must be >= 1, got {accepts}")
-        self.manager = manager
-        self.listener = listener
-        self.handler_factory = handler_factory
-        self.accepts = accepts
-        self.recycle = recycle
+        #: The manager the accepted connections are added to.
+        self.manager: ConnectionManager = manager
+        #: The listening socket (owned by the pool).
+        self.listener: Socket = listener
+        #: Makes the handler of each accepted connection.
+        self.handler_factory: Callable[[], Handler] = handler_factory
+        #: How many AcceptEx the pool keeps posted.
+        self.accepts: int = accepts
+        #: Whether finished connections' sockets are recycled (DisconnectEx TF_REUSE_SOCKET).
+        self.recycle: bool = recycle
         #: Recycled sockets ready for the next AcceptEx.
         self.free_sockets: list[Socket] = []
-        self.recycled = 0
-        self.closed = False
+        #: Sockets recycled so far.
+        self.recycled: int = 0
+        #: Whether ``close()`` was called.
+        self.closed: bool = False
         self._recycling: set[Socket] = set()  # a DisconnectEx(TF_REUSE_SOCKET) is pending
         self._retries: set[_AcceptRetry] = set()  # slots waiting out a back-off
         self._lock = threading.Lock()
@@ -329,7 +368,7 @@ class AcceptPool:
             if self.closed:
                 return
             self._retries.add(retry)
-        self.manager._count("accept_backoffs")
+        self.manager._count("accept_backoffs")  # pyright: ignore[reportPrivateUsage]  # friend
         log.warning("accept slot of %r backs off for %.2f s", self.listener, backoff)
         self.manager.retry_queue.add(retry, delay=backoff)
 
@@ -339,7 +378,7 @@ class AcceptPool:
         self._post(retry.reuse, retry.next_backoff)
 
     def _count_failure(self) -> None:
-        self.manager._count("accept_failures")
+        self.manager._count("accept_failures")  # pyright: ignore[reportPrivateUsage]  # friend
 
     def on_completion(self, completion: Completion) -> None:
         """Route one of the pool's completions: an accept, or a recycling DisconnectEx."""
@@ -355,7 +394,7 @@ class AcceptPool:
                 self._count_failure()
                 self._post(operation)
             return
-        self.manager._count("accepted")
+        self.manager._count("accepted")  # pyright: ignore[reportPrivateUsage]  # friend
         if self.closed:
             accepted.close()
             return
@@ -423,4 +462,4 @@ class _AcceptRetry:
         self.next_backoff = next_backoff
 
     def post(self) -> None:
-        self.pool._retry(self)
+        self.pool._retry(self)  # pyright: ignore[reportPrivateUsage]  # the pool's own record
