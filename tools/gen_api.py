@@ -4,7 +4,9 @@ cffi's ``ffi.dlopen`` returns an untyped library object, so mypy could not check
 call. This tool reads the same C declarations that ``winiocp/_ffi_build.py`` feeds to cffi and
 writes one ``typing.Protocol`` per DLL (and one per function-pointer type), so a wrong argument
 count, or an int passed where a pointer belongs, is a type error. Parsing is pycparser's (a cffi
-dependency), the same parser cffi uses.
+dependency), the same parser cffi uses. Each DLL method gets a docstring naming its DLL and
+saying what the function does (``SUMMARIES``; one without an entry gets a pointer to
+Microsoft's documentation instead), so the API reference documents every raw function.
 
     python tools/gen_api.py            # rewrite winiocp/_api.py
     python tools/gen_api.py --check    # exit 1 if winiocp/_api.py is stale
@@ -16,6 +18,7 @@ import argparse
 import re
 import runpy
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, cast
 
@@ -29,7 +32,81 @@ CFFI_BUILTINS = "".join(
     f"typedef int {name};\n" for name in ("wchar_t", "uintptr_t", "intptr_t", "uint64_t", "int64_t")
 )
 
+#: The longest line a generated docstring may make.
+WIDTH = 96
+
 DLL_CLASSES = {"kernel32": "Kernel32", "ntdll": "Ntdll", "ws2_32": "Ws2_32", "iphlpapi": "Iphlpapi"}
+
+#: What each declared function does, in a line, for its generated docstring. An entry whose
+#: function is no longer declared fails the generator (the table must not describe ghosts).
+SUMMARIES = {
+    # kernel32.dll
+    "CancelIo": "cancel the I/O the calling thread issued on a handle.",
+    "CancelIoEx": "cancel one overlapped operation on a handle (by its OVERLAPPED), or every "
+                  "one (NULL), from any thread; the completions still come.",
+    "CloseHandle": "close a kernel object handle.",
+    "ConnectNamedPipe": "wait for a client to connect to the server end of a named pipe "
+                        "(overlapped: it completes on the pipe's port).",
+    "CreateFileW": "open or create a file, pipe or device; INVALID_HANDLE_VALUE on failure.",
+    "CreateIoCompletionPort": "create a completion port (given INVALID_HANDLE_VALUE), or "
+                              "associate a handle and a completion key with an existing one.",
+    "CreateNamedPipeW": "create an instance of a named pipe (its server end); "
+                        "INVALID_HANDLE_VALUE on failure.",
+    "GetCurrentProcess": "a pseudo-handle for the current process (never closed).",
+    "GetLastError": "the calling thread's last-error code; called through cffi, the code the "
+                    "previous cffi call on this thread left.",
+    "GetOverlappedResult": "the result of an overlapped operation on a file, pipe or device; "
+                           "with ``bWait``, after waiting for it.",
+    "GetQueuedCompletionStatus": "dequeue one completion packet from a port, waiting up to "
+                                 "``dwMilliseconds``; the result and whether the OVERLAPPED "
+                                 "pointer is NULL tell the cases apart.",
+    "GetQueuedCompletionStatusEx": "dequeue up to ``ulCount`` completion packets at once into "
+                                   "an OVERLAPPED_ENTRY array.",
+    "K32GetProcessMemoryInfo": "a process's memory counters (psapi's GetProcessMemoryInfo, "
+                               "as kernel32 exports it).",
+    "PostQueuedCompletionStatus": "queue a completion packet with the given byte count, key "
+                                  "and OVERLAPPED pointer.",
+    "ReadFile": "read from a file or pipe (overlapped: it completes on the handle's port).",
+    "RegisterWaitForSingleObject": "have a thread-pool thread call a callback when an object "
+                                   "is signalled or a time-out passes.",
+    "SetFileCompletionNotificationModes": "change how a handle's completions are reported "
+                                          "(e.g. no packet for a call that succeeds at once).",
+    "SetHandleInformation": "set a handle's flags (e.g. whether it is inherited).",
+    "UnregisterWaitEx": "cancel a registered wait; given INVALID_HANDLE_VALUE, return only "
+                        "once no callback of it is running.",
+    "WaitForSingleObject": "wait until an object is signalled or the time-out passes.",
+    "WriteFile": "write to a file or pipe (overlapped: it completes on the handle's port).",
+    # ntdll.dll
+    "RtlNtStatusToDosError": "the Win32 error code for an NTSTATUS.",
+    # ws2_32.dll
+    "WSACleanup": "undo one WSAStartup of this process (Winsock is released after the "
+                  "last).",
+    "WSAGetLastError": "the calling thread's last Winsock error code.",
+    "WSAGetOverlappedResult": "the result of an overlapped operation on a socket.",
+    "WSAIoctl": "send a control code (``SIO_*``) to a socket: set a mode, ask a question, or "
+                "get an extension function's pointer.",
+    "WSARecv": "receive into an array of WSABUF (overlapped: it completes on the socket's "
+               "port).",
+    "WSARecvFrom": "receive a datagram into an array of WSABUF, and its sender's address.",
+    "WSASend": "send from an array of WSABUF (overlapped: it completes on the socket's port).",
+    "WSASendTo": "send a datagram from an array of WSABUF to an address.",
+    "WSASocketW": "create a socket (WSA_FLAG_OVERLAPPED for overlapped I/O); INVALID_SOCKET "
+                  "on failure.",
+    "WSAStartup": "start this process's use of Winsock, at the version asked for.",
+    "bind": "give a socket its local address.",
+    "closesocket": "close a socket (pending operations on it complete as aborted).",
+    "connect": "connect a socket to an address (blocking, unless the socket is "
+               "non-blocking).",
+    "getpeername": "the address a socket is connected to.",
+    "getsockname": "a socket's local address.",
+    "getsockopt": "read a socket option.",
+    "ioctlsocket": "set or query a socket's I/O mode (e.g. FIONBIO, FIONREAD).",
+    "listen": "make a bound stream socket accept connections.",
+    "setsockopt": "set a socket option.",
+    "shutdown": "stop sending (a FIN follows the queued data), receiving, or both.",
+    # iphlpapi.dll
+    "GetTcpTable2": "the IPv4 TCP connection table, with each connection's owning process.",
+}
 
 
 def load_headers() -> list[tuple[str, str | None, str]]:
@@ -104,9 +181,30 @@ class TypeNamer:
         return params, self.annotation(func.type, is_return=True)
 
 
-def method(name: str, params: list[str], result: str, indent: str = "    ") -> str:
+def method(name: str, params: list[str], result: str, indent: str = "    ",
+           doc: str | None = None) -> str:
+    """A Protocol method: a stub on one line, or, with ``doc``, a docstring and ``...``."""
     args = ", ".join(["self", *params, "/"]) if params else "self"
-    return f"{indent}def {name}({args}) -> {result}: ...\n"
+    signature = f"{indent}def {name}({args}) -> {result}:"
+    if doc is None:
+        return f"{signature} ...\n"
+    body = indent * 2
+    one_line = f'{body}"""{doc}"""'
+    if len(one_line) <= WIDTH:
+        text = one_line
+    else:
+        text = textwrap.fill(doc, WIDTH, initial_indent=f'{body}"""',
+                             subsequent_indent=body) + f'\n{body}"""'
+    return f"{signature}\n{text}\n{body}...\n"
+
+
+def summary(name: str, dll: str) -> str:
+    """The docstring of DLL function ``name``: what it does, from ``SUMMARIES``, or else
+    where to read about it."""
+    what = SUMMARIES.get(name)
+    if what is None:
+        return f"``{name}``, from {dll}.dll; see Microsoft's documentation of it."
+    return f"``{name}`` ({dll}.dll): {what}"
 
 
 def generate() -> str:
@@ -138,9 +236,14 @@ def generate() -> str:
             dll = dll_of[file_name]
             assert dll is not None, f"{file_name} declares {decl.name} but names no DLL"
             params, result = namer.signature(decl.type)
-            by_dll.setdefault(dll, []).append(method(decl.name, params, result))
+            by_dll.setdefault(dll, []).append(
+                method(decl.name, params, result, doc=summary(decl.name, dll)))
             if file_name not in sources.setdefault(dll, []):
                 sources[dll].append(file_name)
+    declared = {name for methods in by_dll.values() for name in map(_method_name, methods)}
+    ghosts = sorted(set(SUMMARIES) - declared)
+    if ghosts:
+        raise SystemExit(f"gen_api: SUMMARIES describes functions no cdef declares: {ghosts}")
     out = [
         '"""The typed interface of the DLLs and function-pointer types in ``winiocp/cdefs``.\n\n'
         "Generated by ``tools/gen_api.py`` from the same declarations cffi reads; do not edit.\n"
@@ -151,10 +254,12 @@ def generate() -> str:
     ]
     for dll, methods in by_dll.items():
         files = ", ".join(f"cdefs/{name}" for name in sources[dll])
-        out.append(
-            f"\nclass {DLL_CLASSES[dll]}(Protocol):\n"
-            f'    """``{dll}.dll``, as declared in {files}."""\n\n' + "".join(sorted(methods))
-        )
+        doc = textwrap.fill(
+            f"``{dll}.dll``, as declared in {files}. Each method is the DLL function of that "
+            "name, called through cffi; Microsoft's documentation of the function is the "
+            "reference.", WIDTH, initial_indent='    """', subsequent_indent="    ")
+        out.append(f"\nclass {DLL_CLASSES[dll]}(Protocol):\n{doc}\n    \"\"\"\n\n"
+                   + "\n".join(sorted(methods)))
     for text in pointer_types:
         out.append("\n" + text)
     out.append(
@@ -163,6 +268,10 @@ def generate() -> str:
         + "}\n"
     )
     return "\n".join(out).replace("\n\n\n\n", "\n\n\n")
+
+
+def _method_name(text: str) -> str:
+    return text.split("def ", 1)[1].split("(", 1)[0]
 
 
 def main() -> int:

@@ -11,66 +11,266 @@ from ._cdata import CData
 
 
 class Kernel32(Protocol):
-    """``kernel32.dll``, as declared in cdefs/10_ioapiset.h, cdefs/11_handleapi.h, cdefs/12_fileapi.h, cdefs/13_psapi.h, cdefs/14_threadpoollegacyapiset.h."""
+    """``kernel32.dll``, as declared in cdefs/10_ioapiset.h, cdefs/11_handleapi.h,
+    cdefs/12_fileapi.h, cdefs/13_psapi.h, cdefs/14_threadpoollegacyapiset.h. Each method is the
+    DLL function of that name, called through cffi; Microsoft's documentation of the function is
+    the reference.
+    """
 
-    def CancelIo(self, hFile: CData, /) -> int: ...
-    def CancelIoEx(self, hFile: CData, lpOverlapped: CData, /) -> int: ...
-    def CloseHandle(self, hObject: CData, /) -> int: ...
-    def ConnectNamedPipe(self, hNamedPipe: CData, lpOverlapped: CData, /) -> int: ...
-    def CreateFileW(self, lpFileName: CData | str, dwDesiredAccess: int, dwShareMode: int, lpSecurityAttributes: CData, dwCreationDisposition: int, dwFlagsAndAttributes: int, hTemplateFile: CData, /) -> CData: ...
-    def CreateIoCompletionPort(self, FileHandle: CData, ExistingCompletionPort: CData, CompletionKey: int, NumberOfConcurrentThreads: int, /) -> CData: ...
-    def CreateNamedPipeW(self, lpName: CData | str, dwOpenMode: int, dwPipeMode: int, nMaxInstances: int, nOutBufferSize: int, nInBufferSize: int, nDefaultTimeOut: int, lpSecurityAttributes: CData, /) -> CData: ...
-    def GetCurrentProcess(self) -> CData: ...
-    def GetLastError(self) -> int: ...
-    def GetOverlappedResult(self, hFile: CData, lpOverlapped: CData, lpNumberOfBytesTransferred: CData, bWait: int, /) -> int: ...
-    def GetQueuedCompletionStatus(self, CompletionPort: CData, lpNumberOfBytesTransferred: CData, lpCompletionKey: CData, lpOverlapped: CData, dwMilliseconds: int, /) -> int: ...
-    def GetQueuedCompletionStatusEx(self, CompletionPort: CData, lpCompletionPortEntries: CData, ulCount: int, ulNumEntriesRemoved: CData, dwMilliseconds: int, fAlertable: int, /) -> int: ...
-    def K32GetProcessMemoryInfo(self, Process: CData, ppsmemCounters: CData, cb: int, /) -> int: ...
-    def PostQueuedCompletionStatus(self, CompletionPort: CData, dwNumberOfBytesTransferred: int, dwCompletionKey: int, lpOverlapped: CData, /) -> int: ...
-    def ReadFile(self, hFile: CData, lpBuffer: CData, nNumberOfBytesToRead: int, lpNumberOfBytesRead: CData, lpOverlapped: CData, /) -> int: ...
-    def RegisterWaitForSingleObject(self, phNewWaitObject: CData, hObject: CData, Callback: CData, Context: CData, dwMilliseconds: int, dwFlags: int, /) -> int: ...
-    def SetFileCompletionNotificationModes(self, FileHandle: CData, Flags: int, /) -> int: ...
-    def SetHandleInformation(self, hObject: CData, dwMask: int, dwFlags: int, /) -> int: ...
-    def UnregisterWaitEx(self, WaitHandle: CData, CompletionEvent: CData, /) -> int: ...
-    def WaitForSingleObject(self, hHandle: CData, dwMilliseconds: int, /) -> int: ...
-    def WriteFile(self, hFile: CData, lpBuffer: CData, nNumberOfBytesToWrite: int, lpNumberOfBytesWritten: CData, lpOverlapped: CData, /) -> int: ...
+    def CancelIo(self, hFile: CData, /) -> int:
+        """``CancelIo`` (kernel32.dll): cancel the I/O the calling thread issued on a handle."""
+        ...
+
+    def CancelIoEx(self, hFile: CData, lpOverlapped: CData, /) -> int:
+        """``CancelIoEx`` (kernel32.dll): cancel one overlapped operation on a handle (by its
+        OVERLAPPED), or every one (NULL), from any thread; the completions still come.
+        """
+        ...
+
+    def CloseHandle(self, hObject: CData, /) -> int:
+        """``CloseHandle`` (kernel32.dll): close a kernel object handle."""
+        ...
+
+    def ConnectNamedPipe(self, hNamedPipe: CData, lpOverlapped: CData, /) -> int:
+        """``ConnectNamedPipe`` (kernel32.dll): wait for a client to connect to the server end
+        of a named pipe (overlapped: it completes on the pipe's port).
+        """
+        ...
+
+    def CreateFileW(self, lpFileName: CData | str, dwDesiredAccess: int, dwShareMode: int, lpSecurityAttributes: CData, dwCreationDisposition: int, dwFlagsAndAttributes: int, hTemplateFile: CData, /) -> CData:
+        """``CreateFileW`` (kernel32.dll): open or create a file, pipe or device;
+        INVALID_HANDLE_VALUE on failure.
+        """
+        ...
+
+    def CreateIoCompletionPort(self, FileHandle: CData, ExistingCompletionPort: CData, CompletionKey: int, NumberOfConcurrentThreads: int, /) -> CData:
+        """``CreateIoCompletionPort`` (kernel32.dll): create a completion port (given
+        INVALID_HANDLE_VALUE), or associate a handle and a completion key with an existing one.
+        """
+        ...
+
+    def CreateNamedPipeW(self, lpName: CData | str, dwOpenMode: int, dwPipeMode: int, nMaxInstances: int, nOutBufferSize: int, nInBufferSize: int, nDefaultTimeOut: int, lpSecurityAttributes: CData, /) -> CData:
+        """``CreateNamedPipeW`` (kernel32.dll): create an instance of a named pipe (its server
+        end); INVALID_HANDLE_VALUE on failure.
+        """
+        ...
+
+    def GetCurrentProcess(self) -> CData:
+        """``GetCurrentProcess`` (kernel32.dll): a pseudo-handle for the current process (never
+        closed).
+        """
+        ...
+
+    def GetLastError(self) -> int:
+        """``GetLastError`` (kernel32.dll): the calling thread's last-error code; called through
+        cffi, the code the previous cffi call on this thread left.
+        """
+        ...
+
+    def GetOverlappedResult(self, hFile: CData, lpOverlapped: CData, lpNumberOfBytesTransferred: CData, bWait: int, /) -> int:
+        """``GetOverlappedResult`` (kernel32.dll): the result of an overlapped operation on a
+        file, pipe or device; with ``bWait``, after waiting for it.
+        """
+        ...
+
+    def GetQueuedCompletionStatus(self, CompletionPort: CData, lpNumberOfBytesTransferred: CData, lpCompletionKey: CData, lpOverlapped: CData, dwMilliseconds: int, /) -> int:
+        """``GetQueuedCompletionStatus`` (kernel32.dll): dequeue one completion packet from a
+        port, waiting up to ``dwMilliseconds``; the result and whether the OVERLAPPED pointer is
+        NULL tell the cases apart.
+        """
+        ...
+
+    def GetQueuedCompletionStatusEx(self, CompletionPort: CData, lpCompletionPortEntries: CData, ulCount: int, ulNumEntriesRemoved: CData, dwMilliseconds: int, fAlertable: int, /) -> int:
+        """``GetQueuedCompletionStatusEx`` (kernel32.dll): dequeue up to ``ulCount`` completion
+        packets at once into an OVERLAPPED_ENTRY array.
+        """
+        ...
+
+    def K32GetProcessMemoryInfo(self, Process: CData, ppsmemCounters: CData, cb: int, /) -> int:
+        """``K32GetProcessMemoryInfo`` (kernel32.dll): a process's memory counters (psapi's
+        GetProcessMemoryInfo, as kernel32 exports it).
+        """
+        ...
+
+    def PostQueuedCompletionStatus(self, CompletionPort: CData, dwNumberOfBytesTransferred: int, dwCompletionKey: int, lpOverlapped: CData, /) -> int:
+        """``PostQueuedCompletionStatus`` (kernel32.dll): queue a completion packet with the
+        given byte count, key and OVERLAPPED pointer.
+        """
+        ...
+
+    def ReadFile(self, hFile: CData, lpBuffer: CData, nNumberOfBytesToRead: int, lpNumberOfBytesRead: CData, lpOverlapped: CData, /) -> int:
+        """``ReadFile`` (kernel32.dll): read from a file or pipe (overlapped: it completes on
+        the handle's port).
+        """
+        ...
+
+    def RegisterWaitForSingleObject(self, phNewWaitObject: CData, hObject: CData, Callback: CData, Context: CData, dwMilliseconds: int, dwFlags: int, /) -> int:
+        """``RegisterWaitForSingleObject`` (kernel32.dll): have a thread-pool thread call a
+        callback when an object is signalled or a time-out passes.
+        """
+        ...
+
+    def SetFileCompletionNotificationModes(self, FileHandle: CData, Flags: int, /) -> int:
+        """``SetFileCompletionNotificationModes`` (kernel32.dll): change how a handle's
+        completions are reported (e.g. no packet for a call that succeeds at once).
+        """
+        ...
+
+    def SetHandleInformation(self, hObject: CData, dwMask: int, dwFlags: int, /) -> int:
+        """``SetHandleInformation`` (kernel32.dll): set a handle's flags (e.g. whether it is
+        inherited).
+        """
+        ...
+
+    def UnregisterWaitEx(self, WaitHandle: CData, CompletionEvent: CData, /) -> int:
+        """``UnregisterWaitEx`` (kernel32.dll): cancel a registered wait; given
+        INVALID_HANDLE_VALUE, return only once no callback of it is running.
+        """
+        ...
+
+    def WaitForSingleObject(self, hHandle: CData, dwMilliseconds: int, /) -> int:
+        """``WaitForSingleObject`` (kernel32.dll): wait until an object is signalled or the
+        time-out passes.
+        """
+        ...
+
+    def WriteFile(self, hFile: CData, lpBuffer: CData, nNumberOfBytesToWrite: int, lpNumberOfBytesWritten: CData, lpOverlapped: CData, /) -> int:
+        """``WriteFile`` (kernel32.dll): write to a file or pipe (overlapped: it completes on
+        the handle's port).
+        """
+        ...
 
 
 class Ntdll(Protocol):
-    """``ntdll.dll``, as declared in cdefs/20_winternl.h."""
+    """``ntdll.dll``, as declared in cdefs/20_winternl.h. Each method is the DLL function of
+    that name, called through cffi; Microsoft's documentation of the function is the reference.
+    """
 
-    def RtlNtStatusToDosError(self, Status: int, /) -> int: ...
+    def RtlNtStatusToDosError(self, Status: int, /) -> int:
+        """``RtlNtStatusToDosError`` (ntdll.dll): the Win32 error code for an NTSTATUS."""
+        ...
 
 
 class Ws2_32(Protocol):
-    """``ws2_32.dll``, as declared in cdefs/31_winsock2.h."""
+    """``ws2_32.dll``, as declared in cdefs/31_winsock2.h. Each method is the DLL function of
+    that name, called through cffi; Microsoft's documentation of the function is the reference.
+    """
 
-    def WSACleanup(self) -> int: ...
-    def WSAGetLastError(self) -> int: ...
-    def WSAGetOverlappedResult(self, s: int, lpOverlapped: CData, lpcbTransfer: CData, fWait: int, lpdwFlags: CData, /) -> int: ...
-    def WSAIoctl(self, s: int, dwIoControlCode: int, lpvInBuffer: CData, cbInBuffer: int, lpvOutBuffer: CData, cbOutBuffer: int, lpcbBytesReturned: CData, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int: ...
-    def WSARecv(self, s: int, lpBuffers: CData, dwBufferCount: int, lpNumberOfBytesRecvd: CData, lpFlags: CData, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int: ...
-    def WSARecvFrom(self, s: int, lpBuffers: CData, dwBufferCount: int, lpNumberOfBytesRecvd: CData, lpFlags: CData, lpFrom: CData, lpFromlen: CData, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int: ...
-    def WSASend(self, s: int, lpBuffers: CData, dwBufferCount: int, lpNumberOfBytesSent: CData, dwFlags: int, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int: ...
-    def WSASendTo(self, s: int, lpBuffers: CData, dwBufferCount: int, lpNumberOfBytesSent: CData, dwFlags: int, lpTo: CData, iTolen: int, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int: ...
-    def WSASocketW(self, af: int, type: int, protocol: int, lpProtocolInfo: CData, g: int, dwFlags: int, /) -> int: ...
-    def WSAStartup(self, wVersionRequested: int, lpWSAData: CData, /) -> int: ...
-    def bind(self, s: int, name: CData, namelen: int, /) -> int: ...
-    def closesocket(self, s: int, /) -> int: ...
-    def connect(self, s: int, name: CData, namelen: int, /) -> int: ...
-    def getpeername(self, s: int, name: CData, namelen: CData, /) -> int: ...
-    def getsockname(self, s: int, name: CData, namelen: CData, /) -> int: ...
-    def getsockopt(self, s: int, level: int, optname: int, optval: CData, optlen: CData, /) -> int: ...
-    def ioctlsocket(self, s: int, cmd: int, argp: CData, /) -> int: ...
-    def listen(self, s: int, backlog: int, /) -> int: ...
-    def setsockopt(self, s: int, level: int, optname: int, optval: CData | bytes, optlen: int, /) -> int: ...
-    def shutdown(self, s: int, how: int, /) -> int: ...
+    def WSACleanup(self) -> int:
+        """``WSACleanup`` (ws2_32.dll): undo one WSAStartup of this process (Winsock is released
+        after the last).
+        """
+        ...
+
+    def WSAGetLastError(self) -> int:
+        """``WSAGetLastError`` (ws2_32.dll): the calling thread's last Winsock error code."""
+        ...
+
+    def WSAGetOverlappedResult(self, s: int, lpOverlapped: CData, lpcbTransfer: CData, fWait: int, lpdwFlags: CData, /) -> int:
+        """``WSAGetOverlappedResult`` (ws2_32.dll): the result of an overlapped operation on a
+        socket.
+        """
+        ...
+
+    def WSAIoctl(self, s: int, dwIoControlCode: int, lpvInBuffer: CData, cbInBuffer: int, lpvOutBuffer: CData, cbOutBuffer: int, lpcbBytesReturned: CData, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int:
+        """``WSAIoctl`` (ws2_32.dll): send a control code (``SIO_*``) to a socket: set a mode,
+        ask a question, or get an extension function's pointer.
+        """
+        ...
+
+    def WSARecv(self, s: int, lpBuffers: CData, dwBufferCount: int, lpNumberOfBytesRecvd: CData, lpFlags: CData, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int:
+        """``WSARecv`` (ws2_32.dll): receive into an array of WSABUF (overlapped: it completes
+        on the socket's port).
+        """
+        ...
+
+    def WSARecvFrom(self, s: int, lpBuffers: CData, dwBufferCount: int, lpNumberOfBytesRecvd: CData, lpFlags: CData, lpFrom: CData, lpFromlen: CData, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int:
+        """``WSARecvFrom`` (ws2_32.dll): receive a datagram into an array of WSABUF, and its
+        sender's address.
+        """
+        ...
+
+    def WSASend(self, s: int, lpBuffers: CData, dwBufferCount: int, lpNumberOfBytesSent: CData, dwFlags: int, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int:
+        """``WSASend`` (ws2_32.dll): send from an array of WSABUF (overlapped: it completes on
+        the socket's port).
+        """
+        ...
+
+    def WSASendTo(self, s: int, lpBuffers: CData, dwBufferCount: int, lpNumberOfBytesSent: CData, dwFlags: int, lpTo: CData, iTolen: int, lpOverlapped: CData, lpCompletionRoutine: CData, /) -> int:
+        """``WSASendTo`` (ws2_32.dll): send a datagram from an array of WSABUF to an address."""
+        ...
+
+    def WSASocketW(self, af: int, type: int, protocol: int, lpProtocolInfo: CData, g: int, dwFlags: int, /) -> int:
+        """``WSASocketW`` (ws2_32.dll): create a socket (WSA_FLAG_OVERLAPPED for overlapped
+        I/O); INVALID_SOCKET on failure.
+        """
+        ...
+
+    def WSAStartup(self, wVersionRequested: int, lpWSAData: CData, /) -> int:
+        """``WSAStartup`` (ws2_32.dll): start this process's use of Winsock, at the version
+        asked for.
+        """
+        ...
+
+    def bind(self, s: int, name: CData, namelen: int, /) -> int:
+        """``bind`` (ws2_32.dll): give a socket its local address."""
+        ...
+
+    def closesocket(self, s: int, /) -> int:
+        """``closesocket`` (ws2_32.dll): close a socket (pending operations on it complete as
+        aborted).
+        """
+        ...
+
+    def connect(self, s: int, name: CData, namelen: int, /) -> int:
+        """``connect`` (ws2_32.dll): connect a socket to an address (blocking, unless the socket
+        is non-blocking).
+        """
+        ...
+
+    def getpeername(self, s: int, name: CData, namelen: CData, /) -> int:
+        """``getpeername`` (ws2_32.dll): the address a socket is connected to."""
+        ...
+
+    def getsockname(self, s: int, name: CData, namelen: CData, /) -> int:
+        """``getsockname`` (ws2_32.dll): a socket's local address."""
+        ...
+
+    def getsockopt(self, s: int, level: int, optname: int, optval: CData, optlen: CData, /) -> int:
+        """``getsockopt`` (ws2_32.dll): read a socket option."""
+        ...
+
+    def ioctlsocket(self, s: int, cmd: int, argp: CData, /) -> int:
+        """``ioctlsocket`` (ws2_32.dll): set or query a socket's I/O mode (e.g. FIONBIO,
+        FIONREAD).
+        """
+        ...
+
+    def listen(self, s: int, backlog: int, /) -> int:
+        """``listen`` (ws2_32.dll): make a bound stream socket accept connections."""
+        ...
+
+    def setsockopt(self, s: int, level: int, optname: int, optval: CData | bytes, optlen: int, /) -> int:
+        """``setsockopt`` (ws2_32.dll): set a socket option."""
+        ...
+
+    def shutdown(self, s: int, how: int, /) -> int:
+        """``shutdown`` (ws2_32.dll): stop sending (a FIN follows the queued data), receiving,
+        or both.
+        """
+        ...
 
 
 class Iphlpapi(Protocol):
-    """``iphlpapi.dll``, as declared in cdefs/40_iphlpapi.h."""
+    """``iphlpapi.dll``, as declared in cdefs/40_iphlpapi.h. Each method is the DLL function of
+    that name, called through cffi; Microsoft's documentation of the function is the reference.
+    """
 
-    def GetTcpTable2(self, TcpTable: CData, SizePointer: CData, Order: int, /) -> int: ...
+    def GetTcpTable2(self, TcpTable: CData, SizePointer: CData, Order: int, /) -> int:
+        """``GetTcpTable2`` (iphlpapi.dll): the IPv4 TCP connection table, with each
+        connection's owning process.
+        """
+        ...
 
 
 class WAITORTIMERCALLBACK(Protocol):
