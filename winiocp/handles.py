@@ -39,7 +39,7 @@ class Handle(OverlappedOwner[CData]):
         super().__init__(handle)
         #: The path or pipe name, for messages.
         self.name: str = name
-        self.kind_name = f"handle {name!r}"
+        self.kind_name: str = f"handle {name!r}"
 
     @classmethod
     def open_file(cls, path: str, *, write: bool = False, create: bool = False) -> Handle:

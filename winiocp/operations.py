@@ -335,8 +335,8 @@ class RecvFromOperation(AddressedOperation):
     def on_success(self) -> int:
         """Decode the sender's address into ``peer``; 0 (a bad address raises ValueError,
         which fails this operation alone)."""
-        self.peer = decode_cdata(ffi.cast("struct sockaddr *", self.sockaddr),
-                                 self.sockaddr_length[0])
+        self.peer: Address | None = decode_cdata(ffi.cast("struct sockaddr *", self.sockaddr),
+                                                 self.sockaddr_length[0])
         return 0
 
 
