@@ -728,6 +728,16 @@ def command(versions: list[str], modes: list[str], timeout: float = TEST_TIMEOUT
     return 0
 
 
+def test_step(version: str) -> int:
+    """``winenv.py test``'s step for ``version``: all three modes; a failure to provision is
+    reported as the step's failure (the other steps still run)."""
+    try:
+        return command([version], list(MODES))
+    except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
+        log(f"CPython {version}: could not run test_asyncio: {exc}")
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=",".join(DEFAULT_VERSIONS))

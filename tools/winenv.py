@@ -29,6 +29,7 @@ always goes through a pipe that this tool copies to ours.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import selectors
@@ -343,10 +344,9 @@ def command_test(options: argparse.Namespace) -> int:
         import asyncio_suite  # here: Windows CPython's ._pth leaves tools/ off its path
 
         for version in options.python.split(","):
-            def suite(version: str = version) -> int:
-                return asyncio_suite.command([version], list(asyncio_suite.MODES))
             if version in asyncio_suite.DEBIAN_SUITES:
-                steps.append((f"CPython's test_asyncio, CPython {version}", suite))
+                steps.append((f"CPython's test_asyncio, CPython {version}",
+                              functools.partial(asyncio_suite.test_step, version)))
     results: list[tuple[str, int, float]] = []
     for name, step in steps:
         started = time.monotonic()
