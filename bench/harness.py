@@ -327,6 +327,18 @@ def bench_wineserver_pid() -> int | None:
     return None
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine (all cores) has spent not idle since boot."""
+    total, idle = _cpu_times()
+    return (total - idle) / 100.0
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU of this process's waited-for children (the load generator runs)."""
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
 def _cpu_times() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
@@ -344,6 +356,14 @@ def background_load(sample_seconds: float = 1.0) -> dict[str, Any]:
         loadavg = float(Path("/proc/loadavg").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return {"busy_percent": -1.0, "loadavg": -1.0, "foreign": []}
+    return {"busy_percent": round(busy, 1), "loadavg": loadavg,
+            "foreign": foreign_test_processes()}
+
+
+def foreign_test_processes() -> list[str]:
+    """Command lines of other people's test suites (pytest, tools/winenv.py, the asyncio
+    suite) running now:
+    cheap enough (one /proc scan) to call before every measurement."""
     foreign = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -353,9 +373,9 @@ def background_load(sample_seconds: float = 1.0) -> dict[str, Any]:
                 "utf-8", "replace").strip()
         except OSError:
             continue
-        if "pytest" in cmdline or "tools/winenv.py" in cmdline:
+        if any(mark in cmdline for mark in ("pytest", "tools/winenv.py", "asyncio_suite.py")):
             foreign.append(cmdline[:160])
-    return {"busy_percent": round(busy, 1), "loadavg": loadavg, "foreign": foreign}
+    return foreign
 
 
 def wait_for_quiet(max_seconds: float) -> dict[str, Any]:

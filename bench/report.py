@@ -161,12 +161,24 @@ def markdown(results: dict[str, Any]) -> str:
             "uses a Wine prefix (so a wineserver) of its own, but shares the 2 cores with "
             "anything else running:")
         out("")
-        out("| section | CPU busy | load avg (1 min) | other test runs (pytest / winenv.py) "
-            "| waited for quiet |")
-        out("|---|---:|---:|---:|---:|")
+        out("| section | CPU busy | load avg (1 min) | other test runs (pytest / winenv.py / "
+            "asyncio suite) "
+            "| waited for quiet | during: other test runs (most seen) | during: CPU not ours "
+            "(median) |")
+        out("|---|---:|---:|---:|---:|---:|---:|")
         for section, sample in load.items():
+            foreign = sample.get("foreign_during")
+            other = float(sample.get("other_cpu_percent", -1.0))
             out(f"| {section} | {sample['busy_percent']:.0f}% | {sample['loadavg']:.2f} | "
-                f"{len(sample['foreign'])} | {sample.get('waited_s', 0):.0f} s |")
+                f"{len(sample['foreign'])} | {sample.get('waited_s', 0):.0f} s | "
+                f"{'-' if foreign is None else foreign} | "
+                f"{'-' if other < 0 else f'{other:.0f}%'} |")
+        out("")
+        out("The \"during\" columns are measured at each load-generator run of the ping-pong "
+            "sections (echo, aio): the foreign test processes when it starts, and the machine's "
+            "busy CPU over it less the server's, its wineserver's and the load generator's, as "
+            "a share of all cores (it also counts the kernel's loopback work done outside any "
+            "process). The other columns are sampled once, before the section.")
         out("")
 
     # -- targets -------------------------------------------------------------------------------
@@ -422,9 +434,10 @@ def _aio_markdown(aio: dict[str, Any]) -> list[str]:
 
         out(f"### {AIO_API_TITLES.get(api, api)}")
         out("")
-        out("Messages per second (higher is better):")
+        out("Messages per second (higher is better; the median, and the range of the runs "
+            "beneath it when there were several):")
         out("")
-        table(lambda cell: _fmt_rate(cell["messages_per_s"]))
+        table(_rate_with_range)
         out("Latency p50 / p99 in ms (lower is better):")
         out("")
         table(lambda cell: f"{_fmt_ms(cell['p50_us'])} / {_fmt_ms(cell['p99_us'])}")
@@ -462,6 +475,14 @@ def _aio_markdown(aio: dict[str, Any]) -> list[str]:
             out(f"Client-side errors (broken connections): {errors}")
             out("")
     return lines
+
+
+def _rate_with_range(cell: dict[str, Any]) -> str:
+    rates = [float(run["messages_per_s"]) for run in cell.get("runs", [])]
+    text = _fmt_rate(cell["messages_per_s"])
+    if len(rates) > 1:
+        text += f" ({_fmt_rate(min(rates))}-{_fmt_rate(max(rates))})"
+    return text
 
 
 def _wine_call_cost(results: dict[str, Any]) -> str:

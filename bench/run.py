@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import shlex
 import statistics
@@ -160,17 +161,50 @@ def pingpong_matrix(servers: dict[str, tuple[list[str], bool]], settings: Settin
     return cells, skipped, banners
 
 
+def during(cells: dict[str, Any]) -> dict[str, float]:
+    """Load seen during a ping-pong section, over every run in ``cells`` (nested by server,
+    and for aio by API, down to each combined cell's ``runs``): the most foreign test
+    processes at the start of a run, and the median share of the machine's CPU not ours."""
+    runs: list[dict[str, Any]] = []
+
+    def collect(node: dict[str, Any]) -> None:
+        if "runs" in node:
+            runs.extend(node["runs"])
+            return
+        for value in node.values():
+            if isinstance(value, dict):
+                collect(value)
+
+    collect(cells)
+    others = [float(run["other_cpu_percent"]) for run in runs if "other_cpu_percent" in run]
+    return {"foreign_during": max((int(run.get("foreign_processes", 0)) for run in runs),
+                                  default=0),
+            "other_cpu_percent": round(statistics.median(others), 1) if others else -1.0}
+
+
 def _last_lines(error: BaseException) -> str:
     """An exception's message, its last 3 lines only (server output can be long)."""
     return " / ".join(line.strip() for line in str(error).strip().splitlines()[-3:])
 
 
 def measure_pingpong(pid: int, port: int, count: int, settings: Settings) -> dict[str, Any]:
-    """One load-generator run, with the CPU per message of the server and its wineserver."""
+    """One load-generator run, with the CPU per message of the server and its wineserver, and
+    how many of other people's test processes were running when it began."""
+    foreign = len(harness.foreign_test_processes())
     server_cpu = harness.process_cpu_seconds(pid)
     wineserver = harness.bench_wineserver_pid()
     wine_cpu = harness.process_cpu_seconds(wineserver) if wineserver else 0.0
+    busy, loadgen = harness.busy_cpu_seconds(), harness.children_cpu_seconds()
+    began = time.monotonic()
     result = harness.pingpong(port, count, settings.echo_seconds, settings.warmup)
+    wall = time.monotonic() - began
+    ours = (harness.process_cpu_seconds(pid) - server_cpu + harness.children_cpu_seconds()
+            - loadgen + (harness.process_cpu_seconds(wineserver) - wine_cpu if wineserver
+                         else 0.0))
+    # The rest of the machine's busy time: other people's work, plus what the kernel does
+    # for loopback outside any process (softirq), so a few percent even on a quiet machine.
+    result["other_cpu_percent"] = max(0.0, 100.0 * (harness.busy_cpu_seconds() - busy - ours)
+                                      / (wall * (os.cpu_count() or 1)))
     # CPU per message over the whole run (warm-up included, at about the same rate): the
     # server process (all threads) and the wineserver.
     sent = result["messages_per_s"] * (settings.echo_seconds + settings.warmup)
@@ -179,6 +213,7 @@ def measure_pingpong(pid: int, port: int, count: int, settings: Settings) -> dic
             harness.process_cpu_seconds(pid) - server_cpu) / sent
         result["wineserver_cpu_us_per_msg"] = 1e6 * (
             harness.process_cpu_seconds(wineserver) - wine_cpu) / sent if wineserver else 0.0
+    result["foreign_processes"] = foreign
     return result
 
 
@@ -642,9 +677,11 @@ def main(argv: list[str] | None = None) -> int:
     if "echo" in sections:
         before("echo")
         results["echo"] = bench_echo(settings)
+        load["echo"].update(during(results["echo"]["cells"]))
     if "aio" in sections:
         before("aio")
         results["aio"] = bench_aio(settings)
+        load["aio"].update(during(results["aio"]["cells"]))
     if "python" in sections:
         before("python")
         results["python_cost"] = bench_python_cost(settings)
