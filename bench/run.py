@@ -20,7 +20,8 @@ side by side on this machine under the same Wine and the same load generator:
    64 KiB buffer.
 
 Writes bench/results/results.json and results.md (and chart.png with matplotlib), and copies
-the markdown to bench/RESULTS.md. Full run: about 5-6 minutes on 2 cores; --quick: about 2.
+the markdown to bench/RESULTS.md. Full run: about 12 minutes on 2 cores (the aio section
+about 6 of them); --quick: about 3.
 """
 
 from __future__ import annotations
@@ -607,7 +608,7 @@ def aio_findings(results: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run winiocp's benchmarks.")
-    parser.add_argument("--quick", action="store_true", help="short runs (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short runs (about 3 minutes)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections of {','.join(SECTIONS)}")
     parser.add_argument("--no-copy", action="store_true",
