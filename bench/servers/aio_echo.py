@@ -16,8 +16,8 @@ Loops: ``stock`` (``asyncio.ProactorEventLoop`` on CPython's ``_overlapped``), `
 
     python -m bench.servers.aio_echo --loop winiocp --api protocol [--profile]
 
-Speaks the stdin/stdout protocol of bench/servers/common.py; the first line also names the
-loop class actually running (``loop MODULE.CLASS``) so the report can show it.
+Speaks the stdin/stdout protocol of bench/servers/common.py; before ``listening on`` it prints
+the loop class actually running (``loop MODULE.CLASS``), which the report shows.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="run the loop under cProfile; print a summary between "
                              "PROFILE-BEGIN and PROFILE-END when stdin ends")
-    parser.add_argument("--max-seconds", type=float, default=900)
+    parser.add_argument("--max-seconds", type=float, default=1800)
     options = parser.parse_args(argv)
     start_watchdog(options.max_seconds)
     loop = loop_factory(options.loop)()
