@@ -24,7 +24,7 @@ class EventLoop(asyncio.ProactorEventLoop):
     close without losing data (``transports.py``)."""
 
     #: Seconds a closed connection may take to finish its orderly close (rule 4).
-    close_timeout = 5.0
+    close_timeout: float = 5.0
 
     def __init__(self, proactor: IocpProactor | None = None) -> None:
         #: Connections whose orderly close is still going on (``transports.OrderlyClose``).

@@ -51,7 +51,7 @@ from ..waits import WaitOperation, wait_for_handle
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-log = logging.getLogger("winiocp.aio")
+log: logging.Logger = logging.getLogger("winiocp.aio")
 T = TypeVar("T")
 #: What asyncio hands its proactor: stdlib sockets, and PipeHandle objects for pipes.
 Conn = Union[socket.socket, windows_utils.PipeHandle]
@@ -70,7 +70,9 @@ _ERROR_BROKEN_PIPE = 109
 class HasFileno(Protocol):
     """A file object: what ``sendfile`` needs of it."""
 
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """The C runtime file descriptor (``msvcrt.get_osfhandle`` turns it into a HANDLE)."""
+        ...
 
 
 class _IocpFuture(asyncio.Future[T], Generic[T]):

@@ -37,10 +37,10 @@ _DETACH_TAKES_TRANSPORT = len(inspect.signature(
 class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ignore[reportPrivateUsage]
     """asyncio's proactor socket transport, with an orderly close."""
 
-    _abortive = False
+    _abortive: bool = False
     #: Whether anything was written: with nothing of ours in flight, there is nothing an
     #: immediate close could lose, and it closes as the stock transport does.
-    wrote = False
+    wrote: bool = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """As asyncio's ``write``; the close then waits for these bytes to be delivered."""
