@@ -193,7 +193,8 @@ class OverlappedOwner(Generic[H]):
         call fails at once; the operation is then given back (not pending), unless the
         kernel queued a packet for it anyway (see ``_packet_queued``).
         """
-        self._checked()  # a closed handle says so, whether or not it was ever associated
+        if self._handle is None:  # says so whether or not it was ever associated
+            raise ClosedHandleError(self.kind_name)
         port = self._port
         if port is None:
             raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")

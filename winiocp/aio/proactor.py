@@ -279,6 +279,11 @@ class IocpProactor:
         self._views: weakref.WeakKeyDictionary[object, OverlappedOwner[object]] = (
             weakref.WeakKeyDictionary())
         self._stopped_serving: weakref.WeakSet[object] = weakref.WeakSet()
+        # Each socket's last receive, re-armed for the next one (rule 11): asyncio reads a
+        # socket serially, into the same buffer, so the OVERLAPPED, flags, WSABUF and pin
+        # are made once per socket rather than once per read.
+        self._receives: weakref.WeakKeyDictionary[object, RecvOperation] = (
+            weakref.WeakKeyDictionary())
 
     def __repr__(self) -> str:
         port = self._port
@@ -345,6 +350,8 @@ class IocpProactor:
             else:
                 future.set_result(value)
             self._results.append(future)
+        if completion.operation is not None:
+            completion.operation.context = None  # finished: the record may go
 
     def _result(self, value: T) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._get_loop().create_future()
@@ -358,7 +365,7 @@ class IocpProactor:
         our port on first use."""
         port = self._check_closed()
         view = self._views.get(obj)
-        if view is None or view.closed:
+        if view is None:  # (once its owner closes it, the view refuses every call itself)
             view = self._borrow(obj)
             port.associate(view)
             self._views[obj] = view
@@ -409,12 +416,21 @@ class IocpProactor:
         stays pinned (owned by the operation) until the completion is dequeued."""
         try:
             if isinstance(conn, socket.socket):
-                return self._issue(conn, lambda view, pending: _sock(view).recv_into(
-                    [buf], flags=flags, context=pending), _count)  # type: ignore[list-item]
+                return self._issue(conn, lambda view, pending: self._receive_into(
+                    conn, _sock(view), buf, flags, pending), _count)
             return self._issue(conn, lambda view, pending: _handle(view).read_into(
                 buf, context=pending), _count)  # type: ignore[arg-type]
         except BrokenPipeError:
             return self._result(0)
+
+    def _receive_into(self, conn: socket.socket, view: Socket, buf: WriteableBuffer, flags: int,
+                      pending: _Pending[int]) -> RecvOperation:
+        last = self._receives.get(conn)
+        operation = view.recv_into(
+            [buf], flags=flags, context=pending,  # type: ignore[list-item]
+            reuse=last if last is not None and not last.pending else None)
+        self._receives[conn] = operation
+        return operation
 
     def recvfrom(self, conn: socket.socket, nbytes: int, flags: int = 0
                  ) -> asyncio.Future[tuple[bytes, Address | None]]:
