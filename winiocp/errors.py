@@ -82,23 +82,24 @@ def classify_failure(code: int, cancel_requested: bool) -> Failure:
     ``cancel_requested`` tells a cancellation from a close: both end the I/O with
     ERROR_OPERATION_ABORTED. A code in no group is ``Failure.OTHER``.
     """
-    if code in RESET_ERRORS:
-        return Failure.RESET
     if code in CANCELLED_ERRORS:
         return Failure.CANCELLED if cancel_requested else Failure.CLOSED
-    if code in HANDLES_CLOSED_ERRORS:
-        return Failure.CLOSED
-    if code in REFUSED_ERRORS:
-        return Failure.REFUSED
-    if code in TIMEOUT_ERRORS:
-        return Failure.TIMED_OUT
-    if code in UNREACHABLE_ERRORS:
-        return Failure.UNREACHABLE
-    if code in NOT_CONNECTED_ERRORS:
-        return Failure.NOT_CONNECTED
-    if code in TOO_LARGE_ERRORS:
-        return Failure.TOO_LARGE
+    for codes, failure in _FAILURE_GROUPS:
+        if code in codes:
+            return failure
     return Failure.OTHER
+
+
+#: Each group of codes and the failure it is (cancellation, which depends on who asked, aside).
+_FAILURE_GROUPS: tuple[tuple[frozenset[WinError], Failure], ...] = (
+    (RESET_ERRORS, Failure.RESET),
+    (HANDLES_CLOSED_ERRORS, Failure.CLOSED),
+    (REFUSED_ERRORS, Failure.REFUSED),
+    (TIMEOUT_ERRORS, Failure.TIMED_OUT),
+    (UNREACHABLE_ERRORS, Failure.UNREACHABLE),
+    (NOT_CONNECTED_ERRORS, Failure.NOT_CONNECTED),
+    (TOO_LARGE_ERRORS, Failure.TOO_LARGE),
+)
 
 
 class OperationCancelledError(OSError):
