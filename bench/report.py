@@ -434,8 +434,8 @@ def _aio_markdown(aio: dict[str, Any]) -> list[str]:
 
         out(f"### {AIO_API_TITLES.get(api, api)}")
         out("")
-        out("Messages per second (higher is better; the median, and the range of the runs "
-            "beneath it when there were several):")
+        out("Messages per second (higher is better; the median, with the range of the runs "
+            "in brackets when there were several):")
         out("")
         table(_rate_with_range)
         out("Latency p50 / p99 in ms (lower is better):")
