@@ -634,6 +634,10 @@ def report(runs: list[Run], expectations: list[Expectation]) -> tuple[str, list[
         for test_id, outcome in comparison.regressions.items():
             lines.append(f"{run.version} {run.mode}: {outcome.upper()} with ours, passed with "
                          f"stock: {test_id}{comparison.alone(test_id)}")
+        for test_id, outcome in sorted(stock.outcomes.items()):
+            if outcome in BAD_OUTCOMES and run.outcomes.get(test_id) in PASSED_OUTCOMES:
+                lines.append(f"{run.version} {run.mode}: passed with ours, {outcome} with "
+                             f"stock: {test_id}")
     return "\n".join(lines), comparisons
 
 
