@@ -75,3 +75,13 @@ def test_the_committed_expectations_parse_and_each_has_a_reason() -> None:
     expectations = parse_expectations(asyncio_suite.EXPECTED.read_text(encoding="utf-8"))
     assert expectations
     assert all(e.reason for e in expectations)
+
+
+def test_a_regression_that_passes_again_alone_is_a_flake_not_a_failure() -> None:
+    ours = run("proactor", {**STOCK, "t.a": "fail", "t.c": "fail"})
+    comparison = compare(run("stock", STOCK), ours, [])
+    comparison.recheck = {"t.a": "pass", "t.c": "fail"}  # run again on their own
+    assert comparison.flakes() == ["t.a"]
+    assert comparison.real_regressions() == ["t.c"]
+    comparison.recheck = {}
+    assert comparison.real_regressions() == ["t.a", "t.c"]  # not run again: counted
