@@ -519,16 +519,23 @@ def test_pause_and_resume_writing_follow_the_write_buffer() -> None:
             assert handler.events == ["pause", "resume"]
 
 
+def pause_with_data_in_flight(server: Server, peer: socket.socket, data: bytes) -> Connection:
+    """The peer's connection, paused while its receive was pending; ``data`` then completed
+    that receive (so it is held, and no receive is pending)."""
+    connection = server.connection_for(peer)
+    server.pump(lambda: connection.pending_recvs == 1, what="the first receive")
+    connection.pause_reading()
+    peer.sendall(data)
+    server.pump(lambda: connection.pending_recvs == 0, what="the receive in flight")
+    return connection
+
+
 def test_paused_reading_posts_no_receive_and_holds_what_arrived() -> None:
     handler = FlowRecorder()
     with Server(lambda: handler) as server:
         with connect(server.address) as peer:
-            connection = server.connection_for(peer)
-            server.pump(lambda: connection.pending_recvs == 1, what="the first receive")
-            connection.pause_reading()
+            connection = pause_with_data_in_flight(server, peer, b"first")
             assert not connection.is_reading()
-            peer.sendall(b"first")
-            server.pump(lambda: connection.pending_recvs == 0, what="the receive in flight")
             peer.sendall(b"second")
             time.sleep(0.2)
             server.pump(lambda: True, timeout=0.2, what="nothing")
@@ -549,11 +556,7 @@ def test_closing_while_paused_still_reaches_the_peers_fin() -> None:
     handler = FlowRecorder()
     with Server(lambda: handler) as server:
         with connect(server.address) as peer:
-            connection = server.connection_for(peer)
-            server.pump(lambda: connection.pending_recvs == 1, what="the first receive")
-            connection.pause_reading()
-            peer.sendall(b"ignored")
-            server.pump(lambda: connection.pending_recvs == 0, what="the receive in flight")
+            connection = pause_with_data_in_flight(server, peer, b"ignored")
             connection.close()  # rule 3 needs the FIN: reading resumes for the close
             assert connection.pending_recvs == 1
             peer.sendall(b"more")
