@@ -394,14 +394,17 @@ class Socket(OverlappedOwner[int]):
             ffi.NULL), returns_bool=False, context=context)
         return operation
 
-    def recvfrom_into(self, buffer: BufferLike, *, context: object = None
-                      ) -> RecvFromOperation:
+    def recvfrom_into(self, buffer: BufferLike, *, reuse: RecvFromOperation | None = None,
+                      context: object = None) -> RecvFromOperation:
         """Post a WSARecvFrom into ``buffer`` (writable, pinned until it completes); as
         ``recvfrom`` otherwise."""
         if self.type != SocketType.SOCK_DGRAM:
             raise ValueError("recvfrom needs a SOCK_DGRAM socket")
-        operation = RecvFromOperation(OpKind.RECVFROM, self)
+        operation = self._reusable(reuse, OpKind.RECVFROM,
+                                   lambda: RecvFromOperation(OpKind.RECVFROM, self))
+        assert isinstance(operation, RecvFromOperation)
         operation.set_buffers([buffer], writable=True)
+        operation.sockaddr_length[0] = ffi.sizeof("struct sockaddr_storage")
         self._issue(operation, "WSARecvFrom", lambda h: ws2_32.WSARecvFrom(
             h, operation.wsabufs, 1, ffi.NULL, operation.flags,
             ffi.cast("struct sockaddr *", operation.sockaddr), operation.sockaddr_length,
@@ -415,19 +418,7 @@ class Socket(OverlappedOwner[int]):
         A datagram larger than ``size`` completes FAILED with ``Failure.TOO_LARGE``
         (WSAEMSGSIZE / ERROR_MORE_DATA): ``.data`` holds its first ``size`` bytes, the rest is
         discarded, and ``.peer`` says who sent it. ``reuse=`` starts with clear flags."""
-        if self.type != SocketType.SOCK_DGRAM:
-            raise ValueError("recvfrom needs a SOCK_DGRAM socket")
-        operation = self._reusable(reuse, OpKind.RECVFROM,
-                                   lambda: RecvFromOperation(OpKind.RECVFROM, self))
-        assert isinstance(operation, RecvFromOperation)
-        buffers = [bytearray(check_size(size))]
-        operation.set_buffers(buffers, writable=True)
-        operation.sockaddr_length[0] = ffi.sizeof("struct sockaddr_storage")
-        self._issue(operation, "WSARecvFrom", lambda h: ws2_32.WSARecvFrom(
-            h, operation.wsabufs, 1, ffi.NULL, operation.flags,
-            ffi.cast("struct sockaddr *", operation.sockaddr), operation.sockaddr_length,
-            operation.overlapped, ffi.NULL), returns_bool=False, context=context)
-        return operation
+        return self.recvfrom_into(bytearray(check_size(size)), reuse=reuse, context=context)
 
     def sendto(self, data: BufferLike, address: tuple[object, ...], *,
                context: object = None) -> SendToOperation:
