@@ -90,6 +90,8 @@ SUMMARIES = {
     "WSARecvFrom": "receive a datagram into an array of WSABUF, and its sender's address.",
     "WSASend": "send from an array of WSABUF (overlapped: it completes on the socket's port).",
     "WSASendTo": "send a datagram from an array of WSABUF to an address.",
+    "WSAEnumProtocolsW": "the installed transport providers (base and layered) as "
+                         "WSAPROTOCOL_INFOW records; WSAENOBUFS gives the size needed.",
     "WSASocketW": "create a socket (WSA_FLAG_OVERLAPPED for overlapped I/O); INVALID_SOCKET "
                   "on failure.",
     "WSAStartup": "start this process's use of Winsock, at the version asked for.",

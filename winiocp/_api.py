@@ -162,6 +162,12 @@ class Ws2_32(Protocol):
         """
         ...
 
+    def WSAEnumProtocolsW(self, lpiProtocols: CData, lpProtocolBuffer: CData, lpdwBufferLength: CData, /) -> int:
+        """``WSAEnumProtocolsW`` (ws2_32.dll): the installed transport providers (base and
+        layered) as WSAPROTOCOL_INFOW records; WSAENOBUFS gives the size needed.
+        """
+        ...
+
     def WSAGetLastError(self) -> int:
         """``WSAGetLastError`` (ws2_32.dll): the calling thread's last Winsock error code."""
         ...

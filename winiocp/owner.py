@@ -9,6 +9,12 @@ completion before the call returns), and gives it back at once if the call fails
 synchronously (rule 10). Association reads the value under the same lock, so a racing
 ``close()`` cannot hand CreateIoCompletionPort a value Windows has given to another object.
 
+A call that succeeds at once on a handle in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode queues
+no packet at all: ``issue`` then gives the operation to the port's own queue of inline
+completions (``CompletionPort.complete_inline``), and the next dequeue hands it out like any
+other. So an operation is pending from its call to its dequeued completion whichever way it
+completes, and callers route both the same way.
+
 Which synchronous "failures" still queue a packet depends on the operation's kind: any call
 can report ERROR_IO_PENDING; only a receive can report a warning (a truncated datagram or
 message, ``Operation.warnings``), after which the I/O manager queues the packet as for any
@@ -48,6 +54,9 @@ class OverlappedOwner(Generic[H]):
     kind_name: str = "handle"
     #: For a borrowed handle (``_lend``): the lender's current value (its ``fileno``).
     _lender_value: Callable[[], int] | None = None
+    #: FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is on (``Socket.set_skip_on_success``): a call
+    #: that succeeds at once queues no packet, so ``issue`` hands the port its completion.
+    _skip_on_success: bool = False
 
     def __init__(self, handle: H) -> None:
         self._handle: H | None = handle
@@ -210,7 +219,10 @@ class OverlappedOwner(Generic[H]):
                 raise
             # A KeyboardInterrupt can arrive just after the C call returned: the operation
             # then stays registered (kept alive), since the kernel may own it.
-            if failed(result):
+            if not failed(result):
+                if self._skip_on_success:  # done already, and no packet will come
+                    port.complete_inline(operation, self.key)
+            else:
                 error = self._last_error()
                 if error in done_at_once:
                     port.unregister(operation, 0)

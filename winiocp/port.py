@@ -24,6 +24,16 @@ port is closed while operations are pending, their memory is never freed (it mov
 process-wide list): the kernel may still write it, and no completion will ever say when it
 stopped.
 
+Some completions never reach the kernel's queue. A socket in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS
+mode (``Socket.set_skip_on_success``) gets no packet for a call that succeeds at once; the
+operation then goes to the port's own queue of inline completions (``complete_inline``), and
+``get()``/``get_many()`` hand those out first, without a system call, classified as a packet
+would be (its status and byte count are in the OVERLAPPED, where the kernel left them). Two
+rules keep that fair and prompt: a dequeue that served only inline completions is followed by
+one that also asks the kernel (others' packets never starve behind a socket that always has
+data), and an inline completion issued by a thread that never dequeues from the port is posted
+as a real packet instead, so a thread blocked in the kernel gets it.
+
 Every use of the port's handle (a dequeue, ``post()``, ``associate()``) counts itself in use
 first; ``close()`` closes the handle itself only when nobody is using it, and otherwise leaves
 that to the last user out. So no call ever passes a value Windows may have given to another
@@ -170,6 +180,10 @@ class _DequeueBuffers(threading.local):
         self.entries_view: memoryview | None = None
         self.capacity = 0
         self.removed = ffi.new("ULONG *")
+        #: This thread dequeues from the port: inline completions it issues wait for it.
+        self.dequeues = False
+        #: The last dequeue of this thread served inline completions only: ask the kernel now.
+        self.kernel_due = False
 
 
 class CompletionPort:
@@ -202,6 +216,8 @@ class CompletionPort:
         self._pending: dict[int, Operation] = {}
         #: Completions dequeued and classified but not yet handed out (an interrupt struck).
         self._ready: deque[Completion] = deque()
+        #: Operations that completed at once with no packet (skip-on-success), and their keys.
+        self._inline: deque[tuple[Operation, int]] = deque()
         self._buffers = _DequeueBuffers()
         self._lock = threading.Lock()
 
@@ -323,7 +339,8 @@ class CompletionPort:
         finally:
             self._leave()
 
-    def post_completion(self, operation: Operation, bytes_transferred: int = 0) -> bool:
+    def post_completion(self, operation: Operation, bytes_transferred: int = 0,
+                        key: int = 0) -> bool:
         """Complete a registered ``operation`` with a posted packet (its OVERLAPPED as
         lpOverlapped): it is dequeued as that operation's COMPLETED completion, with
         ``bytes_transferred``. For work that finishes outside the kernel's I/O (a wait on
@@ -335,9 +352,49 @@ class CompletionPort:
             return False
         try:
             return bool(kernel32.PostQueuedCompletionStatus(
-                handle, bytes_transferred & 0xFFFFFFFF, 0, operation.overlapped))
+                handle, bytes_transferred & 0xFFFFFFFF, key, operation.overlapped))
         finally:
             self._leave()
+
+    def complete_inline(self, operation: Operation, key: int) -> None:
+        """``operation`` (registered) succeeded at once on a handle that queues no packet for
+        that (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS): queue its completion here, to be handed
+        out by the next ``get()``/``get_many()`` as if the kernel had queued it. Called by
+        ``OverlappedOwner.issue``; ``key`` is the handle's completion key.
+
+        A thread that has never dequeued from this port may never come back for it, while
+        others wait in the kernel: its completion is posted to the port as a packet instead.
+        """
+        if self._buffers.dequeues:
+            self._inline.append((operation, key))
+            return
+        # The status is success (the call returned it); the byte count is InternalHigh,
+        # which the system sets for a request completed without errors (OVERLAPPED's docs).
+        self.post_completion(operation, int(operation.overlapped.InternalHigh), key)
+        # (False: the port closed meanwhile, and the operation is orphaned with the rest.)
+
+    def _take_inline(self, count: int) -> list[Completion]:
+        """Up to ``count`` inline completions, classified (exception-safe, as a batch is)."""
+        taken: list[Completion] = []
+        inline = self._inline
+        while len(taken) < count:
+            try:
+                operation, key = inline.popleft()
+            except IndexError:  # empty, or another thread took the last one
+                break
+            address = operation.address
+            transferred = error = 0
+            try:
+                self._pending.pop(address, None)
+                overlapped = operation.overlapped
+                transferred = int(overlapped.InternalHigh) & 0xFFFFFFFF
+                error = _entry_error(int(overlapped.Internal))
+                taken.append(self._classify(operation, address, key, transferred, error))
+            except BaseException:  # an interrupt: nothing taken so far is lost
+                self._ready.extend(taken)
+                self._ready.append(self._salvage(operation, address, key, transferred, error))
+                raise
+        return taken
 
     # -- dequeue ---------------------------------------------------------------------------
 
@@ -352,6 +409,19 @@ class CompletionPort:
                 return self._ready.popleft()
             except IndexError:  # another thread took it
                 pass
+        out = self._buffers
+        out.dequeues = True
+        if self._inline:
+            if out.kernel_due:  # the last call served inline only: the kernel's turn first
+                out.kernel_due = False
+                completion = self._get_once(0)
+                if completion.outcome is not Outcome.TIMED_OUT:
+                    return completion
+            taken = self._take_inline(1)
+            if taken:
+                out.kernel_due = True
+                return taken[0]
+        out.kernel_due = False
         if timeout is not None:
             return self._get_once(_milliseconds(timeout))
         slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)
@@ -359,6 +429,10 @@ class CompletionPort:
             completion = self._get_once(slice_ms)
             if completion.outcome is not Outcome.TIMED_OUT:
                 return completion
+            if self._inline:  # queued by another thread meanwhile
+                taken = self._take_inline(1)
+                if taken:
+                    return taken[0]
 
     def _get_once(self, milliseconds: int) -> Completion:
         handle = self._enter()
@@ -427,15 +501,32 @@ class CompletionPort:
         if self._ready:
             return self._take_ready(count)
         out = self._buffers
+        out.dequeues = True
         if out.capacity < self._batch_size:
             out.entries = ffi.new("OVERLAPPED_ENTRY[]", self._batch_size)
             out.entries_view = memoryview(ffi.buffer(out.entries))  # type: ignore[arg-type]
             out.capacity = self._batch_size
+        if self._inline:
+            if out.kernel_due:  # the last call served inline only: the kernel's turn too
+                out.kernel_due = False
+                completions = self._get_many_once(out, count, 0)
+                if len(completions) < count:
+                    completions.extend(self._take_inline(count - len(completions)))
+                if completions:
+                    return completions
+            else:
+                completions = self._take_inline(count)
+                if completions:
+                    out.kernel_due = True
+                    return completions
+        out.kernel_due = False
         if timeout is not None:
             return self._get_many_once(out, count, _milliseconds(timeout))
         slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)  # sliced, as in get(), for Ctrl-C
         while True:
             completions = self._get_many_once(out, count, slice_ms)
+            if not completions and self._inline:  # queued by another thread meanwhile
+                completions = self._take_inline(count)
             if completions:
                 return completions
 
@@ -599,6 +690,10 @@ class CompletionPort:
             handle, self._handle = self._handle, None
             if handle is None:
                 return
+            for operation, _ in self._inline:  # done already: the kernel holds none of it
+                self._pending.pop(operation.address, None)
+                operation.state = OpState.DONE
+            self._inline.clear()
             if self._pending:
                 for operation in self._pending.values():
                     # Only the memory the kernel may write is kept: no completion will be

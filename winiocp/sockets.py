@@ -24,7 +24,9 @@ from .addresses import Address
 from .constants import (
     INVALID_SOCKET,
     SOCKET_ERROR,
+    XP1_IFS_HANDLES,
     AddressFamily,
+    CompletionNotificationModes,
     IoControl,
     IPProto,
     Shutdown,
@@ -49,7 +51,7 @@ from .operations import (
     check_size,
 )
 from .owner import OverlappedOwner
-from .raw import ExtensionFunctions, extension_functions, ffi, ws2_32
+from .raw import ExtensionFunctions, extension_functions, ffi, kernel32, ws2_32
 
 if TYPE_CHECKING:
     from .handles import Handle
@@ -323,6 +325,41 @@ class Socket(OverlappedOwner[int]):
                                ffi.sizeof("BOOL"), ffi.NULL, 0, returned, ffi.NULL,
                                ffi.NULL) == SOCKET_ERROR:
                 self._raise_last("WSAIoctl(SIO_UDP_CONNRESET)")
+
+    def set_skip_on_success(self) -> bool:
+        """Turn on FILE_SKIP_COMPLETION_PORT_ON_SUCCESS where it is safe; True if it is on.
+
+        An operation that succeeds at once then queues no completion packet: ``issue`` gives
+        it to the port's own queue, and the next ``get()``/``get_many()`` hands it out like
+        any completion, with no system call to dequeue it (see ``port.py``). Nothing else
+        changes for the caller. It cannot be turned off again.
+
+        Only for stream sockets, and only while every installed Winsock provider returns
+        IFS handles: SetFileCompletionNotificationModes' documentation says the mode is
+        compatible only with such providers and to check the WSAEnumProtocols records for
+        XP1_IFS_HANDLES; the records checked are those of IPv4 and IPv6 providers (libuv
+        tests the same families). Datagram sockets stay as they are: a
+        truncated datagram "fails" at once yet still completes, a case the mode leaves
+        unspecified. Returns False, changing nothing, where the mode is not used; raises
+        ``ClosedHandleError`` once closed and the ``OSError`` of the call's failure.
+        """
+        if self.type != SocketType.SOCK_STREAM or not _providers_all_ifs():
+            return False
+        with self._lock:
+            handle = self._checked()
+            if not self._skip_on_success:
+                if not kernel32.SetFileCompletionNotificationModes(
+                        ffi.cast("HANDLE", handle),
+                        CompletionNotificationModes.FILE_SKIP_COMPLETION_PORT_ON_SUCCESS):
+                    raise exception_for(kernel32.GetLastError(),
+                                        "SetFileCompletionNotificationModes")
+                self._skip_on_success = True
+        return True
+
+    @property
+    def skips_on_success(self) -> bool:
+        """Whether ``set_skip_on_success`` turned the mode on for this socket."""
+        return self._skip_on_success
 
     # -- overlapped operations ---------------------------------------------------------------
 
@@ -671,6 +708,39 @@ class ConnectOperation(Operation):
         """Set SO_UPDATE_CONNECT_CONTEXT; 0, or the error that fails the connect."""
         assert isinstance(self.owner, Socket)
         return self.owner._update_connect_context()  # pyright: ignore[reportPrivateUsage]
+
+
+_IFS_ONLY: list[bool] = []
+
+
+def _providers_all_ifs() -> bool:
+    """Whether every installed provider of IPv4 and IPv6 sockets (base or layered) returns IFS
+    handles. Providers of other families never serve a ``Socket`` (Wine's IPX provider, for
+    one, is not IFS). Asked once a process: the catalog changes only when networking software
+    is installed."""
+    if not _IFS_ONLY:
+        _IFS_ONLY.append(all(
+            flags & XP1_IFS_HANDLES for family, _, flags in provider_records()
+            if family in (AddressFamily.AF_INET, AddressFamily.AF_INET6)))
+    return _IFS_ONLY[0]
+
+
+def provider_records() -> list[tuple[int, int, int]]:
+    """``(iAddressFamily, iSocketType, dwServiceFlags1)`` of every installed Winsock
+    provider, base and layered (WSAEnumProtocolsW). Raises the ``OSError`` of its failure."""
+    size = ffi.new("DWORD *", 16 * ffi.sizeof("WSAPROTOCOL_INFOW"))
+    for _ in range(8):  # the catalog may grow between two calls
+        records = ffi.new("char[]", size[0])
+        count = ws2_32.WSAEnumProtocolsW(ffi.NULL, ffi.cast("LPWSAPROTOCOL_INFOW", records),
+                                         size)
+        if count != SOCKET_ERROR:
+            infos = ffi.cast("WSAPROTOCOL_INFOW *", records)
+            return [(int(info.iAddressFamily), int(info.iSocketType),
+                     int(info.dwServiceFlags1)) for info in (infos[i] for i in range(count))]
+        error = ws2_32.WSAGetLastError()
+        if error != WinError.WSAENOBUFS:
+            raise exception_for(error, "WSAEnumProtocolsW")
+    raise exception_for(WinError.WSAENOBUFS, "WSAEnumProtocolsW")
 
 
 def _bool_failed(result: object) -> bool:

@@ -54,6 +54,8 @@ typedef void (WINAPI *LPWSAOVERLAPPED_COMPLETION_ROUTINE)(DWORD dwError, DWORD c
 
 int WINAPI WSAStartup(WORD wVersionRequested, LPWSADATA lpWSAData);
 int WINAPI WSACleanup(void);
+int WINAPI WSAEnumProtocolsW(LPINT lpiProtocols, LPWSAPROTOCOL_INFOW lpProtocolBuffer,
+                             LPDWORD lpdwBufferLength);
 int WINAPI WSAGetLastError(void);
 SOCKET WINAPI WSASocketW(int af, int type, int protocol, LPWSAPROTOCOL_INFOW lpProtocolInfo,
                          GROUP g, DWORD dwFlags);
