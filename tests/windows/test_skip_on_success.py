@@ -26,7 +26,7 @@ from helpers_io import (
     wait_for,
 )
 
-from winiocp import CompletionPort, OpState, Outcome, Socket
+from winiocp import AcceptOperation, CompletionPort, OpState, Outcome, Socket
 from winiocp.constants import CompletionNotificationModes, SocketType
 from winiocp.port import orphaned_operation_count
 from winiocp.raw import ffi, kernel32
@@ -151,7 +151,7 @@ def test_an_inline_completion_of_a_thread_that_never_dequeues_reaches_a_waiting_
 
 
 def accept_client_on(own_port: CompletionPort, server: Socket, stack: ExitStack
-                     ) -> tuple[object, socket.socket]:
+                     ) -> tuple[AcceptOperation, socket.socket]:
     """accept_client, but dequeued by a helper thread (the caller never dequeues)."""
     accepting = server.accept()
     stack.enter_context(accepting.accepted)
