@@ -140,6 +140,13 @@ def exe_command(name: str, *args: str) -> list[str]:
     return [str(BIN / name), *args]
 
 
+#: ``python -c`` with this, the snapshot's path, the module and its arguments: ``python -m``
+#: from the snapshot.
+_SNAPSHOT_MAIN = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); module = sys.argv[2]; "
+                  "sys.argv[1:] = sys.argv[3:]; "
+                  "runpy.run_module(module, run_name='__main__', alter_sys=True)")
+
+
 class WindowsProcess:
     """A Windows program under Wine with piped stdin/stdout (regular files don't work there).
 
@@ -149,12 +156,15 @@ class WindowsProcess:
 
     def __init__(self, command: list[str], name: str) -> None:
         self.name = name
+        cwd = SNAPSHOT if SNAPSHOT.is_dir() else ROOT
+        if command[:2] == ["python", "-m"] and cwd == SNAPSHOT:
+            # The embeddable CPython's ._pth fixes sys.path (the live checkout on it, the
+            # working directory not): put the snapshot first, then run the module.
+            command = ["python", "-c", _SNAPSHOT_MAIN, winenv.windows_path(SNAPSHOT),
+                       *command[2:]]
         argv, env = winenv.windows_command(PYTHON, command)
         if "WINEPREFIX" in env:
             env["WINEPREFIX"] = str(BENCH_PREFIX)
-        # The working directory comes first on the Windows Python's path (python -m / -c):
-        # the snapshot's winiocp and bench shadow the live checkout's.
-        cwd = SNAPSHOT if SNAPSHOT.is_dir() else ROOT
         self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: list[str] = []

@@ -14,6 +14,11 @@
  *       Short connections: connect, one exchange, close. `client`: close right after the
  *       echo (the client closes first). `server`: wait for the server's FIN, then close
  *       (the server closes first; the server must close after one exchange).
+ *   loadgen bulk HOST PORT BYTES
+ *       One connection: send BYTES (blocking writes of 256 KiB) as fast as the server takes
+ *       them, then shutdown(SHUT_WR) and read until the server closes; the server answers the
+ *       EOF with the byte count it received (ASCII) before closing, which must equal BYTES.
+ *       Prints MB/s (10^6 bytes) from the connect to the server's close.
  *   loadgen hold HOST PORT CONNS MSGSIZE
  *       Open CONNS connections, one exchange on each (so the server has accepted them and
  *       re-posted its receive), print `ready N`, then keep them idle until a line (or EOF)
@@ -327,6 +332,52 @@ static int churn(const char *host, int port, int concurrency, double seconds, si
     return 0;
 }
 
+static int bulk(const char *host, int port, long long total) {
+    struct sockaddr_in sa = target(host, port);
+    size_t chunk = 256 * 1024;
+    char *data = malloc(chunk), reply[64];
+    memset(data, 'x', chunk);
+    double start = now_s();
+    int fd = connect_blocking(&sa);
+    /* Bounded: a stalled server fails the run instead of hanging it. */
+    struct timeval tv = {.tv_sec = 120};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    long long sent = 0;
+    while (sent < total) {
+        size_t want = (size_t)(total - sent < (long long)chunk ? total - sent : (long long)chunk);
+        ssize_t n = send(fd, data, want, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            die("send (bulk)");
+        }
+        sent += n;
+    }
+    double written = now_s();
+    if (shutdown(fd, SHUT_WR) < 0) die("shutdown");
+    size_t got = 0;
+    for (;;) {
+        ssize_t n = recv(fd, reply + got, sizeof reply - 1 - got, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            die("recv (bulk ack)");
+        }
+        if (n == 0) break;
+        got += (size_t)n;
+        if (got >= sizeof reply - 1) break;
+    }
+    double end = now_s();
+    close(fd);
+    reply[got] = 0;
+    long long acked = got ? atoll(reply) : -1;
+    double seconds = end - start;
+    printf("{\"mode\": \"bulk\", \"bytes\": %lld, \"acked\": %lld, \"seconds\": %.4f, "
+           "\"send_seconds\": %.4f, \"mb_per_s\": %.2f, \"errors\": %d}\n",
+           total, acked, seconds, written - start,
+           seconds > 0 ? (double)total / seconds / 1e6 : 0.0, acked == total ? 0 : 1);
+    return acked == total ? 0 : 3;
+}
+
 static int hold(const char *host, int port, int conns, size_t size) {
     struct sockaddr_in sa = target(host, port);
     int *fds = calloc((size_t)conns, sizeof(int));
@@ -371,6 +422,8 @@ int main(int argc, char **argv) {
         return churn(argv[2], atoi(argv[3]), atoi(argv[4]), atof(argv[5]), size,
                      strcmp(argv[7], "server") == 0);
     }
+    if (argc >= 5 && strcmp(argv[1], "bulk") == 0)
+        return bulk(argv[2], atoi(argv[3]), atoll(argv[4]));
     if (argc >= 6 && strcmp(argv[1], "hold") == 0) {
         size_t size = (size_t)atol(argv[5]);
         if (size == 0 || size > MAX_MSG) size = 64;
@@ -379,6 +432,7 @@ int main(int argc, char **argv) {
     fprintf(stderr,
             "usage: loadgen pingpong HOST PORT CONNS SECONDS WARMUP MSGSIZE\n"
             "       loadgen churn HOST PORT CONCURRENCY SECONDS MSGSIZE client|server\n"
+            "       loadgen bulk HOST PORT BYTES\n"
             "       loadgen hold HOST PORT CONNS MSGSIZE\n");
     return 2;
 }

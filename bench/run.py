@@ -62,6 +62,7 @@ class Settings:
     drain_repeats: int = 3
     churn_seconds: float = 3.0
     churn_concurrency: int = 16
+    bulk_bytes: int = 256 * 2**20
     memory_connections: int = 5000
     memory_base: int = 100
     rehold: bool = True
@@ -73,7 +74,7 @@ class Settings:
             return cls(quick=False)
         return cls(quick=True, echo_seconds=1.0, warmup=0.3, echo_repeats=1, drain_seconds=0.5,
                    drain_repeats=1, churn_seconds=1.0, memory_connections=2000, rehold=False,
-                   wait_quiet=0.0)
+                   wait_quiet=0.0, bulk_bytes=32 * 2**20)
 
 
 # -- 1. echo ----------------------------------------------------------------------------------
@@ -267,6 +268,149 @@ def bench_aio(settings: Settings) -> dict[str, Any]:
                  "`writer.write`, `await writer.drain()`. All servers stay up for the whole "
                  "section; only the one under load is busy."),
     }
+
+
+def start_servers(commands: dict[str, list[str]], section: str
+                  ) -> tuple[dict[str, WindowsProcess], dict[str, int], dict[str, str]]:
+    """Start every server; returns (processes, name -> port, name -> why it did not start).
+    The caller stops the processes."""
+    processes: dict[str, WindowsProcess] = {}
+    ports: dict[str, int] = {}
+    skipped: dict[str, str] = {}
+    for name, command in commands.items():
+        processes[name] = WindowsProcess(command, name)
+    for name, process in processes.items():
+        try:
+            ports[name] = process.listening_port()
+        except (RuntimeError, TimeoutError) as error:
+            skipped[name] = f"did not start: {_last_lines(error)}"
+            log(f"{section} {name}: {skipped[name]}")
+    return processes, ports, skipped
+
+
+def server_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of a server process and of the bench's wineserver."""
+    wineserver = harness.bench_wineserver_pid()
+    return (harness.process_cpu_seconds(pid),
+            harness.process_cpu_seconds(wineserver) if wineserver else 0.0)
+
+
+def bench_aio_bulk(settings: Settings) -> dict[str, Any]:
+    """Issue 10's workload 3: one connection, ``bulk_bytes`` client -> server, MB/s, into a
+    Protocol and into a BufferedProtocol on each loop (bench/servers/aio_bulk.py)."""
+    commands = {loop: python_command("-m", "bench.servers.aio_bulk", "--loop", loop)
+                for loop in AIO_LOOPS}
+    processes, ports, skipped = start_servers(commands, "aio bulk")
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+        api: {loop: [] for loop in AIO_LOOPS} for api in ("protocol", "buffered")}
+    try:
+        buffered_ports = {}
+        for loop in ports:
+            line = next(x for x in processes[loop].lines if x.startswith("buffered on "))
+            buffered_ports[loop] = int(line.rsplit(":", 1)[1])
+        for repeat in range(settings.echo_repeats):
+            for index, api in enumerate(("protocol", "buffered")):
+                names = [loop for loop in AIO_LOOPS if loop in ports and loop not in skipped]
+                for loop in names if (index + repeat) % 2 == 0 else names[::-1]:
+                    port = ports[loop] if api == "protocol" else buffered_ports[loop]
+                    pid = processes[loop].process.pid
+                    before = server_cpu(pid)
+                    try:
+                        result = harness.loadgen("bulk", "127.0.0.1", str(port),
+                                                 str(settings.bulk_bytes), timeout=300)
+                    except (RuntimeError, subprocess.TimeoutExpired) as error:
+                        skipped[loop] = f"bulk into a {api} failed: {_last_lines(error)}"
+                        log(f"aio bulk {loop}: {skipped[loop]}")
+                        continue
+                    after = server_cpu(pid)
+                    megabytes = settings.bulk_bytes / 1e6
+                    result["server_cpu_ms_per_mb"] = 1e3 * (after[0] - before[0]) / megabytes
+                    result["wineserver_cpu_ms_per_mb"] = 1e3 * (after[1] - before[1]) / megabytes
+                    samples[api][loop].append(result)
+                    log(f"aio bulk {api:8} {loop:9} {result['mb_per_s']:8.1f} MB/s "
+                        f"({result['seconds']:.2f} s)")
+                    time.sleep(0.3)
+    finally:
+        for process in processes.values():
+            process.stop(timeout=15)
+    cells: dict[str, dict[str, Any]] = {api: {} for api in samples}
+    for api, by_loop in samples.items():
+        for loop, runs in by_loop.items():
+            if runs and loop not in skipped:
+                cells[api][loop] = {"runs": runs, **{
+                    key: statistics.median(float(run[key]) for run in runs)
+                    for key in ("mb_per_s", "server_cpu_ms_per_mb", "wineserver_cpu_ms_per_mb")}}
+    return {
+        "cells": cells, "skipped": skipped, "bytes": settings.bulk_bytes,
+        "note": (f"One connection sends {settings.bulk_bytes / 2**20:g} MiB to the server "
+                 "(`loadgen bulk`: blocking 256 KiB writes, then shutdown(SHUT_WR)); the "
+                 "server (`bench/servers/aio_bulk.py`) counts and discards, answers the EOF "
+                 "with the count and closes; MB/s (10^6 bytes) from the connect to the close, "
+                 f"the median of {settings.echo_repeats} run(s). `protocol`: "
+                 "`asyncio.Protocol.data_received`; `buffered`: `asyncio.BufferedProtocol` "
+                 "into a 256 KiB buffer of its own. CPU: the server process and its "
+                 "wineserver, ms per MB."),
+    }
+
+
+def bench_aio_churn(settings: Settings) -> dict[str, Any]:
+    """Issue 10's workload 4: connect, one 64-byte exchange, close (the client first), at a
+    fixed concurrency, against the Protocol echo on each loop; connections/s."""
+    commands = {loop: python_command("-m", "bench.servers.aio_echo", "--loop", loop, "--api",
+                                     "protocol") for loop in AIO_LOOPS}
+    processes, ports, skipped = start_servers(commands, "aio churn")
+    samples: dict[str, list[dict[str, Any]]] = {loop: [] for loop in AIO_LOOPS}
+    try:
+        for repeat in range(settings.echo_repeats):
+            names = [loop for loop in AIO_LOOPS if loop in ports and loop not in skipped]
+            for loop in names if repeat % 2 == 0 else names[::-1]:
+                try:
+                    result = harness.churn(ports[loop], settings.churn_concurrency,
+                                           settings.churn_seconds, "client")
+                except (RuntimeError, subprocess.TimeoutExpired) as error:
+                    skipped[loop] = f"churn failed: {_last_lines(error)}"
+                    log(f"aio churn {loop}: {skipped[loop]}")
+                    continue
+                samples[loop].append(result)
+                log(f"aio churn {loop:9} {result['connections_per_s']:8,.0f} conn/s "
+                    f"errors {result['errors']}")
+                time.sleep(1.0)  # the last closes
+    finally:
+        for process in processes.values():
+            process.stop(timeout=15)
+    cells = {loop: {"runs": runs, "errors": sum(int(run["errors"]) for run in runs), **{
+        key: statistics.median(float(run[key]) for run in runs)
+        for key in ("connections_per_s", "p50_us", "p99_us")}}
+        for loop, runs in samples.items() if runs and loop not in skipped}
+    return {
+        "cells": cells, "skipped": skipped,
+        "note": (f"{settings.churn_concurrency} concurrent clients for "
+                 f"{settings.churn_seconds:g} s (`loadgen churn ... client`): connect, one "
+                 "64-byte exchange with the Protocol echo of `bench/servers/aio_echo.py`, "
+                 f"close (the client first); the median of {settings.echo_repeats} run(s)."),
+    }
+
+
+def bench_aio_cost(settings: Settings) -> dict[str, Any]:
+    """Issue 10's workload 5: Python cost and system calls per echoed message, kernel
+    stubbed (bench/micro/aio_cost.py), winiocp.aio and the stock loop, one process each."""
+    cells: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for loop in ("winiocp", "stock"):
+        args = ["-m", "bench.micro.aio_cost", "--loop", loop] + (
+            ["--quick"] if settings.quick else [])
+        try:
+            cells[loop] = harness.run_json(python_command(*args), f"aio_cost {loop}",
+                                           timeout=600)["cells"]
+        except (RuntimeError, TimeoutError, KeyError) as error:
+            skipped[loop] = _last_lines(error)
+            log(f"aio cost {loop}: not measured: {skipped[loop]}")
+            continue
+        for count, cell in cells[loop].items():
+            log(f"aio cost {loop:8} {count:>3} conn: {cell['python_us']:6.2f} us Python + "
+                f"{cell['stub_us']:5.2f} us stubs per message, "
+                f"{cell['system_calls_per_message']:.2f} system calls")
+    return {"cells": cells, "skipped": skipped}
 
 
 def profile_echo_server(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -683,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
         before("aio")
         results["aio"] = bench_aio(settings)
         load["aio"].update(during(results["aio"]["cells"]))
+        results["aio"]["bulk"] = bench_aio_bulk(settings)
+        results["aio"]["churn"] = bench_aio_churn(settings)
+        results["aio"]["cost"] = bench_aio_cost(settings)
     if "python" in sections:
         before("python")
         results["python_cost"] = bench_python_cost(settings)
