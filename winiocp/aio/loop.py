@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import sys
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TypeVar, cast
 
@@ -36,7 +38,22 @@ class EventLoop(asyncio.ProactorEventLoop):
                                extra: dict[str, object] | None = None,
                                server: asyncio.base_events.Server | None = None
                                ) -> SocketTransport:
-        return SocketTransport(self, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: asyncio.BaseProtocol,
+                            sslcontext: ssl.SSLContext,
+                            waiter: asyncio.Future[None] | None = None, *,
+                            server_side: bool = False, server_hostname: str | None = None,
+                            extra: dict[str, object] | None = None,
+                            server: asyncio.base_events.Server | None = None,
+                            **timeouts: object) -> asyncio.Transport:
+        # As asyncio's (an SSLProtocol over a socket transport), over ours.
+        make_protocol = cast("Callable[..., sslproto.SSLProtocol]", sslproto.SSLProtocol)
+        ssl_protocol = make_protocol(self, protocol, sslcontext, waiter, server_side,
+                                     server_hostname, **timeouts)
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        transport: asyncio.Transport = ssl_protocol._app_transport
+        return transport
 
     async def _sendfile_native(self, transp: asyncio.Transport, file: HasFileno, offset: int,
                                count: int | None) -> int:

@@ -8,9 +8,14 @@ callback; this one lets winiocp do what it already does for every operation:
 * each call is a winiocp ``Operation`` on a *borrowed* view of the stdlib socket or pipe
   (``Socket.borrow`` / ``Handle.borrow``): asyncio keeps owning and closing its objects, and a
   value its owner closed is never touched again;
-* the operation's ``context`` is the ``_Pending`` record that finishes it (future + how to
-  turn the completion into a result), so the dequeue loop routes every completion the same
-  way and never asks what kind of operation it was;
+* the operation's ``context`` is its completion handler, called with the dequeued
+  ``Completion``: for asyncio's futures the ``_Pending`` record that finishes one (future +
+  how to turn the completion into a result), for winiocp's own transports (``transports.py``)
+  the transport's receive or send handler, which calls the protocol at once. So the dequeue
+  loop routes every completion the same way and never asks what kind of operation it was;
+* stream sockets are put in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode where Windows allows it
+  (``Socket.set_skip_on_success``): an operation that completes at once is handed out by the
+  port itself, with no packet to dequeue, and routed the same way;
 * the port's registry keeps each operation's memory (OVERLAPPED, pinned buffers, addresses)
   alive until its completion is dequeued — through cancellation, through the GC of every
   future, and through ``close()``, which cancels everything, waits for the completions, and
@@ -34,6 +39,7 @@ import socket
 import time
 import weakref
 from asyncio import windows_utils
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, Union, cast
 
@@ -147,20 +153,44 @@ class _WaitCancelFuture(_IocpFuture[bool]):
         self._done_callback(self)
 
 
-class _Pending(Generic[T]):
-    """What finishes one operation: its future, how to turn the completion into a result,
-    and the object it was issued on (kept alive until then, as asyncio's proactor does)."""
+#: What an operation's context is on the proactor's port: called with its completion.
+CompletionHandler = Callable[[Completion], None]
 
-    __slots__ = ("future", "finish", "obj")
+
+class _Pending(Generic[T]):
+    """The completion handler of a future's operation: its future, how to turn the completion
+    into a result, and the object it was issued on (kept alive until then, as asyncio's
+    proactor does)."""
+
+    __slots__ = ("future", "finish", "obj", "proactor")
 
     def __init__(self, future: _IocpFuture[T], finish: Callable[[Completion], T],
-                 obj: object) -> None:
+                 obj: object, proactor: IocpProactor) -> None:
         self.future = future
         self.finish = finish
         self.obj = obj
+        self.proactor = proactor
+
+    def __call__(self, completion: Completion) -> None:
+        future = self.future
+        proactor = self.proactor
+        if self.obj is not None and self.obj in proactor._stopped_serving:  # pyright: ignore[reportPrivateUsage]
+            future.cancel()
+        elif not future.done():
+            try:
+                value = self.finish(completion)
+            except _Reissued:
+                return  # another operation serves the future now
+            except OSError as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+            proactor._results.append(cast("asyncio.Future[object]", future))  # pyright: ignore[reportPrivateUsage]
 
 
-def _failure(completion: Completion) -> OSError:
+def failure_of(completion: Completion) -> OSError:
+    """The exception asyncio sees for a failed completion (a reset or an aborted receive:
+    ConnectionResetError, as CPython's proactor reports it)."""
     error = completion.error
     operation = completion.operation
     what = operation.kind.value if operation is not None else "operation"
@@ -175,14 +205,14 @@ def _received(completion: Completion) -> bytes:
     assert isinstance(operation, BufferOperation)
     if completion.outcome is Outcome.FAILED:
         if not _is_eof_or_more_data(completion):
-            raise _failure(completion)
+            raise failure_of(completion)
     return operation.data
 
 
 def _count(completion: Completion) -> int:
     """Bytes moved (a send, a receive into a buffer, TransmitFile)."""
     if completion.outcome is Outcome.FAILED and not _is_eof_or_more_data(completion):
-        raise _failure(completion)
+        raise failure_of(completion)
     return completion.bytes_transferred
 
 
@@ -220,7 +250,7 @@ class _AcceptAttempt:
             conn = self.conn = _accept_socket(self.listener.family)
             try:
                 self.future.operation = self.view.accept(
-                    Socket.borrow(conn), context=_Pending(self.future, self.finish, self.listener))
+                    Socket.borrow(conn), context=_Pending(self.future, self.finish, self.listener, self.proactor))
                 return
             except OSError as exc:
                 conn.close()
@@ -245,7 +275,7 @@ class _AcceptAttempt:
                 conn.close()
                 self.post()  # the same future, a new AcceptEx
                 raise _Reissued
-            raise _failure(completion)
+            raise failure_of(completion)
         # SO_UPDATE_ACCEPT_CONTEXT is set already (AcceptOperation.on_success), and the
         # peer's address is AcceptEx's: no getpeername, which fails (WSAENOTCONN) if the
         # client has reset meanwhile; the transport then learns of the reset by reading.
@@ -275,6 +305,8 @@ class IocpProactor:
     def __init__(self, concurrency: int = INFINITE) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._results: list[asyncio.Future[object]] = []
+        #: Completions dequeued but not yet routed (an interrupt struck in a handler).
+        self._unfinished: deque[Completion] = deque()
         self._port: CompletionPort | None = CompletionPort(concurrency)
         self._views: weakref.WeakKeyDictionary[object, OverlappedOwner[object]] = (
             weakref.WeakKeyDictionary())
@@ -325,33 +357,17 @@ class IocpProactor:
             if math.ceil(timeout * 1e3) >= INFINITE:
                 raise ValueError("timeout too big")
         port = self._check_closed()
+        unfinished = self._unfinished
+        if unfinished:  # an interrupt cut the last batch short: finish it first
+            timeout = 0
         completions = port.get_many(timeout)
-        while completions:
-            for completion in completions:
-                self._finish(completion)
+        while True:
+            unfinished.extend(completions)
+            while unfinished:
+                _finish(unfinished.popleft())
             if len(completions) < port.batch_size:
                 break
             completions = port.get_many(0)
-
-    def _finish(self, completion: Completion) -> None:
-        pending = _pending_of(completion.operation)
-        if pending is None:
-            return  # a packet of nobody's (a raw post, a wake-up): nothing to finish
-        future = pending.future
-        if pending.obj is not None and pending.obj in self._stopped_serving:
-            future.cancel()
-        elif not future.done():
-            try:
-                value = pending.finish(completion)
-            except _Reissued:
-                return  # another operation serves the future now
-            except OSError as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(value)
-            self._results.append(future)
-        if completion.operation is not None:
-            completion.operation.context = None  # finished: the record may go
 
     def _result(self, value: T) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._get_loop().create_future()
@@ -368,8 +384,15 @@ class IocpProactor:
         if view is None:  # (once its owner closes it, the view refuses every call itself)
             view = self._borrow(obj)
             port.associate(view)
+            if isinstance(view, Socket):
+                view.set_skip_on_success()  # (only where Windows allows it)
             self._views[obj] = view
         return view
+
+    def stream_view(self, sock: socket.socket) -> Socket:
+        """The borrowed, associated view of a connected stream socket, for a transport that
+        issues its own operations with completion handlers as their context."""
+        return _sock(self._register_with_iocp(sock))
 
     @staticmethod
     def _borrow(obj: object) -> OverlappedOwner[object]:
@@ -393,7 +416,7 @@ class IocpProactor:
         as the operation's context before the call (another thread may dequeue it first)."""
         view = self._register_with_iocp(conn)
         future: _IocpFuture[T] = _IocpFuture(None, view, loop=self._get_loop())
-        future.operation = issue(view, _Pending(future, finish, conn))
+        future.operation = issue(view, _Pending(future, finish, conn, self))
         return future
 
     # -- sockets and pipes -------------------------------------------------------------------
@@ -496,7 +519,7 @@ class IocpProactor:
 
         def finish(completion: Completion) -> socket.socket:
             if completion.outcome is Outcome.FAILED:
-                raise _failure(completion)
+                raise failure_of(completion)
             return conn  # SO_UPDATE_CONNECT_CONTEXT is set already
 
         return self._issue(conn, lambda view, pending: _sock(view).connect(
@@ -523,7 +546,7 @@ class IocpProactor:
         connected (at once if one already is)."""
         def finish(completion: Completion) -> windows_utils.PipeHandle:
             if completion.outcome is Outcome.FAILED:
-                raise _failure(completion)
+                raise failure_of(completion)
             return pipe
 
         future = self._issue(pipe, lambda view, pending: _handle(view).connect_pipe(
@@ -588,7 +611,8 @@ class IocpProactor:
             future = _WaitCancelFuture(operation, loop=loop, done_callback=done_callback)
         else:
             future = _IocpFuture(operation, None, loop=loop)
-        operation.context = _Pending(future, lambda completion: operation.signaled(), None)
+        operation.context = _Pending(future, lambda completion: operation.signaled(), None,
+                                     self)
         return future
 
     # -- the rest of the contract ------------------------------------------------------------
@@ -614,9 +638,22 @@ class IocpProactor:
         port = self._port
         if port is None:
             return
+        # Completions not yet routed: the futures' still are; transports' handlers never run
+        # once the loop is closing.
+        self._unfinished = deque(completion for completion in self._unfinished
+                                 if _pending_of(completion.operation) is not None)
         for operation in port.pending_operations():
             pending = _pending_of(operation)
             if pending is None:
+                # A transport's own operation: its handler is not run any more (the loop is
+                # closed); the operation is cancelled, and its memory kept until it ends.
+                operation.context = None
+                owner = operation.owner
+                if isinstance(owner, OverlappedOwner):
+                    try:
+                        owner.cancel(operation)
+                    except OSError:  # closed already (ClosedHandleError) or gone
+                        pass
                 continue
             future = pending.future
             if future.cancelled() or isinstance(future, _WaitCancelFuture):
@@ -649,9 +686,20 @@ class IocpProactor:
 
 
 def _pending_of(operation: Operation | None) -> _Pending[object] | None:
-    """The record that finishes ``operation``, if it is one of ours."""
+    """The record that finishes ``operation``'s future, if it has one."""
     pending = operation.context if operation is not None else None
     return cast("_Pending[object]", pending) if isinstance(pending, _Pending) else None
+
+
+def _finish(completion: Completion) -> None:
+    """Route ``completion`` to its operation's handler (none: a wake-up or a raw post)."""
+    operation = completion.operation
+    if operation is None:
+        return
+    handler = cast("CompletionHandler | None", operation.context)
+    if handler is not None:
+        operation.context = None  # finished: the handler may go (or re-arm the operation)
+        handler(completion)
 
 
 def _accept_socket(family: int) -> socket.socket:
@@ -677,7 +725,7 @@ def _datagram(completion: Completion) -> tuple[bytes, Address | None]:
     if completion.outcome is Outcome.FAILED:
         if completion.error == _ERROR_PORT_UNREACHABLE:
             return b"", None
-        raise _failure(completion)
+        raise failure_of(completion)
     return operation.data, operation.peer
 
 
@@ -687,5 +735,5 @@ def _datagram_count(completion: Completion) -> tuple[int, Address | None]:
     if completion.outcome is Outcome.FAILED:
         if completion.error == _ERROR_PORT_UNREACHABLE:
             return 0, None
-        raise _failure(completion)
+        raise failure_of(completion)
     return completion.bytes_transferred, operation.peer

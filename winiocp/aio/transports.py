@@ -1,11 +1,33 @@
-"""The socket transport's close, done in the order that loses no data (rules 3 and 4).
+"""winiocp.aio's socket transport: driven by completions, and closed without losing data.
 
-asyncio's proactor transport ends a connection with ``shutdown(SHUT_RDWR)`` and
-``closesocket`` as soon as its own write buffer is empty. "Empty" means the last WSASend
-completed, not that the peer has the bytes: they may still sit in the kernel's send buffer.
-If anything arrived from the peer that nobody read (or arrives later: a peer still sending),
-``closesocket`` resets the connection, and a reset discards what was still queued: the peer
-loses the end of the response.
+**Driven by completions.** asyncio's proactor transport turns every read and write into a
+future: the proactor completes the future, the future schedules a callback, and the callback
+calls the protocol and issues the next operation. ``SocketTransport`` keeps asyncio's whole
+transport contract (flow control, ``write_eof``, ``abort``, ``get_extra_info``, the order of
+protocol callbacks) but issues its own winiocp operations, with the transport's receive and
+send handlers as their context: the proactor routes a completion straight to its handler,
+which calls the protocol at once (in the context the transport was made in), with no future
+and no ``call_soon`` in between.
+
+* Receiving: one receive pending at a time, re-armed (the same OVERLAPPED and WSABUF) after
+  each completion. A plain ``Protocol`` gets a copy of the transport's 64 KiB buffer; a
+  ``BufferedProtocol`` is received into directly (``get_buffer`` before the receive,
+  ``buffer_updated`` after it: zero copies), its buffer pinned until the completion. While
+  reading is paused no receive is issued; one already in flight is held and delivered on
+  ``resume_reading``.
+* Writing: ``write()`` sends at once when nothing is in flight; what is written meanwhile is
+  queued as separate chunks (bytes are not copied; other buffers are, once) and goes out as
+  one WSASend gathering all of them when the send in flight completes. ``writelines`` queues
+  its chunks the same way. A partial send puts the unsent rest back in front.
+* The sockets are in skip-on-success mode where Windows allows it (see ``proactor.py``): a
+  send that completes at once is not dequeued through the kernel.
+
+**The close (rules 3 and 4).** asyncio's proactor transport ends a connection with
+``shutdown(SHUT_RDWR)`` and ``closesocket`` as soon as its own write buffer is empty. "Empty"
+means the last WSASend completed, not that the peer has the bytes: they may still sit in the
+kernel's send buffer. If anything arrived from the peer that nobody read (or arrives later: a
+peer still sending), ``closesocket`` resets the connection, and a reset discards what was
+still queued: the peer loses the end of the response.
 
 ``SocketTransport`` keeps asyncio's timing for the protocol (``connection_lost`` is called
 exactly when the stock transport calls it), then closes the socket the orderly way:
@@ -17,36 +39,331 @@ after which the socket is closed anyway. ``abort()`` and fatal errors still clos
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
+import logging
 import socket
-from asyncio import proactor_events
-from typing import TYPE_CHECKING, Any
+from asyncio import constants, proactor_events, protocols
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Union, cast
+
+from ..operations import RecvOperation, SendOperation
+from ..port import Completion, Outcome
+from .proactor import failure_of
 
 if TYPE_CHECKING:
     from .loop import EventLoop
 
+log: logging.Logger = logging.getLogger("winiocp.aio")
 #: Read size while draining a closing connection.
 _DRAIN_BYTES = 65536
+#: The receive buffer of a transport whose protocol is not a BufferedProtocol.
+RECEIVE_BYTES = 65536
+#: The most chunks one WSASend gathers (the rest wait for the next one).
+MAX_GATHER = 64
 # asyncio.Server._detach takes the transport from 3.12 on (3.11.? too: ask, don't guess).
 _DETACH_TAKES_TRANSPORT = len(inspect.signature(
     asyncio.base_events.Server._detach).parameters) > 1  # type: ignore[attr-defined]
+Chunk = Union[bytes, memoryview]
+Writable = Union[bytes, bytearray, memoryview]
 
 
-# asyncio's transport is subclassed on purpose: its whole contract is kept, only the close
-# differs.
+# asyncio's transport is subclassed for its contract (extra info, the empty waiter sendfile
+# uses, start_tls compatibility, repr, ResourceWarning); reading, writing and the close are
+# this class's own.
 class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ignore[reportPrivateUsage]
-    """asyncio's proactor socket transport, with an orderly close."""
+    """A completion-driven asyncio socket transport with an orderly close."""
+
+    if TYPE_CHECKING:  # asyncio's private transport state, which typeshed leaves out
+        _loop: EventLoop
+        _protocol: asyncio.BaseProtocol
+        _closing: bool
+        _paused: bool
+
+        def _fatal_error(self, exc: BaseException, message: str = ...) -> None: ...
+
+        def _eof_received(self) -> None: ...
 
     _abortive: bool = False
     #: Whether anything was written: with nothing of ours in flight, there is nothing an
     #: immediate close could lose, and it closes as the stock transport does.
     wrote: bool = False
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def __init__(self, loop: EventLoop, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                 waiter: asyncio.Future[None] | None = None,
+                 extra: dict[str, object] | None = None,
+                 server: asyncio.base_events.Server | None = None) -> None:
+        proactor = loop.proactor
+        if proactor is None:
+            raise RuntimeError("the event loop is closed")
+        self._view = proactor.stream_view(sock)
+        context = contextvars.copy_context()
+        self._on_received: Callable[[Completion], None] = (
+            lambda completion: context.run(self._received, completion))
+        self._on_sent: Callable[[Completion], None] = (
+            lambda completion: context.run(self._sent, completion))
+        self._receive_buffer = bytearray(RECEIVE_BYTES)
+        self._receive: RecvOperation | None = None  # re-armed for each receive
+        self._receiving = False
+        self._receive_into: Writable = self._receive_buffer
+        #: The BufferedProtocol received into, or None (the transport's own buffer).
+        self._receiver: object = None
+        #: A completed receive kept while reading is paused: (buffer, count, receiver).
+        self._held: tuple[Writable, int, object] | None = None
+        self._sending: SendOperation | None = None
+        self._in_flight: list[Chunk] = []
+        self._in_flight_size = 0
+        self._queue: deque[Chunk] = deque()
+        self._queued = 0
+        super().__init__(loop, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _loop_reading(self, fut: object = None) -> None:
+        """Scheduled by asyncio's own ``__init__``, after ``connection_made``: start reading."""
+        if not self._receiving and self._held is None and not self._closing \
+                and not self._paused:
+            self._issue_receive()
+
+    def _issue_receive(self) -> None:
+        protocol = self._protocol
+        if isinstance(protocol, protocols.BufferedProtocol):
+            try:
+                view = memoryview(protocol.get_buffer(-1))
+                if not view.nbytes:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            self._receiver = protocol
+            buffer: Writable = view
+        else:
+            buffer = self._receive_buffer
+            self._receiver = None
+        self._receive_into = buffer
+        try:
+            self._receive = self._view.recv_into([buffer], reuse=self._receive,
+                                                 context=self._on_received)
+        except ConnectionResetError as exc:
+            self._force_close(exc)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+        else:
+            self._receiving = True
+
+    def _received(self, completion: Completion) -> None:
+        """A receive completed (called by the proactor, in the transport's context)."""
+        self._receiving = False
+        if self._closing:
+            return  # after close() or abort(): nothing more is delivered
+        try:
+            if completion.outcome is Outcome.FAILED:
+                exc = failure_of(completion)
+                if isinstance(exc, ConnectionResetError):
+                    self._force_close(exc)
+                else:
+                    self._fatal_error(exc, "Fatal read error on pipe transport")
+                return
+            received = (self._receive_into, completion.bytes_transferred, self._receiver)
+            if self._paused:
+                self._held = received  # delivered by resume_reading
+                return
+            self._deliver(*received)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _deliver(self, buffer: Writable, count: int, receiver: object) -> None:
+        if count == 0:
+            self._eof_received()
+            return
+        protocol = self._protocol
+        if receiver is not None and receiver is protocol:
+            assert isinstance(protocol, protocols.BufferedProtocol)
+            protocol.buffer_updated(count)  # the bytes are in its buffer already
+        else:
+            data = bytes(memoryview(buffer)[:count])
+            if receiver is None:  # our own buffer is free again: receive on meanwhile
+                self._loop_reading()
+            if isinstance(protocol, protocols.BufferedProtocol):
+                protocols._feed_data_to_buffered_proto(protocol, data)  # type: ignore[attr-defined]
+            else:
+                protocol.data_received(data)  # type: ignore[attr-defined]
+        self._loop_reading()
+
+    def pause_reading(self) -> None:
+        """As asyncio's: no receive is issued until ``resume_reading`` (one in flight is
+        held, not cancelled: cancelling it could lose its data)."""
+        if self._closing or self._paused:
+            return
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        """As asyncio's: held data is delivered, and reading goes on, in a later callback."""
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self._paused or self._closing:
+            return
+        held, self._held = self._held, None
+        try:
+            if held is not None:
+                self._deliver(*held)
+            else:
+                self._loop_reading()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, data: object) -> None:
         """As asyncio's ``write``; the close then waits for these bytes to be delivered."""
-        if data:
-            self.wrote = True
-        super().write(data)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__}")
+        self._write_chunks([cast("Writable", data)])
+
+    def writelines(self, list_of_data: Iterable[object]) -> None:
+        """Queue every buffer as its own chunk: they go out in one gathering WSASend."""
+        chunks = list(list_of_data)
+        for data in chunks:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"data argument must be a bytes-like object, "
+                                f"not {type(data).__name__}")
+        self._write_chunks(cast("list[Writable]", chunks))
+
+    def _write_chunks(self, chunks: Iterable[Writable]) -> None:  # checked by the callers
+        state: Any = self  # asyncio's private transport state, untyped in typeshed
+        if state._eof_written:
+            raise RuntimeError("write_eof() already called")
+        if state._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        # The caller may change a mutable buffer once write() returns: those are copied.
+        kept = [data if type(data) is bytes else bytes(data) for data in chunks]
+        kept = [chunk for chunk in kept if chunk]
+        if not kept:
+            return
+        if state._conn_lost:
+            if state._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                log.warning("socket.send() raised exception.")
+            state._conn_lost += 1
+            return
+        self.wrote = True
+        queue = self._queue
+        queue.extend(kept)
+        self._queued += sum(len(chunk) for chunk in kept)
+        if self._sending is None:
+            self._send_queued()
+        self._maybe_pause_protocol()  # type: ignore[attr-defined]
+
+    def _send_queued(self) -> None:
+        queue = self._queue
+        chunks = [queue.popleft() for _ in range(min(len(queue), MAX_GATHER))]
+        size = sum(len(chunk) for chunk in chunks)
+        self._queued -= size
+        try:
+            self._sending = self._view.send(chunks, context=self._on_sent)
+        except ConnectionResetError as exc:
+            self._force_close(exc)
+            return
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+            return
+        self._in_flight = chunks
+        self._in_flight_size = size
+
+    def _sent(self, completion: Completion) -> None:
+        """A send completed (called by the proactor, in the transport's context)."""
+        state: Any = self
+        self._sending = None
+        chunks, self._in_flight = self._in_flight, []
+        size, self._in_flight_size = self._in_flight_size, 0
+        if self._abortive or state._sock is None:
+            return  # aborted: nothing more goes out
+        try:
+            if completion.outcome is Outcome.FAILED:
+                exc = failure_of(completion)
+                if isinstance(exc, ConnectionResetError):
+                    self._force_close(exc)
+                else:
+                    self._fatal_error(exc, "Fatal write error on pipe transport")
+                return
+            sent = completion.bytes_transferred
+            if sent < size:
+                self._requeue_unsent(chunks, sent)
+            if self._queue:
+                self._send_queued()
+            else:
+                if state._closing:
+                    self._loop.call_soon(self._call_connection_lost, None)
+                if state._eof_written:
+                    state._sock.shutdown(socket.SHUT_WR)
+            # Last: resume_writing() may write again at once.
+            self._maybe_resume_protocol()  # type: ignore[attr-defined]
+            waiter = state._empty_waiter
+            if waiter is not None and self._sending is None and not waiter.done():
+                waiter.set_result(None)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+
+    def _requeue_unsent(self, chunks: list[Chunk], sent: int) -> None:
+        """Put what a partial send left back in front of the queue, in order."""
+        unsent: list[Chunk] = []
+        for chunk in chunks:
+            if sent >= len(chunk):
+                sent -= len(chunk)
+                continue
+            unsent.append(memoryview(chunk)[sent:] if sent else chunk)
+            sent = 0
+        self._queue.extendleft(reversed(unsent))
+        self._queued += sum(len(chunk) for chunk in unsent)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes written and not yet sent: queued, and in the send in flight."""
+        return self._queued + self._in_flight_size
+
+    def write_eof(self) -> None:
+        """Send a FIN once everything written is sent."""
+        state: Any = self
+        if state._closing or state._eof_written:
+            return
+        state._eof_written = True
+        if self._sending is None and not self._queue:
+            state._sock.shutdown(socket.SHUT_WR)
+
+    def _make_empty_waiter(self) -> asyncio.Future[None]:
+        state: Any = self
+        if state._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        state._empty_waiter = waiter
+        if self._sending is None and not self._queue:
+            waiter.set_result(None)
+        return waiter
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """As asyncio's: ``connection_lost`` once everything written is sent, then the
+        orderly close. The receive in flight is not cancelled; what it brings is dropped."""
+        state: Any = self
+        if state._closing:
+            return
+        state._closing = True
+        state._conn_lost += 1
+        if self._sending is None and not self._queue:
+            self._loop.call_soon(self._call_connection_lost, None)
 
     def abort(self) -> None:
         """Close at once (the socket is reset), as the stock transport does."""
@@ -56,6 +373,9 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     def _force_close(self, exc: BaseException | None) -> None:
         if exc is not None:
             self._abortive = True  # a fatal error: nothing is left to deliver
+        self._queue.clear()
+        self._queued = 0
+        self._in_flight_size = 0
         super()._force_close(exc)  # type: ignore[misc]
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
