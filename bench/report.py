@@ -38,6 +38,11 @@ AIO_API_TITLES = {
 }
 #: Issue 10's targets for winiocp.aio (messages/s ratios), measured from this baseline on.
 AIO_TARGETS = {"protocol": {"stock": 1.5, "winloop": 1.0}, "streams": {"stock": 1.3}}
+#: Bulk: winiocp.aio's MB/s at least each of these loops'.
+AIO_BULK_TARGETS = ("stock", "winloop")
+AIO_BULK_TITLES = {"protocol": "Protocol", "buffered": "BufferedProtocol"}
+#: Stubbed run: winiocp.aio's Python per echoed message at most this times the stock loop's.
+AIO_PYTHON_RATIO = 0.5
 TARGET_COMPLETION_US = 1.5
 TARGET_SUBMIT_US = 3.0
 TARGET_IDLE_BYTES = 4096
@@ -95,6 +100,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{AIO_LOOP_TITLES[other]} (issue 10)",
                             f"{ours['p99_us'] / 1000:.1f} ms vs {theirs['p99_us'] / 1000:.1f} ms",
                             ours["p99_us"] <= theirs["p99_us"], "aio")
+    _aio_more_targets(results.get("aio", {}), add)
     cost = results.get("python_cost", {})
     if cost:
         for key, label in (("classify_us", "classify (get_many path)"),
@@ -111,6 +117,36 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{row['bytes_per_connection'] / 1024:.1f} KiB",
                 row["bytes_per_connection"] <= TARGET_IDLE_BYTES, "memory")
     return targets
+
+
+def _aio_more_targets(aio: dict[str, Any], add: Callable[[str, str, bool, str], None]) -> None:
+    """Issue 10's targets for bulk (MB/s against the stock loop and winloop), and for the
+    stubbed run (Python per echoed message at most half the stock loop's; fewer system
+    calls)."""
+    for api, by_loop in aio.get("bulk", {}).get("cells", {}).items():
+        ours = by_loop.get("winiocp")
+        for other in AIO_BULK_TARGETS:
+            theirs = by_loop.get(other)
+            if ours and theirs:
+                ratio = _ratio(ours["mb_per_s"], theirs["mb_per_s"])
+                add(f"aio bulk into a {AIO_BULK_TITLES[api]}: winiocp.aio MB/s >= "
+                    f"{AIO_LOOP_TITLES[other]}'s (issue 10)",
+                    f"{ours['mb_per_s']:,.0f} vs {theirs['mb_per_s']:,.0f} MB/s "
+                    f"({ratio:.2f}x)", ratio >= 1.0, "aio")
+    cost = aio.get("cost", {}).get("cells", {})
+    ours_cells, stock_cells = cost.get("winiocp", {}), cost.get("stock", {})
+    for count in sorted(int(c) for c in ours_cells if c in stock_cells):
+        ours, stock = ours_cells[str(count)], stock_cells[str(count)]
+        ratio = _ratio(ours["python_us"], stock["python_us"])
+        add(f"aio stubbed echo, {count} conn: winiocp.aio's Python per echoed message <= "
+            f"{AIO_PYTHON_RATIO:g}x the stock loop's (issue 10)",
+            f"{ours['python_us']:.1f} vs {stock['python_us']:.1f} us ({ratio:.2f}x)",
+            ratio <= AIO_PYTHON_RATIO, "aio")
+        ours_calls = ours["system_calls_per_message"]
+        stock_calls = stock["system_calls_per_message"]
+        add(f"aio stubbed echo, {count} conn: fewer system calls per echoed message than "
+            "the stock loop (issue 10)", f"{ours_calls:.2f} vs {stock_calls:.2f}",
+            ours_calls < stock_calls, "aio")
 
 
 def _mark(met: bool) -> str:
@@ -268,6 +304,7 @@ def markdown(results: dict[str, Any]) -> str:
 
     # -- 1b. aio ---------------------------------------------------------------------------------
     lines.extend(_aio_markdown(results.get("aio", {})))
+    lines.extend(_aio_more_markdown(results.get("aio", {})))
 
     # -- 2. Python cost ------------------------------------------------------------------------
     cost = results.get("python_cost", {})
@@ -475,6 +512,141 @@ def _aio_markdown(aio: dict[str, Any]) -> list[str]:
             out(f"Client-side errors (broken connections): {errors}")
             out("")
     return lines
+
+
+def _aio_more_markdown(aio: dict[str, Any]) -> list[str]:
+    """Section 1b, continued: bulk, churn, and the stubbed cost and system calls."""
+    lines: list[str] = []
+    out = lines.append
+    bulk = aio.get("bulk", {})
+    if any(bulk.get("cells", {}).values()) or bulk.get("skipped"):
+        cells: dict[str, dict[str, Any]] = bulk.get("cells", {})
+        loops = [loop for loop in AIO_LOOPS if any(loop in by_loop for by_loop in cells.values())]
+        out(f"### Bulk: one connection, {bulk.get('bytes', 0) / 2**20:g} MiB client -> server")
+        out("")
+        out(bulk.get("note", ""))
+        out("")
+        for name, reason in bulk.get("skipped", {}).items():
+            out(f"- **{name} not measured**: {reason}")
+        if bulk.get("skipped"):
+            out("")
+        out("| receiver | " + " | ".join(AIO_LOOP_TITLES[loop] for loop in loops)
+            + " | winiocp.aio vs stock | vs winloop |")
+        out("|---|" + "---:|" * (len(loops) + 2))
+        for api, by_loop in cells.items():
+            row = []
+            for loop in loops:
+                cell = by_loop.get(loop)
+                row.append("-" if not cell else
+                           f"{cell['mb_per_s']:,.0f} MB/s"
+                           + _range(cell, "mb_per_s")
+                           + f"; {cell['server_cpu_ms_per_mb']:.1f} + "
+                           f"{cell['wineserver_cpu_ms_per_mb']:.1f} ms/MB")
+            ours = by_loop.get("winiocp")
+            ratios = [f"{_ratio(ours['mb_per_s'], by_loop[o]['mb_per_s']):.2f}x"
+                      if ours and o in by_loop else "-" for o in AIO_BULK_TARGETS]
+            out(f"| {AIO_BULK_TITLES.get(api, api)} | " + " | ".join(row + ratios) + " |")
+        out("")
+        out("(ms/MB: CPU of the server process + its wineserver per MB received.)")
+        out("")
+    churn = aio.get("churn", {})
+    if churn.get("cells") or churn.get("skipped"):
+        out("### Churn: connect, one 64-byte exchange, close")
+        out("")
+        out(churn.get("note", ""))
+        out("")
+        for name, reason in churn.get("skipped", {}).items():
+            out(f"- **{name} not measured**: {reason}")
+        if churn.get("skipped"):
+            out("")
+        out("| loop | connections/s | p50 / p99 ms (one connection's life) | errors |")
+        out("|---|---:|---:|---:|")
+        for loop in AIO_LOOPS:
+            cell = churn.get("cells", {}).get(loop)
+            if cell:
+                out(f"| {AIO_LOOP_TITLES[loop]} | {_fmt_rate(cell['connections_per_s'])}"
+                    f"{_range(cell, 'connections_per_s')} | {_fmt_ms(cell['p50_us'])} / "
+                    f"{_fmt_ms(cell['p99_us'])} | {cell['errors']} |")
+        out("")
+    cost = aio.get("cost", {})
+    if cost.get("cells") or cost.get("skipped"):
+        lines.extend(_aio_cost_markdown(cost))
+    return lines
+
+
+def _aio_cost_markdown(cost: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    out = lines.append
+    cells: dict[str, dict[str, dict[str, Any]]] = cost.get("cells", {})
+    out("### Python cost and system calls per echoed message, kernel stubbed")
+    out("")
+    out("`bench/micro/aio_cost.py` (its docstring has the design): the same `asyncio.Protocol` "
+        "echo on each loop over one fake kernel, cut at the Win32 functions (the stock loop: "
+        "`_overlapped` replaced; winiocp.aio: `kernel32`/`ws2_32`/`ntdll` replaced in every "
+        "winiocp module). A fake peer per connection sends 64 bytes when the loop next waits "
+        "in the kernel and the next message once the echo is back. Python: perf_counter over "
+        "the rounds, less the stubs' own time (measured inside each stub, plus one timer read "
+        "per call), the median of the rounds (the fastest in brackets).")
+    out("")
+    for name, reason in cost.get("skipped", {}).items():
+        out(f"- **{name} not measured**: {reason}")
+    if cost.get("skipped"):
+        out("")
+    loops = [loop for loop in ("winiocp", "stock") if loop in cells]
+    counts = sorted({int(c) for loop in loops for c in cells[loop]})
+    if not loops:
+        return lines
+    out("| connections | " + " | ".join(
+        f"{AIO_LOOP_TITLES[loop]}: Python us | stubs us | system calls" for loop in loops)
+        + (" | Python, winiocp.aio / stock |" if len(loops) == 2 else " |"))
+    out("|---|" + "---:|" * (3 * len(loops) + (1 if len(loops) == 2 else 0)))
+    for count in counts:
+        row = []
+        for loop in loops:
+            cell = cells[loop].get(str(count))
+            row.extend(["-"] * 3 if not cell else [
+                f"{cell['python_us']:.1f} ({cell['python_best_us']:.1f})",
+                f"{cell['stub_us']:.1f}", f"{cell['system_calls_per_message']:.2f}"])
+        if len(loops) == 2:
+            ours, stock = cells["winiocp"].get(str(count)), cells["stock"].get(str(count))
+            row.append(f"{_ratio(ours['python_us'], stock['python_us']):.2f}x"
+                       if ours and stock else "-")
+        out(f"| {count} | " + " | ".join(row) + " |")
+    out("")
+    out("Win32 calls per echoed message, by function (user-space ones, not counted as system "
+        "calls, in italics):")
+    out("")
+    columns = [(loop, count) for count in counts for loop in loops
+               if str(count) in cells[loop]]
+    functions = sorted({name for loop, count in columns
+                        for name in cells[loop][str(count)]["calls_per_message"]})
+    out("| function | " + " | ".join(f"{AIO_LOOP_TITLES[loop]}, {count} conn"
+                                     for loop, count in columns) + " |")
+    out("|---|" + "---:|" * len(columns))
+    for name in functions:
+        title = f"*{name}*" if name in AIO_USER_SPACE else name
+        row = [f"{cells[loop][str(count)]['calls_per_message'].get(name, 0):.2f}"
+               for loop, count in columns]
+        out(f"| {title} | " + " | ".join(row) + " |")
+    out("")
+    skip = [f"{AIO_LOOP_TITLES[loop]}: {'on' if cell.get('skip_on_success') else 'off'}"
+            for loop in loops for cell in list(cells[loop].values())[:1]]
+    out("FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on the echo sockets: " + "; ".join(skip) + ".")
+    out("")
+    return lines
+
+
+#: Win32 calls that stay in user space (bench/micro/aio_cost.py's USER_SPACE).
+AIO_USER_SPACE = frozenset({"GetLastError", "WSAGetLastError", "SetLastError",
+                            "RtlNtStatusToDosError", "GetOverlappedResult",
+                            "WSAGetOverlappedResult"})
+
+
+def _range(cell: dict[str, Any], key: str) -> str:
+    values = [float(run[key]) for run in cell.get("runs", [])]
+    if len(values) > 1:
+        return f" ({min(values):,.0f}-{max(values):,.0f})"
+    return ""
 
 
 def _rate_with_range(cell: dict[str, Any]) -> str:

@@ -45,7 +45,7 @@ Python's ``socket`` module (real sockets) are not seen; no loop makes one per me
 
 One process per loop (the stubs are installed for the life of the process):
 
-    python -m bench.micro.aio_cost --loop winiocp|stock [--quick]
+    python -m bench.micro.aio_cost --loop winiocp|stock [--quick] [--profile]
 """
 
 from __future__ import annotations
@@ -53,9 +53,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import cProfile
 import importlib
+import io
 import json
 import os
+import pstats
 import socket
 import statistics
 import sys
@@ -563,6 +566,7 @@ def _fake_overlapped_class(kernel: Kernel) -> type:
         Win32 calls overlapped.c makes for it."""
 
         def __init__(self, event: int = 0) -> None:
+            start = perf_counter()  # the real one is C: its construction is not the loop's
             self.event = event
             self.address = id(self)
             self.pending = False
@@ -571,6 +575,7 @@ def _fake_overlapped_class(kernel: Kernel) -> type:
             self._size = 0
             self._into: Any = None
             self._result: Any = None
+            kernel.stub_seconds += perf_counter() - start
 
         def fill(self, data: bytes) -> int:
             if self._into is None:
@@ -672,7 +677,7 @@ def timer_cost() -> float:
 
 
 def measure(factory: Callable[[], asyncio.AbstractEventLoop], kernel: Kernel, connections: int,
-            messages: int, rounds: int) -> dict[str, Any]:
+            messages: int, rounds: int, profile: bool = False) -> dict[str, Any]:
     loop = factory()
     pairs = [socket.socketpair() for _ in range(connections)]
     try:
@@ -702,7 +707,20 @@ def measure(factory: Callable[[], asyncio.AbstractEventLoop], kernel: Kernel, co
             calls += round_calls
         total = messages * rounds
         per_message = {name: count / total for name, count in sorted(calls.items())}
+        summary = ""
+        if profile:
+            profiler = cProfile.Profile()
+            kernel.start_round(messages, loop.stop)
+            profiler.enable()
+            loop.run_forever()
+            profiler.disable()
+            stream = io.StringIO()
+            pstats.Stats(profiler, stream=stream).strip_dirs().sort_stats(
+                pstats.SortKey.TIME).print_stats(30)
+            summary = (f"{messages} echoed messages, {connections} connection(s), stubs "
+                       "included\n" + stream.getvalue())
         return {
+            "profile": summary,
             "connections": connections, "messages_per_round": messages, "rounds": rounds,
             "loop": f"{type(loop).__module__}.{type(loop).__qualname__}",
             "python_us": statistics.median(samples) * 1e6,
@@ -729,14 +747,16 @@ def main() -> int:
     parser.add_argument("--loop", choices=("winiocp", "stock"), required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--connections", default="1,16")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more round of the first connection count under cProfile")
     options = parser.parse_args()
     kernel = Kernel()
     factory = (install_winiocp if options.loop == "winiocp" else install_stock)(kernel)
     messages, rounds = (512, 5) if options.quick else (2048, 15)
     results: dict[str, Any] = {"loop": options.loop, "cells": {}}
-    for connections in (int(c) for c in options.connections.split(",")):
-        results["cells"][str(connections)] = measure(factory, kernel, connections,
-                                                     messages, rounds)
+    for index, connections in enumerate(int(c) for c in options.connections.split(",")):
+        results["cells"][str(connections)] = measure(factory, kernel, connections, messages,
+                                                     rounds, options.profile and index == 0)
     print("RESULT " + json.dumps(results), flush=True)
     sys.stdout.flush()
     os._exit(0)  # the stubs stay installed: skip the interpreter's teardown through them
