@@ -586,7 +586,8 @@ def _aio_cost_markdown(cost: dict[str, Any]) -> list[str]:
         "winiocp module). A fake peer per connection sends 64 bytes when the loop next waits "
         "in the kernel and the next message once the echo is back. Python: perf_counter over "
         "the rounds, less the stubs' own time (measured inside each stub, plus one timer read "
-        "per call), the median of the rounds (the fastest in brackets).")
+        "per call): the median of the rounds (the fastest in brackets) of the least disturbed "
+        "run, each run's median after it when there were several.")
     out("")
     for name, reason in cost.get("skipped", {}).items():
         out(f"- **{name} not measured**: {reason}")
@@ -604,8 +605,11 @@ def _aio_cost_markdown(cost: dict[str, Any]) -> list[str]:
         row = []
         for loop in loops:
             cell = cells[loop].get(str(count))
+            others = cell.get("runs_python_us", []) if cell else []
             row.extend(["-"] * 3 if not cell else [
-                f"{cell['python_us']:.1f} ({cell['python_best_us']:.1f})",
+                f"{cell['python_us']:.1f} ({cell['python_best_us']:.1f})"
+                + (" [" + ", ".join(f"{v:.1f}" for v in others) + "]"
+                   if len(others) > 1 else ""),
                 f"{cell['stub_us']:.1f}", f"{cell['system_calls_per_message']:.2f}"])
         if len(loops) == 2:
             ours, stock = cells["winiocp"].get(str(count)), cells["stock"].get(str(count))

@@ -2,8 +2,8 @@
 
 Issue 10's workload 5: winiocp.aio against the stock ProactorEventLoop, each driving the same
 ``asyncio.Protocol`` echo (``data_received`` -> ``transport.write``) over the same fake kernel,
-so that what is timed is the loop's own Python (and, for the stock loop, ``_overlapped``'s C
-glue) and what is counted is the system calls each loop makes per message.
+so that what is timed is each loop's own Python above the Win32 functions and what is counted
+is the Win32 calls each loop makes per message.
 
 Why stubs: under Wine every real call is a wineserver round trip that drowns the Python cost;
 on Windows the Python cost is what limits a loop. Why a fake *kernel* rather than fake
@@ -40,8 +40,16 @@ What is reported, per echoed message: the loop's Python time (``perf_counter`` o
 nothing blocks) less the time spent inside the stubs (each stub times itself) and one timer
 read per stub call; the stubs' time beside it; and each Win32 function's call count. Calls
 that never enter the kernel (GetLastError, WSAGetLastError, RtlNtStatusToDosError, a
-non-waiting GetOverlappedResult) are counted but are not system calls. Calls made through
-Python's ``socket`` module (real sockets) are not seen; no loop makes one per message.
+non-waiting GetOverlappedResult) are counted but are not system calls.
+
+Fairness, in detail: the stock loop loses all of ``_overlapped`` (its C methods, and the
+construction of its ``Overlapped`` objects, are timed as stubs), winiocp loses the cffi calls
+themselves (their argument conversion) but keeps what it does in Python to build their
+arguments (``ffi.new``, WSABUFs, pins), which is its own layer's cost. Each loop keeps the cost
+of one Python call per stubbed function (a C method call, or a cffi call, costs about as much
+or more in the real loop). Calls made through Python's ``socket`` module on the real sockets
+are neither stubbed nor seen: a loop that echoed that way would never finish a round (the fake
+peer sees no echo), and is reported as failing rather than measured.
 
 One process per loop (the stubs are installed for the life of the process):
 
