@@ -1,10 +1,25 @@
 """The dequeue loop that drives connections, the close queue and the accept pool.
 
 ``ConnectionManager.run_once`` waits on the port (never longer than the nearest close
-deadline), routes each completion to the object that issued the operation (``op.context``:
-a ``Connection`` or an ``AcceptPool``), then force-closes whatever the close queue says has
-expired. Several worker threads may call it at once on one manager. No exception from a
-handler escapes the loop: the connection it came from is aborted and the error logged.
+deadline) and dequeues a batch of completions with one GetQueuedCompletionStatusEx, routes each
+to the object that issued the operation (``op.context``: a ``Connection`` or an
+``AcceptPool``), then, once per batch, force-closes whatever the close queue says has expired.
+Why a batch: under load each dequeue call brings many completions, and the fixed costs of a
+dequeue (the port's bookkeeping, the deadline checks, the clock) are paid once for all of them.
+The batch's clock reading (``now``) is also what connections record as their last activity:
+idle deadlines are seconds long, a batch is handled in far less. Several worker threads may
+call ``run_once`` at once on one manager; each takes its own batch, and a connection's
+callbacks stay one at a time, in order (``connections.py``). No exception from a handler
+escapes the loop: the connection it came from is aborted and the error logged. An interrupt
+(KeyboardInterrupt) that strikes in the middle of a batch propagates, and the completions
+not yet routed wait in the manager for the next ``run_once``: none is lost.
+
+Connected sockets given to ``add`` (those accepted by an ``AcceptPool`` too) are put in
+FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode where Windows allows it (``Socket.set_skip_on_success``):
+an operation that completes at once then costs no packet, and is dispatched like any other.
+Sockets that will be recycled (``recycle``) are left as they are: Wine's DisconnectEx reports
+a disconnect done at once as pending (FALSE, WSA_IO_PENDING) and then, in that mode, queues no
+packet, so the recycling disconnect would never complete.
 
 ``AcceptPool`` keeps N AcceptEx operations posted (rule 9). A failed accept, synchronous or
 completed (a client that connected and reset before the accept was processed), closes that
@@ -22,13 +37,14 @@ import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .closequeue import CloseQueue
 from .connections import CloseReason, Connection, Handler
 from .constants import WinError
-from .errors import ClosedHandleError
+from .errors import ClosedHandleError, PortClosedError
 from .operations import OpKind
 from .addresses import Address
 from .port import Completion, CompletionPort, Outcome
@@ -138,6 +154,11 @@ class ConnectionManager:
         self.live: set[Connection] = set()
         #: The accept pools ``listen`` started.
         self.pools: list[AcceptPool] = []
+        #: time.monotonic() when the current batch was dequeued (``run_once``, ``dispatch``):
+        #: the clock connections record their activity with.
+        self.now: float = time.monotonic()
+        # Completions of a batch an interrupt cut short, routed first by the next run_once.
+        self._undispatched: deque[Completion] = deque()
         self._lock = threading.Lock()
 
     # -- connections -----------------------------------------------------------------------
@@ -154,6 +175,8 @@ class ConnectionManager:
             self.port.associate(sock)
         elif sock.port is not self.port:
             raise ValueError(f"{sock!r} is associated with another port")
+        if recycle is None:  # (a socket to recycle stays as it is: see the module docstring)
+            sock.set_skip_on_success()  # (only where Windows allows it)
         connection = Connection(self, sock, handler, recv_size=self.recv_size,
                                 zero_byte_reads=self.zero_byte_reads, recycle=recycle,
                                 local_address=local_address, peer_address=peer_address)
@@ -189,24 +212,63 @@ class ConnectionManager:
     # -- the loop ----------------------------------------------------------------------------
 
     def run_once(self, timeout: float | None = None) -> bool:
-        """Dequeue and handle one completion (or a time-out); False once the port is closed."""
-        wait = timeout
-        for queue in (self.close_queue, self.idle_queue, self.retry_queue):
-            due = queue.seconds_until_next() if queue is not None else None
-            if due is not None:
-                wait = due if wait is None else min(wait, due)
-        completion = self.port.get(wait) if wait is not None else self.port.get(0.5)
-        if completion.outcome is Outcome.PORT_CLOSED:
+        """Dequeue a batch of completions (at most the port's ``batch_size``, waiting up to
+        ``timeout`` seconds, or 0.5 s with None, for the first), route each in order, then
+        handle the deadlines; False once the port is closed."""
+        if self._undispatched:  # an interrupt cut the last batch short: finish it first
+            self._route(self._take_undispatched())
+            self.expire()
+            return True
+        wait = 0.5 if timeout is None else timeout
+        if self.close_queue or self.idle_queue or self.retry_queue:
+            for queue in (self.close_queue, self.idle_queue, self.retry_queue):
+                due = queue.seconds_until_next() if queue is not None else None
+                if due is not None and due < wait:
+                    wait = due
+        try:
+            completions = self.port.get_many(wait)
+        except PortClosedError:
             return False
-        if completion.outcome is not Outcome.TIMED_OUT:
-            self.dispatch(completion)
-        self.expire()
+        self.now = now = time.monotonic()
+        if completions:
+            self._route(completions)
+        self.expire(now)
         return True
+
+    def _route(self, completions: list[Completion]) -> None:
+        """``dispatch`` each completion, in order (inlined: this is the loop's hot path)."""
+        completions.reverse()  # popped from the end: what is left is what was not routed
+        pop = completions.pop
+        try:
+            while completions:
+                completion = pop()
+                operation = completion.operation
+                target = operation.context if operation is not None else None
+                if isinstance(target, (Connection, AcceptPool)):
+                    try:
+                        target.on_completion(completion)
+                    except Exception:
+                        self._handler_failed(target.on_completion)
+        except BaseException:
+            completions.reverse()
+            self._undispatched.extend(completions)
+            raise
+
+    def _take_undispatched(self) -> list[Completion]:
+        taken: list[Completion] = []
+        undispatched = self._undispatched
+        try:
+            while True:
+                taken.append(undispatched.popleft())
+        except IndexError:  # emptied (another thread may have taken some)
+            pass
+        return taken
 
     def dispatch(self, completion: Completion) -> None:
         """Route ``completion`` to the ``Connection`` or ``AcceptPool`` that issued its
         operation (``op.context``); anything else is ignored. Never raises for a handler's
         exception (it is logged and counted, and its connection aborted)."""
+        self.now = time.monotonic()
         operation = completion.operation
         target = operation.context if operation is not None else None
         if isinstance(target, (Connection, AcceptPool)):
@@ -219,15 +281,20 @@ class ConnectionManager:
         try:
             call(*args)
         except Exception:
-            log.exception("handler failed in %r", call)
-            with self._lock:
-                self.stats.handler_errors += 1
-            target = getattr(call, "__self__", None)
-            if isinstance(target, Connection):
-                try:
-                    target.abort()
-                except Exception:
-                    log.exception("connection_lost failed while aborting %r", target)
+            self._handler_failed(call)
+
+    def _handler_failed(self, call: Callable[[Completion], None] | Callable[[], None]) -> None:
+        """``call`` raised (the exception is being handled): log and count it, and abort the
+        connection it came from."""
+        log.exception("handler failed in %r", call)
+        with self._lock:
+            self.stats.handler_errors += 1
+        target = getattr(call, "__self__", None)
+        if isinstance(target, Connection):
+            try:
+                target.abort()
+            except Exception:
+                log.exception("connection_lost failed while aborting %r", target)
 
     def expire(self, now: float | None = None) -> int:
         """Force-close every connection whose close deadline passed, close those idle too

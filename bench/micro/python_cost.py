@@ -4,12 +4,19 @@ Why: under Wine every real IOCP call costs tens of microseconds in wineserver, w
 what our Python layer adds. Here the kernel is taken out at the cffi boundary:
 
 * dequeue side: pre-filled ``OVERLAPPED_ENTRY`` arrays (or a stubbed
-  GetQueuedCompletionStatus that hands out prepared OVERLAPPEDs) pointing at operations
-  registered with the port, timed through ``_classify_entries``, ``get()``,
-  ``ConnectionManager.dispatch`` and ``ConnectionManager.run_once`` (the Server's loop);
+  GetQueuedCompletionStatus / GetQueuedCompletionStatusEx that hands out prepared
+  OVERLAPPEDs at once) pointing at operations registered with the port, timed through
+  ``_classify_entries``, ``get()``, ``ConnectionManager.dispatch`` and
+  ``ConnectionManager.run_once`` (the Server's loop, which dequeues in batches: the stub hands
+  each call up to ``BATCH`` entries, as a loaded server's GetQueuedCompletionStatusEx does;
+  ``echo_turn_single_us`` is the same turn with one entry per call, the unloaded case);
 * submit side: ``winiocp.sockets.ws2_32`` replaced by an object whose WSARecv/WSASend return
   SOCKET_ERROR with WSAGetLastError() == WSA_IO_PENDING; the operations are unregistered
   afterwards (untimed).
+* ``echo_turn_inline_us``: the echo turn with the send done at once, as a loopback WSASend
+  with room in the socket's buffer is: the stub returns 0 with the OVERLAPPED filled in, and
+  since ``ConnectionManager.add`` put the sockets in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS
+  mode, the send's completion comes from the port's own queue, with no dequeue call.
 
 The stubs' own cost (a Python call) is measured and subtracted where a stub sits inside the
 timed path; a real cffi call's overhead is measured too (GetLastError, which never leaves user
@@ -33,6 +40,7 @@ from typing import Any
 
 import winiocp.port as port_module
 import winiocp.sockets as sockets_module
+from winiocp.port import _ENTRY  # pyright: ignore[reportPrivateUsage]  # the record's layout
 from winiocp._cdata import CData
 from winiocp.connections import Connection, NullHandler
 from winiocp.constants import SOCKET_ERROR, WinError
@@ -53,6 +61,8 @@ class PendingWinsock:
 
     def __init__(self, real: object) -> None:
         self._real = real
+        #: WSASend succeeds at once (0), with the OVERLAPPED as the kernel leaves it.
+        self.sends_at_once = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -60,7 +70,12 @@ class PendingWinsock:
     def WSARecv(self, *args: object) -> int:
         return SOCKET_ERROR
 
-    def WSASend(self, *args: object) -> int:
+    def WSASend(self, socket: int, wsabufs: CData, count: int, sent: CData, flags: int,
+                overlapped: CData, routine: CData) -> int:
+        if self.sends_at_once:  # STATUS_SUCCESS, all bytes (one buffer in this benchmark)
+            overlapped.Internal = 0
+            overlapped.InternalHigh = wsabufs[0].len
+            return 0
         return SOCKET_ERROR
 
     def WSAGetLastError(self) -> int:
@@ -68,20 +83,43 @@ class PendingWinsock:
 
 
 class DequeueStub:
-    """``kernel32`` as ``winiocp.port`` sees it: GetQueuedCompletionStatus hands out the next
-    prepared OVERLAPPED at once (TRUE, 64 bytes) instead of waiting in the kernel."""
+    """``kernel32`` as ``winiocp.port`` sees it: GetQueuedCompletionStatus(Ex) hands out the
+    next prepared OVERLAPPED(s) at once (TRUE, 64 bytes each) instead of waiting in the kernel;
+    the Ex form at most ``per_call`` entries a call."""
 
     def __init__(self, real: object) -> None:
         self._real = real
         self.queue: list[tuple[CData, int]] = []
         self.index = 0
+        self.entries = b""  # the queue as OVERLAPPED_ENTRY records
+        self.per_call = BATCH
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
-    def load(self, operations: list[Operation], transferred: int = 64) -> None:
+    def load(self, operations: list[Operation], transferred: int = 64,
+             per_call: int = BATCH) -> None:
         self.queue = [(op.overlapped, transferred) for op in operations]
         self.index = 0
+        self.entries = b"".join(_ENTRY.pack(1, op.address, 0, transferred)
+                                for op in operations)
+        self.per_call = per_call
+
+    @property
+    def left(self) -> int:
+        return len(self.queue) - self.index
+
+    def GetQueuedCompletionStatusEx(self, port: CData, entries: CData, count: int,
+                                    removed: CData, milliseconds: int, alertable: int) -> int:
+        take = min(count, self.per_call, len(self.queue) - self.index)
+        if not take:
+            raise AssertionError("the benchmark dequeued more than it loaded")
+        size = _ENTRY.size
+        ffi.memmove(entries, self.entries[self.index * size:(self.index + take) * size],
+                    take * size)
+        self.index += take
+        removed[0] = take
+        return 1
 
     def GetQueuedCompletionStatus(self, port: CData, transferred: CData, key: CData,
                                   overlapped: CData, milliseconds: int) -> int:
@@ -157,6 +195,21 @@ def run(rounds: int, profile: bool) -> dict[str, Any]:
             return perf_counter() - start
         stub_us = median_us(stub_round, BATCH, rounds, "gqcs_stub_us")
         results["gqcs_stub_us"] = stub_us
+        entries_out = (ffi.new("OVERLAPPED_ENTRY[]", BATCH), ffi.new("ULONG *"))
+
+        def stub_ex_round(per_call: int) -> float:
+            dequeue.load(probe_ops, per_call=per_call)
+            gqcs_ex, handle = dequeue.GetQueuedCompletionStatusEx, port.handle
+            start = perf_counter()
+            while dequeue.left:
+                gqcs_ex(handle, entries_out[0], BATCH, entries_out[1], 0, 0)
+            return perf_counter() - start
+        # Per completion: a batch's share of one call, and one call per completion.
+        ex_us = median_us(lambda: stub_ex_round(BATCH), BATCH, rounds, "gqcs_ex_stub_us")
+        ex_single_us = median_us(lambda: stub_ex_round(1), BATCH, rounds,
+                                 "gqcs_ex_single_stub_us")
+        results["gqcs_ex_stub_us"] = ex_us
+        results["gqcs_ex_single_stub_us"] = ex_single_us
 
         # -- dequeue side --------------------------------------------------------------------
         recv_ops: list[Operation] = []
@@ -209,11 +262,11 @@ def run(rounds: int, profile: bool) -> dict[str, Any]:
             dequeue.load(sends)
             run_once = manager.run_once
             start = perf_counter()
-            for _ in range(len(sends)):
+            while dequeue.left:
                 run_once(0.5)
             return perf_counter() - start
         results["run_once_us"] = median_us(run_once_round, BATCH, rounds,
-                                           "run_once_us") - stub_us
+                                           "run_once_us") - ex_us
 
         # -- submit side ---------------------------------------------------------------------
         buffers = [[bytearray(65536)] for _ in range(BATCH)]
@@ -245,10 +298,9 @@ def run(rounds: int, profile: bool) -> dict[str, Any]:
             for connection in connections:
                 connection.send(PAYLOAD)
             elapsed = perf_counter() - start
-            for op in pending_of_kind(port, OpKind.SEND):  # complete them through the layer
-                port.unregister(op, 0)
-            for connection in connections:
-                connection.pending_sends = 0
+            sends = pending_of_kind(port, OpKind.SEND)  # complete them through the layer
+            for completion in port._classify_entries(make_entries(sends), len(sends)):
+                manager.dispatch(completion)
             return elapsed
         results["connection_send_us"] = median_us(connection_send_round, BATCH, rounds,
                                                   "connection_send_us")
@@ -258,24 +310,60 @@ def run(rounds: int, profile: bool) -> dict[str, Any]:
         for connection in connections:
             connection.handler = EchoHandler()
 
-        def echo_round() -> float:
+        def echo_round(per_call: int = BATCH) -> float:
+            recvs = pending_of_kind(port, OpKind.RECV)
+            dequeue.load(recvs, per_call=per_call)
+            run_once = manager.run_once
+            start = perf_counter()
+            while dequeue.left:
+                run_once(0.5)
+            middle = perf_counter()
+            sends = pending_of_kind(port, OpKind.SEND)
+            dequeue.load(sends, per_call=per_call)
+            restart = perf_counter()
+            while dequeue.left:
+                run_once(0.5)
+            return (middle - start) + (perf_counter() - restart)
+        echo_us = median_us(echo_round, BATCH, rounds, "echo_turn_us") - 2 * ex_us
+        BEST["echo_turn_us"] -= 2 * BEST["gqcs_ex_stub_us"]
+        results["echo_turn_us"] = echo_us
+        results["echo_ceiling_msgs_per_s"] = 1e6 / echo_us
+        results["echo_turn_single_us"] = median_us(
+            lambda: echo_round(1), BATCH, rounds, "echo_turn_single_us") - 2 * ex_single_us
+        BEST["echo_turn_single_us"] -= 2 * BEST["gqcs_ex_single_stub_us"]
+
+        # -- the same turn with the send done at once (skip-on-success) ------------------------
+        inline = port._inline  # pyright: ignore[reportPrivateUsage]  # its own queue
+
+        def inline_echo_round() -> float:
             recvs = pending_of_kind(port, OpKind.RECV)
             dequeue.load(recvs)
             run_once = manager.run_once
             start = perf_counter()
-            for _ in range(len(recvs)):
+            while dequeue.left or inline:
                 run_once(0.5)
-            middle = perf_counter()
-            sends = pending_of_kind(port, OpKind.SEND)
-            dequeue.load(sends)
-            restart = perf_counter()
-            for _ in range(len(sends)):
-                run_once(0.5)
-            return (middle - start) + (perf_counter() - restart)
-        echo_us = median_us(echo_round, BATCH, rounds, "echo_turn_us") - 2 * stub_us
-        BEST["echo_turn_us"] -= 2 * BEST["gqcs_stub_us"]
-        results["echo_turn_us"] = echo_us
-        results["echo_ceiling_msgs_per_s"] = 1e6 / echo_us
+            return perf_counter() - start
+
+        sending = RecvOperation(OpKind.RECV, sock)  # any operation with one WSABUF will do
+        sending.set_buffers([bytearray(64)], writable=True)
+
+        def send_stub_round() -> float:
+            wsa_send, wsabufs, overlapped = winsock.WSASend, sending.wsabufs, sending.overlapped
+            start = perf_counter()
+            for _ in range(BATCH):
+                wsa_send(0, wsabufs, 1, ffi.NULL, 0, overlapped, ffi.NULL)
+            return perf_counter() - start
+
+        if all(connection.sock.skips_on_success for connection in connections):
+            winsock.sends_at_once = True
+            try:
+                send_stub_us = median_us(send_stub_round, BATCH, rounds, "send_stub_us")
+                results["echo_turn_inline_us"] = median_us(
+                    inline_echo_round, BATCH, rounds, "echo_turn_inline_us"
+                ) - ex_us - send_stub_us
+                BEST["echo_turn_inline_us"] -= BEST["gqcs_ex_stub_us"] + BEST["send_stub_us"]
+            finally:
+                winsock.sends_at_once = False
 
         results["best_round_us"] = dict(BEST)
         if profile:

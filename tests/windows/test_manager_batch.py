@@ -1,0 +1,224 @@
+"""The manager's batch loop and the connection's direct delivery (issue 10).
+
+``run_once`` dequeues a batch of completions at once and routes them in order; a receive's
+data is handed to the handler without the delivery queue when nothing else of its connection
+is queued or being delivered. Each guard here failed without it (the change's closing note
+says how). Real ws2_32 on 127.0.0.1 with stdlib peers; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from winiocp import Completion, OpKind, Socket
+from winiocp.connections import CloseReason, Connection, State
+
+from helpers_conn import WAIT, Server, connect, in_background, kernel_done, wait_until
+
+
+def next_completion(server: Server, connection: Connection, kind: OpKind) -> Completion:
+    """Dequeue until ``connection``'s next ``kind`` completion, which is returned without
+    being dispatched (any other completion is dispatched as the loop would)."""
+    for _ in range(100):
+        completion = server.port.get(WAIT)
+        operation = completion.operation
+        assert operation is not None, f"no {kind.value} completion came: {completion!r}"
+        if operation.kind is kind and operation.context is connection:
+            return completion
+        server.manager.dispatch(completion)
+    pytest.fail(f"no {kind.value} completion among 100")
+
+
+class Gate:
+    """Records each callback, and any that overlaps another; ``resume_writing`` waits at a
+    gate until the test opens it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.overlaps: list[str] = []
+        self.active = 0
+        self.inside = threading.Event()
+        self.open = threading.Event()
+        self._guard = threading.Lock()
+
+    def _enter(self, what: str) -> None:
+        with self._guard:
+            self.active += 1
+            self.calls.append(what)
+            if self.active > 1:
+                self.overlaps.append(what)
+
+    def _leave(self) -> None:
+        with self._guard:
+            self.active -= 1
+
+    def data_received(self, connection: Connection, data: bytes) -> None:
+        self._enter(f"data {data!r}")
+        self._leave()
+
+    def eof_received(self, connection: Connection) -> None:
+        self._enter("eof")
+        self._leave()
+
+    def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
+        self._enter("lost")
+        self._leave()
+
+    def pause_writing(self, connection: Connection) -> None:
+        self._enter("pause")
+        self._leave()
+
+    def resume_writing(self, connection: Connection) -> None:
+        self._enter("resume")
+        self.inside.set()
+        try:
+            self.open.wait(WAIT)
+        finally:
+            self._leave()
+
+
+def test_data_waits_while_another_thread_delivers_a_callback_of_its_connection() -> None:
+    """A worker is inside ``resume_writing`` (its send completion drained the write buffer)
+    when another worker dequeues the connection's received data: the data must wait its turn,
+    not be handed over at once beside the running callback. (Without the ``_delivering``
+    check of the direct path, data_received ran while resume_writing was still running.)"""
+    with Server(Gate) as server:
+        with connect(server.address) as peer:
+            connection = server.connection_for(peer)
+            gate = connection.handler
+            assert isinstance(gate, Gate)
+            connection.set_write_buffer_limits(high=4, low=0)
+            connection.send(b"12345678")  # above the high-water mark: paused
+            sent = next_completion(server, connection, OpKind.SEND)
+            peer.sendall(b"hello")
+            received = next_completion(server, connection, OpKind.RECV)
+
+            worker = in_background(lambda: server.manager.dispatch(sent))
+            assert gate.inside.wait(WAIT), "resume_writing was not called"
+            server.manager.dispatch(received)  # while the worker is inside resume_writing
+            assert gate.calls == ["pause", "resume"], gate.calls  # the data waits
+            gate.open.set()
+            worker.result(WAIT)
+
+            assert gate.overlaps == [], gate.calls
+            assert gate.calls == ["pause", "resume", "data b'hello'"]
+            assert connection.pending_recvs == 1  # and the next receive is posted
+            peer.sendall(b"again")
+            server.pump(lambda: len(gate.calls) == 4, what="the next data")
+            assert gate.calls[-1] == "data b'again'"
+            assert gate.overlaps == []
+
+
+class InterruptOnce:
+    """The first ``data_received`` of all raises KeyboardInterrupt (Ctrl-C in a handler);
+    every other one records its data."""
+
+    fired = False
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.interrupted = False
+
+    def data_received(self, connection: Connection, data: bytes) -> None:
+        if not InterruptOnce.fired:
+            InterruptOnce.fired = self.interrupted = True
+            raise KeyboardInterrupt
+        self.received += data
+
+    def eof_received(self, connection: Connection) -> None:
+        pass
+
+    def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
+        pass
+
+
+def _receives_done(server: Server, connections: list[Connection]) -> None:
+    """Wait until the kernel finished every connection's pending receive (not dequeued)."""
+    receives = [op for op in server.port.pending_operations()
+                if op.kind is OpKind.RECV and op.context in connections]
+    assert len(receives) == len(connections)
+    wait_until(lambda: all(kernel_done(op) for op in receives), what="the receives")
+
+
+def test_an_interrupt_in_the_middle_of_a_batch_loses_no_completion() -> None:
+    """Three receives complete; one ``run_once`` dequeues them as one batch and the first
+    handler raises KeyboardInterrupt. The interrupt propagates, and the completions not yet
+    routed are routed by the next ``run_once``: every other connection gets its data, and the
+    interrupted one reads on. (Without the batch's salvage they were dropped: their data
+    never came and their connections never read again.)"""
+    InterruptOnce.fired = False
+    with Server(InterruptOnce) as server:
+        peers = [connect(server.address) for _ in range(3)]
+        try:
+            connections = [server.connection_for(peer) for peer in peers]
+            handlers = [connection.handler for connection in connections]
+            assert all(isinstance(handler, InterruptOnce) for handler in handlers)
+            for index, peer in enumerate(peers):
+                peer.sendall(b"to %d" % index)
+            _receives_done(server, connections)
+
+            with pytest.raises(KeyboardInterrupt):
+                server.manager.run_once(WAIT)
+            interrupted = [h for h in handlers if isinstance(h, InterruptOnce) and h.interrupted]
+            assert len(interrupted) == 1
+            server.pump(lambda: all(bytes(h.received) == b"to %d" % index
+                                    for index, h in enumerate(handlers)
+                                    if isinstance(h, InterruptOnce) and not h.interrupted),
+                        what="the rest of the interrupted batch")
+            # The interrupted connection is not wedged: it posted its next receive.
+            victim = handlers.index(interrupted[0])
+            peers[victim].sendall(b"more")
+            server.pump(lambda: bytes(interrupted[0].received) == b"more",
+                        what="the interrupted connection's next data")
+            assert all(connection.state is State.OPEN for connection in connections)
+        finally:
+            for peer in peers:
+                peer.close()
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    def data_received(self, connection: Connection, data: bytes) -> None:
+        self.received += data
+
+    def eof_received(self, connection: Connection) -> None:
+        pass
+
+    def connection_lost(self, connection: Connection, reason: CloseReason) -> None:
+        pass
+
+
+def test_one_run_once_routes_a_whole_batch() -> None:
+    """Four connections' receives completed: one ``run_once`` with no wait routes them all."""
+    with Server(Collect) as server:
+        peers = [connect(server.address) for _ in range(4)]
+        try:
+            connections = [server.connection_for(peer) for peer in peers]
+            for index, peer in enumerate(peers):
+                peer.sendall(b"batch %d" % index)
+            _receives_done(server, connections)
+            assert server.manager.run_once(0)
+            handlers = [c.handler for c in connections]
+            assert [bytes(h.received) for h in handlers if isinstance(h, Collect)
+                    ] == [b"batch %d" % index for index in range(4)]
+        finally:
+            for peer in peers:
+                peer.close()
+
+
+def _skip_mode_allowed(sock: Socket) -> bool:
+    return sock.set_skip_on_success()  # idempotent: True if the mode is (now) on
+
+
+def test_added_connections_skip_completion_packets_unless_recycled() -> None:
+    """``add`` turns FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on where Windows allows it, except
+    on sockets to recycle (see ``manager.py``)."""
+    with Server(Collect) as server, connect(server.address) as peer:
+        sock = server.connection_for(peer).sock
+        assert sock.skips_on_success == _skip_mode_allowed(sock)
+    with Server(Collect, recycle=True) as server, connect(server.address) as peer:
+        assert not server.connection_for(peer).sock.skips_on_success
