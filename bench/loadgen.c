@@ -340,7 +340,7 @@ static int bulk(const char *host, int port, long long total) {
     double start = now_s();
     int fd = connect_blocking(&sa);
     /* Bounded: a stalled server fails the run instead of hanging it. */
-    struct timeval tv = {.tv_sec = 120};
+    struct timeval tv = {.tv_sec = 30};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     long long sent = 0;

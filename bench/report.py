@@ -527,8 +527,10 @@ def _aio_more_markdown(aio: dict[str, Any]) -> list[str]:
         out(bulk.get("note", ""))
         out("")
         for name, reason in bulk.get("skipped", {}).items():
-            out(f"- **{name} not measured**: {reason}")
-        if bulk.get("skipped"):
+            out(f"- **{name}: runs stopped**: {reason}")
+        for failure in bulk.get("failures", []):
+            out(f"- failed run (not in the medians): {failure}")
+        if bulk.get("skipped") or bulk.get("failures"):
             out("")
         out("| receiver | " + " | ".join(AIO_LOOP_TITLES[loop] for loop in loops)
             + " | winiocp.aio vs stock | vs winloop |")
