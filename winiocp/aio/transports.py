@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Union, cast
 
 from ..operations import RecvOperation, SendOperation
 from ..port import Completion, Outcome
+from ..sockets import Socket
 from .proactor import failure_of
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         _protocol: asyncio.BaseProtocol
         _closing: bool
         _paused: bool
+        _sock: socket.socket
 
         def _fatal_error(self, exc: BaseException, message: str = ...) -> None: ...
 
@@ -94,10 +96,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                  waiter: asyncio.Future[None] | None = None,
                  extra: dict[str, object] | None = None,
                  server: asyncio.base_events.Server | None = None) -> None:
-        proactor = loop.proactor
-        if proactor is None:
-            raise RuntimeError("the event loop is closed")
-        self._view = proactor.stream_view(sock)
+        self._view: Socket | None = None  # made on the first operation
         context = contextvars.copy_context()
         self._on_received: Callable[[Completion], None] = (
             lambda completion: context.run(self._received, completion))
@@ -117,6 +116,27 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._queue: deque[Chunk] = deque()
         self._queued = 0
         super().__init__(loop, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
+
+    def _socket_view(self) -> Socket:
+        """The proactor's view of our socket (associated with its port on first use).
+        Raises ``OSError`` if the socket cannot be associated (not a socket)."""
+        view = self._view
+        if view is None:
+            proactor = self._loop.proactor
+            if proactor is None:
+                raise ConnectionAbortedError("the event loop is closed")
+            view = self._view = proactor.stream_view(self._sock)
+        return view
+
+    def _drop_handlers(self, sends_too: bool) -> None:
+        """What is still in flight reports to nobody: the transport (its protocol, an SSL
+        context...) is not kept alive by an operation whose result nobody will read. The
+        operations themselves stay owned by the port until they complete."""
+        if self._receiving and self._receive is not None:
+            self._receive.context = None
+        if sends_too and self._sending is not None:
+            self._sending.context = None
+            self._sending = None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -145,8 +165,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._receiver = None
         self._receive_into = buffer
         try:
-            self._receive = self._view.recv_into([buffer], reuse=self._receive,
-                                                 context=self._on_received)
+            self._receive = self._socket_view().recv_into([buffer], reuse=self._receive,
+                                                          context=self._on_received)
         except ConnectionResetError as exc:
             self._force_close(exc)
         except OSError as exc:
@@ -271,7 +291,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         size = sum(len(chunk) for chunk in chunks)
         self._queued -= size
         try:
-            self._sending = self._view.send(chunks, context=self._on_sent)
+            self._sending = self._socket_view().send(chunks, context=self._on_sent)
         except ConnectionResetError as exc:
             self._force_close(exc)
             return
@@ -362,6 +382,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             return
         state._closing = True
         state._conn_lost += 1
+        self._drop_handlers(sends_too=False)  # the send in flight still has to finish
         if self._sending is None and not self._queue:
             self._loop.call_soon(self._call_connection_lost, None)
 
@@ -376,6 +397,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._queue.clear()
         self._queued = 0
         self._in_flight_size = 0
+        self._drop_handlers(sends_too=True)
         super()._force_close(exc)  # type: ignore[misc]
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
@@ -395,6 +417,11 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                     server._detach()
                 state._server = None
             state._called_connection_lost = True
+            self._drop_handlers(sends_too=True)
+            # No cycle through the transport is left (asyncio's SSL tests check that a
+            # closed connection is freed by reference counting alone).
+            self._on_received = self._on_sent = _ignore
+            self._receiver = self._held = None
             if sock is not None:
                 loop = state._loop
                 if exc is None and not self._abortive and self.wrote and sock.fileno() != -1 \
@@ -402,6 +429,10 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                     loop._close_orderly(sock)
                 else:
                     _close_at_once(sock)
+
+
+def _ignore(completion: Completion) -> None:
+    """The handler of a transport whose connection is lost."""
 
 
 def _close_at_once(sock: socket.socket) -> None:

@@ -1,0 +1,333 @@
+"""winiocp.aio's own socket transport (issue 10): completions call the protocol directly, a
+BufferedProtocol is received into without a copy, queued writes are gathered, and the
+transport contract holds (pause/resume with data in flight, errors in callbacks, context).
+
+Where a mechanism is a difference from the stock loop, the test runs both loops and shows the
+stock loop doing what ours avoids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+import winiocp.aio
+from winiocp.aio.transports import SocketTransport
+from winiocp.raw import ffi
+from winiocp.sockets import Socket
+
+LOOPBACK = "127.0.0.1"
+WAIT = 30.0
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "stock": asyncio.ProactorEventLoop,
+    "winiocp": winiocp.aio.new_event_loop,
+}
+
+
+def run(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return loop.run_until_complete(asyncio.wait_for(main, WAIT))
+    finally:
+        loop.close()
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+async def ping_pong(messages: int, size: int = 64) -> float:
+    """Echo ``messages`` round trips through a server on the running loop."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, LOOPBACK, 0)
+    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    payload = b"p" * size
+    for _ in range(messages):
+        writer.write(payload)
+        assert await reader.readexactly(size) == payload
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    return float(messages)
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_a_receive_completion_schedules_no_callback(name: str) -> None:
+    # The stock transport's every read is a future whose done callback goes through
+    # call_soon; ours calls data_received from the completion itself.
+    loop = LOOPS[name]()
+    scheduled = [0]
+    call_soon = loop.call_soon
+
+    def counting(callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.Handle:
+        scheduled[0] += 1
+        return call_soon(callback, *args, **kwargs)
+
+    loop.call_soon = counting  # type: ignore[method-assign]
+    messages = 200
+
+    async def main() -> int:
+        await ping_pong(20)  # warm up: connections, tasks
+        before = scheduled[0]
+        await ping_pong(messages)
+        return scheduled[0] - before
+
+    per_message = run(loop, main()) / messages
+    print(f"{name}: {per_message:.2f} call_soon per echoed message")
+    # Both ends of each message are transports of the loop under test: the streams client
+    # wakes its task once per message whatever the loop; the rest is the transports'.
+    if name == "stock":
+        assert per_message >= 3.0
+    else:
+        assert per_message <= 2.0
+
+
+class Collect(asyncio.BufferedProtocol):
+    """A BufferedProtocol that records where each receive landed."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(8192)
+        self.data = bytearray()
+        self.hints: list[int] = []
+        self.in_place: list[bool] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        self.hints.append(sizehint)
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        transport = self.transport
+        receive = getattr(transport, "_receive", None)
+        if receive is not None:  # ours: was the WSABUF our own buffer?
+            address = int(ffi.cast("uintptr_t", receive.wsabufs[0].buf))
+            self.in_place.append(address == int(ffi.cast("uintptr_t",
+                                                         ffi.from_buffer(self.buffer))))
+        self.data += self.buffer[:nbytes]
+
+    def eof_received(self) -> bool:
+        self.done.set_result(None)
+        return False
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_a_buffered_protocol_is_received_into_without_a_copy(name: str) -> None:
+    payload = os.urandom(1 << 20)
+
+    async def main() -> tuple[bytes, list[int], list[bool]]:
+        loop = asyncio.get_running_loop()
+        protocols: list[Collect] = []
+        server = await loop.create_server(lambda: protocols.append(Collect()) or protocols[-1],
+                                          LOOPBACK, 0)
+        address = server.sockets[0].getsockname()[:2]
+
+        def send() -> None:
+            with socket.create_connection(address, timeout=WAIT) as peer:
+                peer.sendall(payload)
+                peer.shutdown(socket.SHUT_WR)
+                peer.recv(1)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        while not protocols:
+            await asyncio.sleep(0.01)
+        await protocols[0].done
+        sender.join(WAIT)
+        server.close()
+        return bytes(protocols[0].data), protocols[0].hints, protocols[0].in_place
+
+    data, hints, in_place = run(LOOPS[name](), main())
+    assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
+    if name == "stock":
+        assert all(hint > 0 for hint in hints)  # asked to take a copy of each read's size
+    else:
+        assert hints and all(hint == -1 for hint in hints)  # asked before the receive
+        assert in_place and all(in_place)  # and the kernel wrote straight into it
+
+
+def test_queued_writes_go_out_gathered_in_few_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    sends: list[int] = []
+    original = Socket.send
+
+    def counting(self: Socket, data: Any, *args: Any, **kwargs: Any) -> Any:
+        sends.append(len(data) if isinstance(data, list) else 1)
+        return original(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Socket, "send", counting)
+    chunks = [os.urandom(1000) for _ in range(300)]
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        with socket.create_server((LOOPBACK, 0)) as listener:
+            client = socket.create_connection(listener.getsockname()[:2])
+            peer, _ = listener.accept()
+        with peer:
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=client)
+            for chunk in chunks[:100]:
+                transport.write(bytearray(chunk))  # mutable: copied, then changed below
+            transport.writelines(chunks[100:])
+            transport.close()
+            peer.settimeout(WAIT)
+            received = bytearray()
+            while len(received) < 300_000:
+                part = await loop.run_in_executor(None, peer.recv, 1 << 20)
+                if not part:
+                    break
+                received += part
+            return bytes(received)
+
+    received = run(winiocp.aio.new_event_loop(), main())
+    assert received == b"".join(chunks)
+    assert sum(sends) == 300 and len(sends) <= 10, sends  # 300 writes, a handful of WSASends
+
+
+class Chunked:
+    """Stand-in for the transport's queue state (``_requeue_unsent`` uses nothing else)."""
+
+    def __init__(self) -> None:
+        from collections import deque
+        self._queue: Any = deque([b"later"])
+        self._queued = 5
+
+
+def test_a_partial_send_puts_the_unsent_rest_back_in_front() -> None:
+    state = Chunked()
+    SocketTransport._requeue_unsent(state, [b"abc", b"defg", b"hi"], 5)  # type: ignore[arg-type]
+    assert [bytes(chunk) for chunk in state._queue] == [b"fg", b"hi", b"later"]
+    assert state._queued == 5 + 4
+
+
+class PauseOnFirst(asyncio.Protocol):
+    """Pauses reading on its first data, resumes a little later: nothing may be lost."""
+
+    def __init__(self, expected: int) -> None:
+        self.data = bytearray()
+        self.expected = expected
+        self.paused_calls = 0
+        self.paused = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.paused:
+            self.paused_calls += 1
+        self.data += data
+        if len(self.data) >= self.expected and not self.done.done():
+            self.done.set_result(None)
+        elif len(self.data) < self.expected and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.05, self.resume)
+
+    def resume(self) -> None:
+        self.paused = False
+        self.transport.resume_reading()
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_pause_reading_with_a_receive_in_flight_holds_its_data(name: str) -> None:
+    payload = os.urandom(512 * 1024)
+
+    async def main() -> PauseOnFirst:
+        loop = asyncio.get_running_loop()
+        protocols: list[PauseOnFirst] = []
+        server = await loop.create_server(
+            lambda: protocols.append(PauseOnFirst(len(payload))) or protocols[-1], LOOPBACK, 0)
+        address = server.sockets[0].getsockname()[:2]
+        sender = threading.Thread(target=lambda: socket.create_connection(
+            address, timeout=WAIT).sendall(payload))
+        sender.start()
+        while not protocols:
+            await asyncio.sleep(0.01)
+        await protocols[0].done
+        sender.join(WAIT)
+        server.close()
+        return protocols[0]
+
+    protocol = run(LOOPS[name](), main())
+    assert protocol.paused_calls == 0  # nothing delivered while paused
+    assert bytes(protocol.data) == payload
+
+
+def test_an_exception_in_data_received_closes_only_that_connection() -> None:
+    errors: list[dict[str, Any]] = []
+
+    class Faulty(asyncio.Protocol):
+        lost: asyncio.Future[BaseException | None]
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def data_received(self, data: bytes) -> None:
+            raise ValueError("broken protocol")
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main() -> BaseException | None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: errors.append(context))
+        protocols: list[Faulty] = []
+        server = await loop.create_server(lambda: protocols.append(Faulty()) or protocols[-1],
+                                          LOOPBACK, 0)
+        address = server.sockets[0].getsockname()[:2]
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            peer.sendall(b"boom")
+            while not protocols:
+                await asyncio.sleep(0.01)
+            exc = await protocols[0].lost
+        assert await ping_pong(5) == 5.0  # the loop goes on serving
+        server.close()
+        return exc
+
+    exc = run(winiocp.aio.new_event_loop(), main())
+    assert isinstance(exc, ValueError)
+    assert [type(error.get("exception")) for error in errors] == [ValueError]
+
+
+VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_protocol_callbacks_run_in_the_context_the_connection_was_made_in(name: str) -> None:
+    seen: list[str] = []
+
+    class Record(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            seen.append(VAR.get())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with socket.create_server((LOOPBACK, 0)) as listener:
+            client = socket.create_connection(listener.getsockname()[:2])
+            peer, _ = listener.accept()
+        with peer:
+            VAR.set("connecting task")
+            transport, _ = await loop.create_connection(Record, sock=client)
+            VAR.set("changed later")
+            peer.sendall(b"x")
+            while not seen:
+                await asyncio.sleep(0.01)
+            transport.close()
+
+    run(LOOPS[name](), main())
+    assert seen == ["connecting task"]
