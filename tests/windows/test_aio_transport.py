@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,12 +24,21 @@ from winiocp.aio.transports import SocketTransport
 from winiocp.raw import ffi
 from winiocp.sockets import Socket
 
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 LOOPBACK = "127.0.0.1"
 WAIT = 30.0
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "stock": asyncio.ProactorEventLoop,
     "winiocp": winiocp.aio.new_event_loop,
 }
+
+
+def collecting(made: list[P], factory: Callable[[], P]) -> Callable[[], asyncio.BaseProtocol]:
+    """A protocol factory that also records each protocol it makes in ``made``."""
+    def make() -> P:
+        made.append(factory())
+        return made[-1]
+    return make
 
 
 def run(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, Any]) -> Any:
@@ -76,7 +85,7 @@ def test_a_receive_completion_schedules_no_callback(name: str) -> None:
         scheduled[0] += 1
         return call_soon(callback, *args, **kwargs)
 
-    loop.call_soon = counting  # type: ignore[method-assign]
+    loop.call_soon = counting  # type: ignore[method-assign,assignment]
     messages = 200
 
     async def main() -> int:
@@ -118,7 +127,7 @@ class Collect(asyncio.BufferedProtocol):
         if receive is not None:  # ours: was the WSABUF our own buffer?
             address = int(ffi.cast("uintptr_t", receive.wsabufs[0].buf))
             self.in_place.append(address == int(ffi.cast("uintptr_t",
-                                                         ffi.from_buffer(self.buffer))))
+                                                         ffi.from_buffer("char[]", self.buffer))))
         self.data += self.buffer[:nbytes]
 
     def eof_received(self) -> bool:
@@ -133,7 +142,7 @@ def test_a_buffered_protocol_is_received_into_without_a_copy(name: str) -> None:
     async def main() -> tuple[bytes, list[int], list[bool]]:
         loop = asyncio.get_running_loop()
         protocols: list[Collect] = []
-        server = await loop.create_server(lambda: protocols.append(Collect()) or protocols[-1],
+        server = await loop.create_server(collecting(protocols, Collect),
                                           LOOPBACK, 0)
         address = server.sockets[0].getsockname()[:2]
 
@@ -251,7 +260,7 @@ def test_pause_reading_with_a_receive_in_flight_holds_its_data(name: str) -> Non
         loop = asyncio.get_running_loop()
         protocols: list[PauseOnFirst] = []
         server = await loop.create_server(
-            lambda: protocols.append(PauseOnFirst(len(payload))) or protocols[-1], LOOPBACK, 0)
+            collecting(protocols, lambda: PauseOnFirst(len(payload))), LOOPBACK, 0)
         address = server.sockets[0].getsockname()[:2]
         sender = threading.Thread(target=lambda: socket.create_connection(
             address, timeout=WAIT).sendall(payload))
@@ -287,7 +296,7 @@ def test_an_exception_in_data_received_closes_only_that_connection() -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda loop, context: errors.append(context))
         protocols: list[Faulty] = []
-        server = await loop.create_server(lambda: protocols.append(Faulty()) or protocols[-1],
+        server = await loop.create_server(collecting(protocols, Faulty),
                                           LOOPBACK, 0)
         address = server.sockets[0].getsockname()[:2]
         with socket.create_connection(address, timeout=WAIT) as peer:
