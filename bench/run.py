@@ -801,10 +801,8 @@ def aio_cpu_findings(results: dict[str, Any]) -> list[str]:
     return [
         "**winiocp.aio spends more server CPU per message than the stock loop** (Protocol "
         "echo, us per echoed message, server process + its wineserver, winiocp.aio vs stock: "
-        f"{cells}). Both loops run asyncio's own proactor transports, so the difference is "
-        "the proactor under them." + calls
-        + " This is the baseline issue 10's own transports, inline completions and batch "
-        "dequeue start from."]
+        f"{cells}). The application code is the same on both, so the difference is the "
+        "loop's transports and proactor under it." + calls]
 
 
 # -- main ---------------------------------------------------------------------------------------
