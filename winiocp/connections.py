@@ -372,7 +372,8 @@ class Connection:
                 data = bytes(memoryview(operation.buffers[0])[:completion.bytes_transferred])
                 self.bytes_received += len(data)
                 self.last_activity = self.manager.now
-            self._give_back(borrowed)  # the data is copied out: the buffer is free again
+            if borrowed is not None:  # the data is copied out: the buffer is free again
+                self.manager.buffers.give(borrowed)
             if not data:
                 self.peer_fin = True
                 if self.state is State.CLOSING:
@@ -425,7 +426,7 @@ class Connection:
 
     def send(self, data: BufferLike) -> SendOperation:
         """Queue ``data`` (zero-copy; do not modify it until sent). Refused once closing."""
-        size = _nbytes(data)
+        size = len(data) if type(data) is bytes else memoryview(data).nbytes
         with self._lock:
             if self.state is not State.OPEN:
                 raise BrokenPipeError(f"{self!r}: no sends after close()")
@@ -616,7 +617,8 @@ class Connection:
                 return  # that delivery ran what was queued meanwhile too
         elif isinstance(operation, SendOperation):
             self._on_send(completion, operation)
-        self._deliver()
+        if self._events:  # (checked again by _deliver, under the lock)
+            self._deliver()
 
 
 class NullHandler:
@@ -634,10 +636,6 @@ class NullHandler:
 
 #: What a zero-byte receive "reads into"; never written, so one serves every connection.
 _EMPTY = bytearray()
-
-
-def _nbytes(data: BufferLike) -> int:
-    return len(data) if isinstance(data, bytes) else memoryview(data).nbytes
 
 
 def _ask(getter: Callable[[], Address]) -> Address | None:

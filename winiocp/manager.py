@@ -8,11 +8,13 @@ Why a batch: under load each dequeue call brings many completions, and the fixed
 dequeue (the port's bookkeeping, the deadline checks, the clock) are paid once for all of them.
 The batch's clock reading (``now``) is also what connections record as their last activity:
 idle deadlines are seconds long, a batch is handled in far less. Several worker threads may
-call ``run_once`` at once on one manager; each takes its own batch, and a connection's
-callbacks stay one at a time, in order (``connections.py``). No exception from a handler
-escapes the loop: the connection it came from is aborted and the error logged. An interrupt
-(KeyboardInterrupt) that strikes in the middle of a batch propagates, and the completions
-not yet routed wait in the manager for the next ``run_once``: none is lost.
+call ``run_once`` at once on one manager; each takes its own batch and routes all of it (with
+slow handlers and several workers, a port with a smaller ``batch_size`` spreads the work
+wider), and a connection's callbacks stay one at a time, in order (``connections.py``). No
+exception from a handler escapes the loop: the connection it came from is aborted and the
+error logged. An interrupt (KeyboardInterrupt) that strikes in the middle of a batch
+propagates, and the completions not yet routed wait in the manager for the next
+``run_once``: none is lost.
 
 Connected sockets given to ``add`` (those accepted by an ``AcceptPool`` too) are put in
 FILE_SKIP_COMPLETION_PORT_ON_SUCCESS mode where Windows allows it (``Socket.set_skip_on_success``):
