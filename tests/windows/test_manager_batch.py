@@ -222,3 +222,24 @@ def test_added_connections_skip_completion_packets_unless_recycled() -> None:
         assert sock.skips_on_success == _skip_mode_allowed(sock)
     with Server(Collect, recycle=True) as server, connect(server.address) as peer:
         assert not server.connection_for(peer).sock.skips_on_success
+
+
+def test_a_send_the_connection_never_counted_leaves_its_counters_alone() -> None:
+    """A send completion reaches the connection although ``Connection.send`` never counted
+    it (its ``send()`` raised, yet the kernel queued a packet: Wine does for a warning
+    status; here the send is issued behind the connection's back). The connection takes
+    each send's size from what it recorded, so neither the pending count nor the write
+    buffer goes negative, and it stays open. (Before: both went negative, and without the
+    check on the recorded size the completion aborted the connection.)"""
+    with Server(Collect) as server, connect(server.address) as peer:
+        connection = server.connection_for(peer)
+        connection.sock.send(b"stray", context=connection)
+        server.manager.dispatch(next_completion(server, connection, OpKind.SEND))
+        assert (connection.pending_sends, connection.get_write_buffer_size()) == (0, 0)
+        assert connection.state is State.OPEN
+        connection.send(b"counted")
+        assert connection.get_write_buffer_size() == len(b"counted")
+        server.pump(lambda: connection.pending_sends == 0, what="the counted send")
+        assert connection.get_write_buffer_size() == 0
+        assert connection.bytes_sent == len(b"counted")
+        assert server.manager.stats.handler_errors == 0
