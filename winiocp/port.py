@@ -373,6 +373,16 @@ class CompletionPort:
         self.post_completion(operation, int(operation.overlapped.InternalHigh), key)
         # (False: the port closed meanwhile, and the operation is orphaned with the rest.)
 
+    def get_inline(self, max_entries: int | None = None) -> list[Completion]:
+        """Only the completions already waiting in user space (inline completions, and any an
+        interrupt left), up to ``max_entries`` (default: ``batch_size``): never a system call,
+        never a wait. For a loop that has just run its handlers and wants what they
+        completed at once before it waits again."""
+        count = self._batch_size if max_entries is None else max_entries
+        if self._ready:
+            return self._take_ready(count)
+        return self._take_inline(count) if self._inline else []
+
     def _take_inline(self, count: int) -> list[Completion]:
         """Up to ``count`` inline completions, classified (exception-safe, as a batch is)."""
         taken: list[Completion] = []

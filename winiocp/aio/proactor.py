@@ -368,6 +368,12 @@ class IocpProactor:
             if len(completions) < port.batch_size:
                 break
             completions = port.get_many(0)
+        # What the handlers just completed at once (a send that went out inline) is finished
+        # now, not one loop iteration later; once only, so a socket that always has data
+        # cannot keep the loop here.
+        unfinished.extend(port.get_inline())
+        while unfinished:
+            _finish(unfinished.popleft())
 
     def _result(self, value: T) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._get_loop().create_future()

@@ -133,9 +133,9 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         context...) is not kept alive by an operation whose result nobody will read. The
         operations themselves stay owned by the port until they complete."""
         if self._receiving and self._receive is not None:
-            self._receive.context = None
+            self._receive.context = _release_buffers
         if sends_too and self._sending is not None:
-            self._sending.context = None
+            self._sending.context = _release_buffers
             self._sending = None
 
     # -- reading -------------------------------------------------------------------------------
@@ -150,8 +150,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         protocol = self._protocol
         if isinstance(protocol, protocols.BufferedProtocol):
             try:
-                view = memoryview(protocol.get_buffer(-1))
-                if not view.nbytes:
+                given = protocol.get_buffer(-1)
+                if not memoryview(given).nbytes:
                     raise RuntimeError("get_buffer() returned an empty buffer")
             except (SystemExit, KeyboardInterrupt):
                 raise
@@ -159,7 +159,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
             self._receiver = protocol
-            buffer: Writable = view
+            buffer = cast("Writable", given)
         else:
             buffer = self._receive_buffer
             self._receiver = None
@@ -188,6 +188,12 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                     self._fatal_error(exc, "Fatal read error on pipe transport")
                 return
             received = (self._receive_into, completion.bytes_transferred, self._receiver)
+            if self._receiver is not None:
+                # The protocol's buffer is unpinned at once: a pin must never be part of a
+                # cycle the GC clears (a memoryview with an export cannot be cleared).
+                receive = completion.operation
+                if receive is not None:
+                    receive.release()
             if self._paused:
                 self._held = received  # delivered by resume_reading
                 return
@@ -247,40 +253,32 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
 
     def write(self, data: object) -> None:
         """As asyncio's ``write``; the close then waits for these bytes to be delivered."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, "
-                            f"not {type(data).__name__}")
-        self._write_chunks([cast("Writable", data)])
+        if type(data) is not bytes:
+            data = _kept(data)
+        if data:
+            self._write_chunks((data,), len(data))
 
     def writelines(self, list_of_data: Iterable[object]) -> None:
         """Queue every buffer as its own chunk: they go out in one gathering WSASend."""
-        chunks = list(list_of_data)
-        for data in chunks:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise TypeError(f"data argument must be a bytes-like object, "
-                                f"not {type(data).__name__}")
-        self._write_chunks(cast("list[Writable]", chunks))
+        chunks = [data if type(data) is bytes else _kept(data) for data in list_of_data]
+        chunks = [chunk for chunk in chunks if chunk]
+        if chunks:
+            self._write_chunks(chunks, sum(len(chunk) for chunk in chunks))
 
-    def _write_chunks(self, chunks: Iterable[Writable]) -> None:  # checked by the callers
+    def _write_chunks(self, chunks: Iterable[bytes], size: int) -> None:
         state: Any = self  # asyncio's private transport state, untyped in typeshed
         if state._eof_written:
             raise RuntimeError("write_eof() already called")
         if state._empty_waiter is not None:
             raise RuntimeError("unable to write; sendfile is in progress")
-        # The caller may change a mutable buffer once write() returns: those are copied.
-        kept = [data if type(data) is bytes else bytes(data) for data in chunks]
-        kept = [chunk for chunk in kept if chunk]
-        if not kept:
-            return
         if state._conn_lost:
             if state._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 log.warning("socket.send() raised exception.")
             state._conn_lost += 1
             return
         self.wrote = True
-        queue = self._queue
-        queue.extend(kept)
-        self._queued += sum(len(chunk) for chunk in kept)
+        self._queue.extend(chunks)
+        self._queued += size
         if self._sending is None:
             self._send_queued()
         self._maybe_pause_protocol()  # type: ignore[attr-defined]
@@ -422,6 +420,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             # closed connection is freed by reference counting alone).
             self._on_received = self._on_sent = _ignore
             self._receiver = self._held = None
+            self._receive = None  # (if still pending, the port owns it until it completes)
+            self._receive_into = self._receive_buffer
             if sock is not None:
                 loop = state._loop
                 if exc is None and not self._abortive and self.wrote and sock.fileno() != -1 \
@@ -431,8 +431,24 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                     _close_at_once(sock)
 
 
+def _kept(data: object) -> bytes:
+    """What ``write`` keeps of a buffer that is not ``bytes``: a copy, since the caller may
+    change it once ``write`` returns. Raises ``TypeError`` for anything else."""
+    if not isinstance(data, (bytearray, memoryview)):
+        raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__}")
+    return bytes(cast("Writable", data))
+
+
 def _ignore(completion: Completion) -> None:
     """The handler of a transport whose connection is lost."""
+
+
+def _release_buffers(completion: Completion) -> None:
+    """The handler of an operation whose transport no longer listens: let its buffers go
+    (they may be a protocol's), so nothing pinned outlives the operation."""
+    operation = completion.operation
+    if operation is not None:
+        operation.release()
 
 
 def _close_at_once(sock: socket.socket) -> None:
