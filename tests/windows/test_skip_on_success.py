@@ -25,6 +25,7 @@ from helpers_io import (
     stack,  # noqa: F401 - a pytest fixture
     wait_for,
 )
+from support import wine_deviation
 
 from winiocp import AcceptOperation, CompletionPort, OpState, Outcome, Socket
 from winiocp.constants import CompletionNotificationModes, SocketType
@@ -183,3 +184,16 @@ def test_closing_the_port_lets_inline_completions_go(stack: ExitStack) -> None:
         own_port.close()
     assert sending.state is OpState.DONE
     assert orphaned_operation_count() == before  # the kernel holds none of its memory
+
+
+@wine_deviation("DisconnectEx on a socket in skip-on-success mode finishes at once (Internal "
+                "is STATUS_SUCCESS) yet reports ERROR_IO_PENDING, and no packet ever comes; "
+                "on Windows ERROR_IO_PENDING always means a packet will be queued")
+def test_a_disconnect_in_skip_mode_completes(
+        port: CompletionPort, listener: Socket, stack: ExitStack) -> None:
+    sock, client = connected_pair(port, listener, stack)
+    assert sock.set_skip_on_success()
+    client.close()
+    time.sleep(0.2)
+    disconnecting = sock.disconnect()
+    wait_for(port, disconnecting)
