@@ -15,7 +15,8 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+import typing
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -38,6 +39,36 @@ def collecting(made: list[P], factory: Callable[[], P]) -> Callable[[], asyncio.
         made.append(factory())
         return made[-1]
     return make
+
+
+class Finishing(typing.Protocol):
+    """A protocol whose ``done`` future says it has seen what the test sends."""
+
+    done: asyncio.Future[None]
+
+
+F = TypeVar("F", bound=Finishing)
+
+
+async def serve_one(factory: Callable[[], F], send: Callable[[tuple[str, int]], None]) -> F:
+    """Serve one connection made by ``send(address)`` (in a thread) until the protocol
+    ``factory`` made for it is done; return that protocol."""
+    loop = asyncio.get_running_loop()
+    made: list[F] = []
+
+    def make() -> asyncio.BaseProtocol:
+        made.append(factory())
+        return cast(asyncio.BaseProtocol, made[-1])
+
+    server = await loop.create_server(make, LOOPBACK, 0)
+    sender = threading.Thread(target=send, args=(server.sockets[0].getsockname()[:2],))
+    sender.start()
+    while not made:
+        await asyncio.sleep(0.01)
+    await made[0].done
+    sender.join(WAIT)
+    server.close()
+    return made[0]
 
 
 def run(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, Any]) -> Any:
@@ -144,29 +175,13 @@ class Collect(asyncio.BufferedProtocol):
 def test_a_buffered_protocol_is_received_into_without_a_copy(name: str) -> None:
     payload = os.urandom(1 << 20)
 
-    async def main() -> Collect:
-        loop = asyncio.get_running_loop()
-        protocols: list[Collect] = []
-        server = await loop.create_server(collecting(protocols, Collect),
-                                          LOOPBACK, 0)
-        address = server.sockets[0].getsockname()[:2]
+    def send(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            peer.sendall(payload)
+            peer.shutdown(socket.SHUT_WR)
+            peer.recv(1)
 
-        def send() -> None:
-            with socket.create_connection(address, timeout=WAIT) as peer:
-                peer.sendall(payload)
-                peer.shutdown(socket.SHUT_WR)
-                peer.recv(1)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        while not protocols:
-            await asyncio.sleep(0.01)
-        await protocols[0].done
-        sender.join(WAIT)
-        server.close()
-        return protocols[0]
-
-    protocol = run(LOOPS[name](), main())
+    protocol = run(LOOPS[name](), serve_one(Collect, send))
     data, hints, in_place = bytes(protocol.data), protocol.hints, protocol.in_place
     assert not protocol.pinned_at_eof
     assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
@@ -263,23 +278,10 @@ class PauseOnFirst(asyncio.Protocol):
 def test_pause_reading_with_a_receive_in_flight_holds_its_data(name: str) -> None:
     payload = os.urandom(512 * 1024)
 
-    async def main() -> PauseOnFirst:
-        loop = asyncio.get_running_loop()
-        protocols: list[PauseOnFirst] = []
-        server = await loop.create_server(
-            collecting(protocols, lambda: PauseOnFirst(len(payload))), LOOPBACK, 0)
-        address = server.sockets[0].getsockname()[:2]
-        sender = threading.Thread(target=lambda: socket.create_connection(
-            address, timeout=WAIT).sendall(payload))
-        sender.start()
-        while not protocols:
-            await asyncio.sleep(0.01)
-        await protocols[0].done
-        sender.join(WAIT)
-        server.close()
-        return protocols[0]
+    def send(address: tuple[str, int]) -> None:
+        socket.create_connection(address, timeout=WAIT).sendall(payload)
 
-    protocol = run(LOOPS[name](), main())
+    protocol = run(LOOPS[name](), serve_one(lambda: PauseOnFirst(len(payload)), send))
     assert protocol.paused_calls == 0  # nothing delivered while paused
     assert bytes(protocol.data) == payload
 

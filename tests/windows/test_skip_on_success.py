@@ -15,9 +15,8 @@ import time
 from contextlib import ExitStack
 
 from helpers_io import (
-    LOOPBACK,
     WAIT_S,
-    accept_client,
+    make_listener,
     assert_nothing_queued,
     connected_pair,
     listener,  # noqa: F401 - a pytest fixture
@@ -132,11 +131,7 @@ def test_an_inline_completion_of_a_thread_that_never_dequeues_reaches_a_waiting_
         stack: ExitStack) -> None:
     # A CompletionPort of its own: this (main) thread must never have dequeued from it.
     with CompletionPort() as own_port:
-        server = stack.enter_context(Socket())
-        server.bind((LOOPBACK[server.family], 0))
-        server.listen()
-        own_port.associate(server)
-        accepting, client = accept_client_on(own_port, server, stack)
+        accepting, client = accept_client_on(own_port, make_listener(own_port, stack), stack)
         sock = accepting.accepted
         own_port.associate(sock)
         assert sock.set_skip_on_success()
@@ -170,13 +165,7 @@ def test_closing_the_port_lets_inline_completions_go(stack: ExitStack) -> None:
     before = orphaned_operation_count()
     own_port = CompletionPort()
     try:
-        server = stack.enter_context(Socket())
-        server.bind((LOOPBACK[server.family], 0))
-        server.listen()
-        own_port.associate(server)
-        accepting, _client = accept_client(own_port, server, stack)
-        sock = accepting.accepted
-        own_port.associate(sock)
+        sock, _client = connected_pair(own_port, make_listener(own_port, stack), stack)
         assert sock.set_skip_on_success()
         sending = sock.send(b"never dequeued")
         assert own_port.pending_count == 1

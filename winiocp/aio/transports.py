@@ -181,11 +181,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             return  # after close() or abort(): nothing more is delivered
         try:
             if completion.outcome is Outcome.FAILED:
-                exc = failure_of(completion)
-                if isinstance(exc, ConnectionResetError):
-                    self._force_close(exc)
-                else:
-                    self._fatal_error(exc, "Fatal read error on pipe transport")
+                self._failed(completion, "Fatal read error on pipe transport")
                 return
             received = (self._receive_into, completion.bytes_transferred, self._receiver)
             if self._receiver is not None:
@@ -203,6 +199,14 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
+    def _failed(self, completion: Completion, message: str) -> None:
+        """An operation failed: a reset closes at once, anything else is a fatal error."""
+        exc = failure_of(completion)
+        if isinstance(exc, ConnectionResetError):
+            self._force_close(exc)
+        else:
+            self._fatal_error(exc, message)
+
     def _deliver(self, buffer: Writable, count: int, receiver: object) -> None:
         if count == 0:
             self._eof_received()
@@ -219,6 +223,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 protocols._feed_data_to_buffered_proto(protocol, data)  # type: ignore[attr-defined]
             else:
                 protocol.data_received(data)  # type: ignore[attr-defined]
+            if receiver is None:
+                return  # the next receive is pending already (or reading stopped)
         self._loop_reading()
 
     def pause_reading(self) -> None:
@@ -309,11 +315,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             return  # aborted: nothing more goes out
         try:
             if completion.outcome is Outcome.FAILED:
-                exc = failure_of(completion)
-                if isinstance(exc, ConnectionResetError):
-                    self._force_close(exc)
-                else:
-                    self._fatal_error(exc, "Fatal write error on pipe transport")
+                self._failed(completion, "Fatal write error on pipe transport")
                 return
             sent = completion.bytes_transferred
             if sent < size:
