@@ -66,7 +66,8 @@ async def serve_one(factory: Callable[[], F], send: Callable[[tuple[str, int]], 
     while not made:
         await asyncio.sleep(0.01)
     await made[0].done
-    sender.join(WAIT)
+    # Joined off the loop: the peer may be waiting for the close the loop is yet to make.
+    await loop.run_in_executor(None, sender.join, WAIT)
     server.close()
     return made[0]
 
