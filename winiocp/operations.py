@@ -222,12 +222,25 @@ class BufferOperation(Operation):
         a read-only one with ``writable``), ``OverflowError`` for one of 4 GiB or more.
         Returns -1 without pinning anything when re-armed on the very same buffers.
         """
-        if not buffers:
+        count = len(buffers)
+        if not count:
             raise ValueError("at least one buffer is needed")
         old = self.buffers
-        if (len(old) == len(buffers) and self.wsabufs != ffi.NULL
-                and all(a is b for a, b in zip(old, buffers))):
+        if len(old) == count and self.wsabufs is not ffi.NULL and (
+                old[0] is buffers[0] if count == 1
+                else all(a is b for a, b in zip(old, buffers))):
             return -1  # re-armed on the very same buffers: they are pinned already
+        if count == 1:  # the common case, without the loop's lists
+            buffer = buffers[0]
+            cbuffer = pin(buffer, writable)
+            length = len(cbuffer)
+            if length > MAX_DWORD:
+                raise OverflowError("a buffer may hold at most 4 GiB - 1 bytes")
+            wsabufs = ffi.new("WSABUF *", (length, cbuffer))
+            self.buffers = (buffer,)
+            self.wsabufs = wsabufs
+            self._keepalive = (cbuffer, wsabufs)
+            return length
         pinned: list[CData] = []
         wsabufs = ffi.new("WSABUF[]", len(buffers))
         total = 0
@@ -360,6 +373,9 @@ def _error_for(exception: Exception) -> int:
 
 def pin(buffer: object, writable: bool) -> CData:
     """A ``char[]`` over ``buffer``'s memory, without copying; the caller keeps it alive."""
+    kind = type(buffer)
+    if kind is bytearray or (kind is bytes and not writable):  # contiguous, as needed
+        return ffi.from_buffer("char[]", buffer, writable)  # type: ignore[arg-type]
     try:
         view = memoryview(buffer)  # type: ignore[arg-type]
     except TypeError as exc:

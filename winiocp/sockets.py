@@ -404,13 +404,17 @@ class Socket(OverlappedOwner[int]):
         """
         if self._listening:
             raise ValueError("recv needs a connected socket, not a listening one")
-        operation = self._reusable(reuse, OpKind.RECV, lambda: RecvOperation(OpKind.RECV, self))
-        assert isinstance(operation, RecvOperation)
+        if reuse is None:
+            operation = RecvOperation(OpKind.RECV, self)
+        else:
+            operation = self._reusable(reuse, OpKind.RECV, _no_factory)
+            assert isinstance(operation, RecvOperation)
         operation.set_buffers(buffers, writable=True)
         operation.flags[0] = flags
-        self._issue(operation, "WSARecv", lambda h: ws2_32.WSARecv(
-            h, operation.wsabufs, len(buffers), ffi.NULL, operation.flags,
-            operation.overlapped, ffi.NULL), returns_bool=False, context=context)
+        wsabufs, count = operation.wsabufs, len(operation.buffers)
+        self.issue(operation, "WSARecv", lambda h: ws2_32.WSARecv(
+            h, wsabufs, count, ffi.NULL, operation.flags, operation.overlapped, ffi.NULL),
+            _int_failed, context)
         return operation
 
     def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0, *,
@@ -423,12 +427,12 @@ class Socket(OverlappedOwner[int]):
         """
         if self._listening:
             raise ValueError("send needs a connected socket, not a listening one")
-        buffers = _as_buffer_list(data)
         operation = SendOperation(OpKind.SEND, self)
-        operation.set_buffers(buffers, writable=False)
-        self._issue(operation, "WSASend", lambda h: ws2_32.WSASend(
-            h, operation.wsabufs, len(buffers), ffi.NULL, flags, operation.overlapped,
-            ffi.NULL), returns_bool=False, context=context)
+        operation.set_buffers(_as_buffer_list(data), writable=False)
+        wsabufs, count = operation.wsabufs, len(operation.buffers)
+        self.issue(operation, "WSASend", lambda h: ws2_32.WSASend(
+            h, wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
+            _int_failed, context)
         return operation
 
     def recvfrom_into(self, buffer: BufferLike, *, reuse: RecvFromOperation | None = None,
@@ -751,7 +755,14 @@ def _int_failed(result: object) -> bool:
     return result == SOCKET_ERROR
 
 
+def _no_factory() -> Operation:
+    raise AssertionError("only called without an operation to reuse")
+
+
 def _as_buffer_list(data: BufferLike | Sequence[BufferLike]) -> Sequence[BufferLike]:
+    kind = type(data)
+    if kind is list or kind is tuple:  # a list of buffers, checked one by one when pinned
+        return cast("Sequence[BufferLike]", data)
     if isinstance(data, (bytes, bytearray, memoryview)):
         # One buffer. The cast: pyright narrows the Sequence[BufferLike] arm to
         # memoryview[BufferLike] (as if a memoryview's items could be buffers).

@@ -291,9 +291,14 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
 
     def _send_queued(self) -> None:
         queue = self._queue
-        chunks = [queue.popleft() for _ in range(min(len(queue), MAX_GATHER))]
-        size = sum(len(chunk) for chunk in chunks)
-        self._queued -= size
+        if len(queue) <= MAX_GATHER:  # all of it (``_queued`` is the queue's byte count)
+            chunks = list(queue)
+            queue.clear()
+            size, self._queued = self._queued, 0
+        else:
+            chunks = [queue.popleft() for _ in range(MAX_GATHER)]
+            size = sum(map(len, chunks))
+            self._queued -= size
         try:
             self._sending = self._socket_view().send(chunks, context=self._on_sent)
         except ConnectionResetError as exc:
