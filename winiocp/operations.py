@@ -375,7 +375,7 @@ def pin(buffer: object, writable: bool) -> CData:
     """A ``char[]`` over ``buffer``'s memory, without copying; the caller keeps it alive."""
     kind = type(buffer)
     if kind is bytearray or (kind is bytes and not writable):  # contiguous, as needed
-        return ffi.from_buffer("char[]", buffer, writable)  # type: ignore[arg-type]
+        return ffi.from_buffer("char[]", buffer, writable)
     try:
         view = memoryview(buffer)  # type: ignore[arg-type]
     except TypeError as exc:

@@ -407,8 +407,8 @@ class Socket(OverlappedOwner[int]):
         if reuse is None:
             operation = RecvOperation(OpKind.RECV, self)
         else:
-            operation = self._reusable(reuse, OpKind.RECV, _no_factory)
-            assert isinstance(operation, RecvOperation)
+            self._reusable(reuse, OpKind.RECV, _no_factory)
+            operation = reuse
         operation.set_buffers(buffers, writable=True)
         operation.flags[0] = flags
         wsabufs, count = operation.wsabufs, len(operation.buffers)
