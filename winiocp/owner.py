@@ -209,7 +209,9 @@ class OverlappedOwner(Generic[H]):
             raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
         operation.context = context
         with self._lock:
-            handle = self._checked()
+            handle = self._handle
+            if handle is None or (self._lender_value is not None and self._lender_closed()):
+                raise ClosedHandleError(self.kind_name)
             port.register(operation)
             try:
                 result = call(handle)

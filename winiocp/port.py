@@ -398,7 +398,9 @@ class CompletionPort:
                 self._pending.pop(address, None)
                 overlapped = operation.overlapped
                 transferred = int(overlapped.InternalHigh) & 0xFFFFFFFF
-                error = _entry_error(int(overlapped.Internal))
+                status = int(overlapped.Internal) & 0xFFFFFFFF  # as _entry_error(), inline
+                error = (0 if status < 0x80000000
+                         else ntdll.RtlNtStatusToDosError(status - (1 << 32)))
                 taken.append(self._classify(operation, address, key, transferred, error))
             except BaseException:  # an interrupt: nothing taken so far is lost
                 self._ready.extend(taken)

@@ -762,7 +762,7 @@ def _no_factory() -> Operation:
 def _as_buffer_list(data: BufferLike | Sequence[BufferLike]) -> Sequence[BufferLike]:
     kind = type(data)
     if kind is list or kind is tuple:  # a list of buffers, checked one by one when pinned
-        return cast("Sequence[BufferLike]", data)
+        return data  # type: ignore[return-value]
     if isinstance(data, (bytes, bytearray, memoryview)):
         # One buffer. The cast: pyright narrows the Sequence[BufferLike] arm to
         # memoryview[BufferLike] (as if a memoryview's items could be buffers).

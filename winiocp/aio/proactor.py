@@ -361,11 +361,12 @@ class IocpProactor:
         if unfinished:  # an interrupt cut the last batch short: finish it first
             timeout = 0
         completions = port.get_many(timeout)
+        batch_size = port.batch_size
         while True:
             unfinished.extend(completions)
             while unfinished:
                 _finish(unfinished.popleft())
-            if len(completions) < port.batch_size:
+            if len(completions) < batch_size:
                 break
             completions = port.get_many(0)
         # What the handlers just completed at once (a send that went out inline) is finished
@@ -702,7 +703,7 @@ def _finish(completion: Completion) -> None:
     operation = completion.operation
     if operation is None:
         return
-    handler = cast("CompletionHandler | None", operation.context)
+    handler: CompletionHandler | None = operation.context  # type: ignore[assignment]
     if handler is not None:
         operation.context = None  # finished: the handler may go (or re-arm the operation)
         handler(completion)

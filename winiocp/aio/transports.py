@@ -106,6 +106,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._receive: RecvOperation | None = None  # re-armed for each receive
         self._receiving = False
         self._receive_into: Writable = self._receive_buffer
+        self._receive_list: list[Writable] = [self._receive_buffer]
         #: The BufferedProtocol received into, or None (the transport's own buffer).
         self._receiver: object = None
         #: A completed receive kept while reading is paused: (buffer, count, receiver).
@@ -127,6 +128,13 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 raise ConnectionAbortedError("the event loop is closed")
             view = self._view = proactor.stream_view(self._sock)
         return view
+
+    def _buffer_list(self, buffer: Writable) -> list[Writable]:
+        """``[buffer]``, the same list while the buffer is the same (no list per receive)."""
+        listed = self._receive_list
+        if listed[0] is not buffer:
+            listed = self._receive_list = [buffer]
+        return listed
 
     def _drop_handlers(self, sends_too: bool) -> None:
         """What is still in flight reports to nobody: the transport (its protocol, an SSL
@@ -165,8 +173,9 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._receiver = None
         self._receive_into = buffer
         try:
-            self._receive = self._socket_view().recv_into([buffer], reuse=self._receive,
-                                                          context=self._on_received)
+            view = self._view or self._socket_view()
+            self._receive = view.recv_into(self._buffer_list(buffer), reuse=self._receive,
+                                           context=self._on_received)
         except ConnectionResetError as exc:
             self._force_close(exc)
         except OSError as exc:
@@ -300,7 +309,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             size = sum(map(len, chunks))
             self._queued -= size
         try:
-            self._sending = self._socket_view().send(chunks, context=self._on_sent)
+            self._sending = (self._view or self._socket_view()).send(chunks,
+                                                                     context=self._on_sent)
         except ConnectionResetError as exc:
             self._force_close(exc)
             return
@@ -429,6 +439,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._receiver = self._held = None
             self._receive = None  # (if still pending, the port owns it until it completes)
             self._receive_into = self._receive_buffer
+            self._receive_list = [self._receive_buffer]
             if sock is not None:
                 loop = state._loop
                 if exc is None and not self._abortive and self.wrote and sock.fileno() != -1 \
