@@ -33,7 +33,9 @@ still queued: the peer loses the end of the response.
 exactly when the stock transport calls it), then closes the socket the orderly way:
 ``shutdown(SD_SEND)`` (Windows sends what is queued, then a FIN), read and discard until the
 peer's FIN, then ``closesocket``, bounded by a deadline (``EventLoop.close_timeout``, 5 s)
-after which the socket is closed anyway. ``abort()`` and fatal errors still close at once.
+after which the socket is closed anyway. ``abort()`` and fatal errors still close at once. So
+does a transport that read the peer's FIN already: nothing can arrive after it to be left
+unread, so ``closesocket`` cannot reset, and the queued bytes go out before our FIN.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     #: Whether anything was written: with nothing of ours in flight, there is nothing an
     #: immediate close could lose, and it closes as the stock transport does.
     wrote: bool = False
+    #: Whether the peer's FIN was read: nothing can arrive after it, so closing loses nothing
+    #: and the close needs no drain.
+    peer_finished: bool = False
 
     def __init__(self, loop: EventLoop, sock: socket.socket, protocol: asyncio.BaseProtocol,
                  waiter: asyncio.Future[None] | None = None,
@@ -218,6 +223,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
 
     def _deliver(self, buffer: Writable, count: int, receiver: object) -> None:
         if count == 0:
+            self.peer_finished = True
             self._eof_received()
             return
         protocol = self._protocol
@@ -442,7 +448,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._receive_list = [self._receive_buffer]
             if sock is not None:
                 loop = state._loop
-                if exc is None and not self._abortive and self.wrote and sock.fileno() != -1 \
+                if exc is None and not self._abortive and self.wrote \
+                        and not self.peer_finished and sock.fileno() != -1 \
                         and hasattr(loop, "_close_orderly"):
                     loop._close_orderly(sock)
                 else:
