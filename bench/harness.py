@@ -154,7 +154,8 @@ class WindowsProcess:
     a line with a prefix; closing stdin is how every bench server is asked to stop.
     """
 
-    def __init__(self, command: list[str], name: str) -> None:
+    def __init__(self, command: list[str], name: str, wine_debug: str | None = None) -> None:
+        """``wine_debug``: the process's WINEDEBUG (default: Wine's messages off)."""
         self.name = name
         cwd = SNAPSHOT if SNAPSHOT.is_dir() else ROOT
         if command[:2] == ["python", "-m"] and cwd == SNAPSHOT:
@@ -165,6 +166,8 @@ class WindowsProcess:
         argv, env = winenv.windows_command(PYTHON, command)
         if "WINEPREFIX" in env:
             env["WINEPREFIX"] = str(BENCH_PREFIX)
+        if wine_debug is not None:
+            env["WINEDEBUG"] = wine_debug
         self.process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: list[str] = []

@@ -573,6 +573,40 @@ def _aio_more_markdown(aio: dict[str, Any]) -> list[str]:
     cost = aio.get("cost", {})
     if cost.get("cells") or cost.get("skipped"):
         lines.extend(_aio_cost_markdown(cost))
+    requests = aio.get("wine_requests", {})
+    if requests.get("cells") or requests.get("skipped"):
+        lines.extend(_aio_wine_requests_markdown(requests))
+    return lines
+
+
+def _aio_wine_requests_markdown(requests: dict[str, Any]) -> list[str]:
+    """Wineserver requests per echoed message, by loop and connection count, by request."""
+    cells: dict[str, dict[str, dict[str, Any]]] = requests.get("cells", {})
+    lines = ["### Wineserver requests per echoed message (what a message costs under Wine)", "",
+             requests.get("note", ""), ""]
+    out = lines.append
+    for name, reason in requests.get("skipped", {}).items():
+        out(f"- **{name} not measured**: {reason}")
+    if requests.get("skipped"):
+        out("")
+    columns = [(loop, count) for count in sorted({c for by in cells.values() for c in by}, key=int)
+               for loop in AIO_LOOPS if count in cells.get(loop, {})]
+    if not columns:
+        return lines
+    totals: dict[str, float] = {}
+    for loop, count in columns:
+        for name, value in cells[loop][count]["by_request"].items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+    out("| request | " + " | ".join(f"{AIO_LOOP_TITLES[loop]}, {count} conn"
+                                    for loop, count in columns) + " |")
+    out("|---|" + "---:|" * len(columns))
+    out("| **all** | " + " | ".join(f"**{cells[loop][count]['requests_per_message']:.2f}**"
+                                    for loop, count in columns) + " |")
+    for name in sorted(totals, key=lambda n: -totals[n])[:10]:
+        out(f"| `{name}` | " + " | ".join(
+            f"{float(cells[loop][count]['by_request'].get(name, 0.0)):.2f}"
+            for loop, count in columns) + " |")
+    out("")
     return lines
 
 
