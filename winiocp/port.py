@@ -75,6 +75,7 @@ from .raw import INVALID_HANDLE, ffi, kernel32, ntdll
 #: Longest single wait when the caller asked for no time-out: Python sees Ctrl-C between waits.
 INTERRUPT_CHECK_SECONDS = 0.5
 MAX_WAIT_MS = INFINITE - 1
+_WAIT_TIMEOUT = int(WinError.WAIT_TIMEOUT)  # a plain int: compared on every empty dequeue
 _PORT_CLOSED_ERRORS = frozenset({WinError.ERROR_ABANDONED_WAIT_0, WinError.ERROR_INVALID_HANDLE})
 # Operations of closed ports that may still be written by the kernel: never freed.
 _ORPHANED: list[dict[int, Operation]] = []
@@ -464,7 +465,7 @@ class CompletionPort:
                 if ok:
                     return Completion(Outcome.POSTED, out.key[0], out.bytes[0])
                 error = kernel32.GetLastError()
-                if error == WinError.WAIT_TIMEOUT:
+                if error == _WAIT_TIMEOUT:
                     return Completion(Outcome.PORT_CLOSED if self._handle is None
                                       else Outcome.TIMED_OUT)
                 if error in _PORT_CLOSED_ERRORS:
@@ -507,17 +508,19 @@ class CompletionPort:
         Uses GetQueuedCompletionStatusEx into a per-thread array allocated once. Returns an
         empty list on time-out; raises ``PortClosedError`` if the port is closed.
         """
-        count = self._batch_size if max_entries is None else max_entries
-        if not 1 <= count <= self._batch_size:
-            raise ValueError(f"max_entries must be 1-{self._batch_size}, got {count}")
+        count = batch = self._batch_size
+        if max_entries is not None:
+            if not 1 <= max_entries <= batch:
+                raise ValueError(f"max_entries must be 1-{batch}, got {max_entries}")
+            count = max_entries
         if self._ready:
             return self._take_ready(count)
         out = self._buffers
-        out.dequeues = True
-        if out.capacity < self._batch_size:
-            out.entries = ffi.new("OVERLAPPED_ENTRY[]", self._batch_size)
+        if out.capacity < batch:  # this thread's first get_many (or a bigger batch)
+            out.dequeues = True
+            out.entries = ffi.new("OVERLAPPED_ENTRY[]", batch)
             out.entries_view = memoryview(ffi.buffer(out.entries))  # type: ignore[arg-type]
-            out.capacity = self._batch_size
+            out.capacity = batch
         if self._inline:
             if out.kernel_due:  # the last call served inline only: the kernel's turn too
                 out.kernel_due = False
@@ -531,9 +534,10 @@ class CompletionPort:
                 if completions:
                     out.kernel_due = True
                     return completions
-        out.kernel_due = False
+        if out.kernel_due:
+            out.kernel_due = False
         if timeout is not None:
-            return self._get_many_once(out, count, _milliseconds(timeout))
+            return self._get_many_once(out, count, 0 if not timeout else _milliseconds(timeout))
         slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)  # sliced, as in get(), for Ctrl-C
         while True:
             completions = self._get_many_once(out, count, slice_ms)
@@ -544,10 +548,12 @@ class CompletionPort:
 
     def _get_many_once(self, out: _DequeueBuffers, count: int, milliseconds: int
                        ) -> list[Completion]:
-        handle = self._enter()
-        if handle is None:
-            raise PortClosedError(None, "completion port is closed", None,
-                                  WinError.ERROR_INVALID_HANDLE)
+        with self._lock:  # as _enter(), inline: this is every event loop iteration
+            handle = self._handle
+            if handle is None:
+                raise PortClosedError(None, "completion port is closed", None,
+                                      WinError.ERROR_INVALID_HANDLE)
+            self._waiters += 1
         try:
             out.removed[0] = 0
             try:
@@ -564,7 +570,7 @@ class CompletionPort:
                 raise
             if not ok:
                 error = kernel32.GetLastError()
-                if error == WinError.WAIT_TIMEOUT and self._handle is not None:
+                if error == _WAIT_TIMEOUT and self._handle is not None:
                     return []
                 if error in _PORT_CLOSED_ERRORS or self._handle is None:
                     raise PortClosedError(None, "completion port was closed", None, error)

@@ -240,3 +240,25 @@ def test_closing_the_loop_with_io_pending_is_safe() -> None:
     loop.close()
     assert proactor._port is None
     listener.close()
+
+
+
+@pytest.mark.parametrize("timeout", [-0.001, 4294967.295, float("inf")])
+def test_select_refuses_a_timeout_windows_cannot_wait(timeout: float) -> None:
+    """As the stock proactor: a negative timeout, or one of INFINITE milliseconds or more (it
+    would wait for ever), is a ValueError."""
+    proactor = IocpProactor()
+    try:
+        with pytest.raises(ValueError):
+            proactor.select(timeout)
+    finally:
+        proactor.close()
+
+
+def test_select_accepts_the_longest_finite_timeout() -> None:
+    proactor = IocpProactor()
+    try:
+        proactor.wake()  # a packet is waiting, so even the longest wait returns at once
+        assert proactor.select(4294967.294) == []
+    finally:
+        proactor.close()

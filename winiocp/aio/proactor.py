@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import msvcrt
 import socket
 import time
@@ -351,30 +350,34 @@ class IocpProactor:
         return results
 
     def _poll(self, timeout: float | None = None) -> None:
+        port = self._port
+        if port is None:
+            raise RuntimeError("IocpProactor is closed")
         if timeout is not None:
             if timeout < 0:
                 raise ValueError("negative timeout")
-            if math.ceil(timeout * 1e3) >= INFINITE:
+            if timeout > _LONGEST_TIMEOUT:  # ceil(timeout * 1e3) would reach INFINITE
                 raise ValueError("timeout too big")
-        port = self._check_closed()
         unfinished = self._unfinished
         if unfinished:  # an interrupt cut the last batch short: finish it first
             timeout = 0
         completions = port.get_many(timeout)
-        batch_size = port.batch_size
         while True:
-            unfinished.extend(completions)
-            while unfinished:
-                _finish(unfinished.popleft())
-            if len(completions) < batch_size:
+            if completions or unfinished:
+                unfinished.extend(completions)
+                while unfinished:
+                    _finish(unfinished.popleft())
+            if len(completions) < port.batch_size:
                 break
             completions = port.get_many(0)
         # What the handlers just completed at once (a send that went out inline) is finished
         # now, not one loop iteration later; once only, so a socket that always has data
         # cannot keep the loop here.
-        unfinished.extend(port.get_inline())
-        while unfinished:
-            _finish(unfinished.popleft())
+        inline = port.get_inline()
+        if inline:
+            unfinished.extend(inline)
+            while unfinished:
+                _finish(unfinished.popleft())
 
     def _result(self, value: T) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._get_loop().create_future()
@@ -696,6 +699,10 @@ def _pending_of(operation: Operation | None) -> _Pending[object] | None:
     """The record that finishes ``operation``'s future, if it has one."""
     pending = operation.context if operation is not None else None
     return cast("_Pending[object]", pending) if isinstance(pending, _Pending) else None
+
+
+#: The longest timeout ``select`` accepts, in seconds: a millisecond short of INFINITE.
+_LONGEST_TIMEOUT = (INFINITE - 1) / 1e3
 
 
 def _finish(completion: Completion) -> None:
