@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 import pytest
 
 import winiocp.aio
-from winiocp.aio.transports import SocketTransport
+from winiocp.aio.transports import MAX_RECEIVE_BYTES, RECEIVE_BYTES, SocketTransport
 from winiocp.sockets import Socket
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -405,3 +405,49 @@ def test_a_close_after_the_peers_fin_loses_nothing_and_needs_no_drain(
     orderly_closes = run(winiocp.aio.new_event_loop(), main())
     assert hashlib.sha256(received).digest() == hashlib.sha256(response).digest()
     assert orderly_closes == 0
+
+
+class Record(asyncio.Protocol):
+    """Keeps every chunk, and the transport's own receive buffer size at EOF."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.final_size = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, SocketTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def eof_received(self) -> bool:
+        self.final_size = len(self.transport._receive_buffer)
+        self.done.set_result(None)
+        return False
+
+
+def test_the_receive_buffer_grows_for_a_stream_and_shrinks_back() -> None:
+    """A receive that fills the transport's buffer doubles it (a bulk transfer then takes
+    a quarter of the receives: each costs the same system calls whatever it brings), up to
+    MAX_RECEIVE_BYTES; small receives shrink it back, so an idle connection pins no more than
+    it did. Every byte arrives, in order."""
+    bulk = os.urandom(16 << 20)
+    tail = [b"small %d" % index for index in range(6)]
+
+    def peer(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as client:
+            client.sendall(bulk)
+            for message in tail:
+                threading.Event().wait(0.05)  # one small receive each
+                client.sendall(message)
+            client.shutdown(socket.SHUT_WR)
+            client.recv(1)
+
+    protocol = run(winiocp.aio.new_event_loop(), serve_one(Record, peer))
+    received = b"".join(protocol.chunks)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(bulk + b"".join(tail)).digest()
+    largest = max(map(len, protocol.chunks))
+    assert RECEIVE_BYTES < largest <= MAX_RECEIVE_BYTES
+    assert protocol.final_size == RECEIVE_BYTES

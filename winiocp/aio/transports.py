@@ -61,8 +61,11 @@ if TYPE_CHECKING:
 log: logging.Logger = logging.getLogger("winiocp.aio")
 #: Read size while draining a closing connection.
 _DRAIN_BYTES = 65536
-#: The receive buffer of a transport whose protocol is not a BufferedProtocol.
+#: The receive buffer of a transport whose protocol is not a BufferedProtocol, to start with.
 RECEIVE_BYTES = 65536
+#: The most it grows to while receives keep filling it (a bulk transfer): every receive costs
+#: the same system calls whatever it brings, so a stream moves in fewer of them.
+MAX_RECEIVE_BYTES = 262144
 #: The most chunks one WSASend gathers (the rest wait for the next one).
 MAX_GATHER = 64
 # asyncio.Server._detach takes the transport from 3.12 on (3.11.? too: ask, don't guess).
@@ -233,6 +236,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         else:
             data = bytes(memoryview(buffer)[:count])
             if receiver is None:  # our own buffer is free again: receive on meanwhile
+                self._fit_receive_buffer(count)
                 self._loop_reading()
             if isinstance(protocol, protocols.BufferedProtocol):
                 protocols._feed_data_to_buffered_proto(protocol, data)  # type: ignore[attr-defined]
@@ -241,6 +245,17 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             if receiver is None:
                 return  # the next receive is pending already (or reading stopped)
         self._loop_reading()
+
+    def _fit_receive_buffer(self, count: int) -> None:
+        """Double the transport's own receive buffer when a receive filled it, halve it when
+        one brought less than an eighth, within RECEIVE_BYTES..MAX_RECEIVE_BYTES (called
+        once its bytes are copied out, before the next receive pins it)."""
+        size = len(self._receive_buffer)
+        if count == size:
+            if size < MAX_RECEIVE_BYTES:
+                self._receive_buffer = bytearray(size * 2)
+        elif size > RECEIVE_BYTES and count < size >> 3:
+            self._receive_buffer = bytearray(size >> 1)
 
     def pause_reading(self) -> None:
         """As asyncio's: no receive is issued until ``resume_reading`` (one in flight is
