@@ -10,7 +10,8 @@ which calls the protocol at once (in the context the transport was made in), wit
 and no ``call_soon`` in between.
 
 * Receiving: one receive pending at a time, re-armed (the same OVERLAPPED and WSABUF) after
-  each completion. A plain ``Protocol`` gets a copy of the transport's 64 KiB buffer; a
+  each completion. A plain ``Protocol`` gets a copy of the transport's own buffer (64 KiB,
+  doubled up to 256 KiB while receives fill it, halved back when they are small); a
   ``BufferedProtocol`` is received into directly (``get_buffer`` before the receive,
   ``buffer_updated`` after it: zero copies), its buffer pinned until the completion. While
   reading is paused no receive is issued; one already in flight is held and delivered on
