@@ -305,6 +305,9 @@ def markdown(results: dict[str, Any]) -> str:
     # -- 1b. aio ---------------------------------------------------------------------------------
     lines.extend(_aio_markdown(results.get("aio", {})))
     lines.extend(_aio_more_markdown(results.get("aio", {})))
+    requests = results.get("wine_requests", {})
+    if requests.get("cells") or requests.get("skipped"):
+        lines.extend(_aio_wine_requests_markdown(requests))
 
     # -- 2. Python cost ------------------------------------------------------------------------
     cost = results.get("python_cost", {})
@@ -573,42 +576,61 @@ def _aio_more_markdown(aio: dict[str, Any]) -> list[str]:
     cost = aio.get("cost", {})
     if cost.get("cells") or cost.get("skipped"):
         lines.extend(_aio_cost_markdown(cost))
-    requests = aio.get("wine_requests", {})
-    if requests.get("cells") or requests.get("skipped"):
-        lines.extend(_aio_wine_requests_markdown(requests))
     return lines
 
 
 def _aio_wine_requests_markdown(requests: dict[str, Any]) -> list[str]:
-    """Wineserver requests per echoed message, by loop and connection count, by request."""
+    """Wineserver requests per unit of work by loop: the totals of every workload, then the
+    ping-pong's by request."""
     cells: dict[str, dict[str, dict[str, Any]]] = requests.get("cells", {})
-    lines = ["### Wineserver requests per echoed message (what a message costs under Wine)", "",
+    lines = ["## 1c. Wineserver requests (`wine`): what a message, a connection, a MiB cost "
+             "under Wine", "",
              requests.get("note", ""), ""]
     out = lines.append
     for name, reason in requests.get("skipped", {}).items():
         out(f"- **{name} not measured**: {reason}")
     if requests.get("skipped"):
         out("")
-    columns = [(loop, count) for count in sorted({c for by in cells.values() for c in by}, key=int)
-               for loop in AIO_LOOPS if count in cells.get(loop, {})]
+    loops = [loop for loop in AIO_LOOPS if cells.get(loop)]
+    if not loops:
+        return lines
+    units = {"pingpong 1": "per echoed message, 1 conn", "pingpong 16":
+             "per echoed message, 16 conn", "churn": "per connection (churn)",
+             "bulk protocol": "per MiB into a Protocol", "bulk buffered":
+             "per MiB into a BufferedProtocol"}
+    out("| requests | " + " | ".join(AIO_LOOP_TITLES[loop] for loop in loops)
+        + " | winiocp.aio vs stock |")
+    out("|---|" + "---:|" * (len(loops) + 1))
+    for workload, title in units.items():
+        row = [cells[loop].get(workload) for loop in loops]
+        if not any(row):
+            continue
+        ours, stock = cells.get("winiocp", {}).get(workload), cells.get("stock", {}).get(workload)
+        ratio = (f"{_ratio(float(ours['requests_per_unit']), float(stock['requests_per_unit'])):.2f}x"
+                 if ours and stock else "-")
+        out(f"| {title} | " + " | ".join(
+            f"{float(cell['requests_per_unit']):.2f}" if cell else "-" for cell in row)
+            + f" | {ratio} |")
+    out("")
+    columns = [(loop, workload) for workload in ("pingpong 1", "pingpong 16") for loop in loops
+               if workload in cells[loop]]
     if not columns:
         return lines
     totals: dict[str, float] = {}
-    for loop, count in columns:
-        for name, value in cells[loop][count]["by_request"].items():
+    for loop, workload in columns:
+        for name, value in cells[loop][workload]["by_request"].items():
             totals[name] = totals.get(name, 0.0) + float(value)
-    out("| request | " + " | ".join(f"{AIO_LOOP_TITLES[loop]}, {count} conn"
-                                    for loop, count in columns) + " |")
+    out("Ping-pong requests per echoed message, by request:")
+    out("")
+    out("| request | " + " | ".join(f"{AIO_LOOP_TITLES[loop]}, {workload.split()[1]} conn"
+                                    for loop, workload in columns) + " |")
     out("|---|" + "---:|" * len(columns))
-    out("| **all** | " + " | ".join(f"**{cells[loop][count]['requests_per_message']:.2f}**"
-                                    for loop, count in columns) + " |")
-    for name in sorted(totals, key=lambda n: -totals[n])[:10]:
+    for name in sorted(totals, key=lambda n: -totals[n])[:8]:
         out(f"| `{name}` | " + " | ".join(
-            f"{float(cells[loop][count]['by_request'].get(name, 0.0)):.2f}"
-            for loop, count in columns) + " |")
+            f"{float(cells[loop][workload]['by_request'].get(name, 0.0)):.2f}"
+            for loop, workload in columns) + " |")
     out("")
     return lines
-
 
 def _aio_cost_markdown(cost: dict[str, Any]) -> list[str]:
     lines: list[str] = []

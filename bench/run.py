@@ -1,6 +1,6 @@
 """Run every winiocp benchmark in one go and write the report.
 
-    python3 bench/run.py [--quick] [--only echo,aio,python,drain,churn,memory]
+    python3 bench/run.py [--quick] [--only echo,aio,wine,python,drain,churn,memory]
 
 On the Linux host: provisions Wine, the Windows CPython and the bench-only wheels (pywin32,
 winloop; through tools/winenv.py),
@@ -14,8 +14,9 @@ side by side on this machine under the same Wine and the same load generator:
    each event loop: ``winiocp.aio.EventLoop`` vs the stock ProactorEventLoop vs
    SelectorEventLoop vs winloop; then, on each loop, bulk (one connection one way, MB/s) and
    churn (connections/s), and for winiocp.aio and the stock loop the Python cost and system
-   calls per echoed message over a stubbed kernel (bench/micro/aio_cost.py); last, the
-   wineserver requests per echoed message of each loop (bench/wine_requests.py);
+   calls per echoed message over a stubbed kernel (bench/micro/aio_cost.py);
+1c. (``wine``) the wineserver requests each loop makes per echoed message, per connection of
+   churn and per MiB of bulk (bench/wine_requests.py): what the work costs under Wine;
 2. winiocp's own Python cost per completion and per submission (system calls stubbed), and
    Post+GQCS drain rates (winiocp, raw cffi, ``_overlapped``, pywin32, C);
 3. connection churn with and without TIME_WAIT avoidance, and the TIME_WAIT left behind;
@@ -50,7 +51,7 @@ if str(ROOT) not in sys.path:
 from bench import harness, report, wine_requests  # noqa: E402
 from bench.harness import WindowsProcess, exe_command, log, python_command  # noqa: E402
 
-SECTIONS = ("echo", "aio", "python", "drain", "churn", "memory")
+SECTIONS = ("echo", "aio", "wine", "python", "drain", "churn", "memory")
 
 
 @dataclass(frozen=True)
@@ -441,26 +442,38 @@ def bench_aio_cost(settings: Settings) -> dict[str, Any]:
     return {"cells": kept, "skipped": skipped, "profiles": profiles}
 
 def bench_aio_wine_requests(settings: Settings) -> dict[str, Any]:
-    """Wineserver requests per echoed message of the Protocol echo on each loop, at 1 and 16
-    connections (bench/wine_requests.py); a loop whose server fails is reported, not fatal."""
+    """Wineserver requests per unit of work on each loop (bench/wine_requests.py): per echoed
+    message of the Protocol echo at 1 and 16 connections, per connection of churn, per MiB
+    of bulk into a Protocol and a BufferedProtocol. A server that fails is reported."""
+    echo = {"pingpong 1": wine_requests.pingpong(1, settings.traced_messages),
+            "pingpong 16": wine_requests.pingpong(16, settings.traced_messages),
+            "churn": wine_requests.churn(settings.traced_messages // 10)}
+    mebibytes = max(1, settings.bulk_bytes >> 23)  # an eighth of the bulk section's transfer
+    sinks = {"bulk protocol": wine_requests.bulk(mebibytes),
+             "bulk buffered": wine_requests.bulk(mebibytes, "buffered on ")}
     cells: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     for loop in AIO_LOOPS:
-        command = python_command("-m", "bench.servers.aio_echo", "--loop", loop, "--api",
-                                 "protocol")
-        try:
-            cells[loop] = wine_requests.count_requests(command, loop, [1, 16],
-                                                       settings.traced_messages)
-        except (RuntimeError, TimeoutError, OSError) as error:
-            skipped[loop] = _last_lines(error)
-            log(f"aio wine requests {loop}: not measured: {skipped[loop]}")
+        servers = {"aio_echo": ("--api", "protocol"), "aio_bulk": ()}
+        for (server, extra), workloads in zip(servers.items(), (echo, sinks)):
+            command = python_command("-m", f"bench.servers.{server}", "--loop", loop, *extra)
+            try:
+                cells.setdefault(loop, {}).update(
+                    wine_requests.count_requests(command, loop, workloads))
+            except (RuntimeError, TimeoutError, OSError, StopIteration) as error:
+                skipped[f"{loop} ({server})"] = _last_lines(error)
+                log(f"aio wine requests {loop} {server}: not measured: {_last_lines(error)}")
     return {
         "cells": cells, "skipped": skipped,
-        "note": (f"{settings.traced_messages} 64-byte messages echoed (by a host client, one "
-                 "message per connection at a time) by the Protocol echo of "
-                 "`bench/servers/aio_echo.py`, alone on the bench's wineserver restarted with "
-                 "`WINEDEBUG=+server`; every request it served meanwhile, counted by name "
-                 "(`bench/wine_requests.py` explains what each Win32 call costs in them)."),
+        "note": (f"Each server alone on the bench's wineserver restarted with "
+                 "`WINEDEBUG=+server`, every request it served during the workload counted by "
+                 "name (`bench/wine_requests.py` explains what each Win32 call costs in them). "
+                 f"Ping-pong: {settings.traced_messages} 64-byte messages echoed by the "
+                 "Protocol echo of `bench/servers/aio_echo.py` (a host client, one message per "
+                 "connection at a time, connections made before counting); churn: "
+                 f"{settings.traced_messages // 10} connections one after another (connect, "
+                 "one exchange, close, the client first); bulk: one connection sends "
+                 f"{mebibytes} MiB to `bench/servers/aio_bulk.py`'s sinks."),
     }
 
 
@@ -764,7 +777,8 @@ def findings(results: dict[str, Any]) -> list[str]:
 
 def aio_findings(results: dict[str, Any]) -> list[str]:
     """What the aio section's numbers show about winiocp.aio against the stock loop."""
-    return aio_cost_findings(results) + aio_cpu_findings(results) + aio_wine_findings(results)
+    return (aio_cost_findings(results) + aio_cpu_findings(results) + aio_wine_findings(results)
+            + aio_bulk_findings(results))
 
 
 def aio_cost_findings(results: dict[str, Any]) -> list[str]:
@@ -834,18 +848,20 @@ def aio_cpu_findings(results: dict[str, Any]) -> list[str]:
 def aio_wine_findings(results: dict[str, Any]) -> list[str]:
     """What the wineserver request counts say about the ping-pong targets under Wine."""
     aio = results.get("aio", {})
-    requests = aio.get("wine_requests", {}).get("cells", {})
+    requests = results.get("wine_requests", {}).get("cells", {})
     ours_cells, stock_cells = requests.get("winiocp", {}), requests.get("stock", {})
-    counts = [c for c in ours_cells if c in stock_cells]
+    counts = [c for c in ours_cells if c in stock_cells and c.startswith("pingpong ")]
     if not counts:
         return []
     cost = aio.get("cost", {}).get("cells", {})
     parts = []
-    for count in counts:
-        ours = float(ours_cells[count]["requests_per_message"])
-        stock = float(stock_cells[count]["requests_per_message"])
-        others = ", ".join(f"{loop} {float(requests[loop][count]['requests_per_message']):.1f}"
-                           for loop in ("winloop", "selector") if count in requests.get(loop, {}))
+    for workload in counts:
+        count = workload.split()[1]
+        ours = float(ours_cells[workload]["requests_per_unit"])
+        stock = float(stock_cells[workload]["requests_per_unit"])
+        others = ", ".join(
+            f"{loop} {float(requests[loop][workload]['requests_per_unit']):.1f}"
+            for loop in ("winloop", "selector") if workload in requests.get(loop, {}))
         calls = ""
         if count in cost.get("winiocp", {}) and count in cost.get("stock", {}):
             calls = (f"; Win32 system calls in the stubbed run "
@@ -860,11 +876,41 @@ def aio_wine_findings(results: dict[str, Any]) -> list[str]:
         "of a finished operation, GetLastError), and a request for much we cannot avoid: each "
         "WSARecv and WSASend also asks for the socket's descriptor (`get_handle_fd`), and a "
         "receive pending when its data arrives is finished in our process (a signal to the "
-        "thread, `select` requests, one more `get_handle_fd`) before its packet is queued. So the request counts differ far less than the Win32 calls do, "
+        "thread, `select` requests, one more `get_handle_fd`) before its packet is queued. "
+        "So the request counts differ far less than the Win32 calls do, "
         "and with messages/s bound by these round trips and by the wake-ups between server, "
         "wineserver and client on 2 cores, no loop can lead another by 1.5x here without "
         "needing a third fewer requests. What the loop itself controls (its Python, its "
         "system calls) is what the stubbed run measures, and what counts on Windows."]
+
+
+def aio_bulk_findings(results: dict[str, Any]) -> list[str]:
+    """Where winiocp.aio's bulk trails winloop: its wineserver requests, or its own CPU."""
+    aio = results.get("aio", {})
+    bulk = aio.get("bulk", {}).get("cells", {})
+    requests = results.get("wine_requests", {}).get("cells", {})
+    found = []
+    for api, title in (("protocol", "Protocol"), ("buffered", "BufferedProtocol")):
+        ours, theirs = bulk.get(api, {}).get("winiocp"), bulk.get(api, {}).get("winloop")
+        ours_requests = requests.get("winiocp", {}).get(f"bulk {api}")
+        their_requests = requests.get("winloop", {}).get(f"bulk {api}")
+        if not (ours and theirs and ours_requests and their_requests) \
+                or ours["mb_per_s"] >= theirs["mb_per_s"]:
+            continue
+        cause = (
+            "so the gap is not Wine's work: it is the server process's own CPU "
+            f"({ours['server_cpu_ms_per_mb']:.2f} vs {theirs['server_cpu_ms_per_mb']:.2f} ms "
+            f"per MB, wineserver {ours['wineserver_cpu_ms_per_mb']:.2f} vs "
+            f"{theirs['wineserver_cpu_ms_per_mb']:.2f}): our Python per receive (issue, "
+            "completion, routing, the protocol's callback) against libuv's C"
+            if ours_requests["requests_per_unit"] <= 1.1 * their_requests["requests_per_unit"]
+            else "so Wine's work is part of the gap: our receives bring less per request")
+        found.append(
+            f"**Bulk into a {title}: winiocp.aio trails winloop** ({ours['mb_per_s']:,.0f} vs "
+            f"{theirs['mb_per_s']:,.0f} MB/s) with {ours_requests['requests_per_unit']:.1f} "
+            f"wineserver requests per MiB against winloop's "
+            f"{their_requests['requests_per_unit']:.1f}, {cause}.")
+    return found
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -911,7 +957,8 @@ def main(argv: list[str] | None = None) -> int:
     previous_path = harness.RESULTS / "results.json"
     if options.merge and previous_path.exists():
         previous = json.loads(previous_path.read_text())
-        keys = {"echo": "echo", "aio": "aio", "python": "python_cost", "drain": "drain",
+        keys = {"echo": "echo", "aio": "aio", "wine": "wine_requests", "python": "python_cost",
+                "drain": "drain",
                 "churn": "churn", "memory": "memory"}
         for section, key in keys.items():
             if section not in sections and key in previous:
@@ -949,7 +996,8 @@ def main(argv: list[str] | None = None) -> int:
         results["aio"]["bulk"] = bench_aio_bulk(settings)
         results["aio"]["churn"] = bench_aio_churn(settings)
         results["aio"]["cost"] = bench_aio_cost(settings)
-        results["aio"]["wine_requests"] = bench_aio_wine_requests(settings)
+    if "wine" in sections:
+        results["wine_requests"] = bench_aio_wine_requests(settings)  # counts, not timings
     if "python" in sections:
         before("python")
         results["python_cost"] = bench_python_cost(settings)

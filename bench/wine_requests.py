@@ -12,9 +12,10 @@ echoed message costs under Wine: the ceiling on what any loop can gain here.
 
 How: the bench's wineserver is restarted with ``WINEDEBUG=+server`` (it then prints every
 request it serves, ``TID: name( args )``, on the stderr of the process that started it), one
-server runs alone on it, a host client echoes an exact number of 64-byte messages over 1 or
-more connections, and the request lines printed meanwhile are counted by name. Afterwards
-the wineserver is stopped again, so that nothing else is measured on a tracing server.
+server runs alone on it, a host client runs a workload (ping-pong over 1 or more connections,
+churn, or one bulk transfer) and the request lines printed while it ran are counted by name,
+per unit of the workload (an echoed message, a connection, a MiB). Afterwards the wineserver
+is stopped again, so that nothing else is measured on a tracing server.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench import harness
@@ -79,37 +81,104 @@ def _settled_length(lines: list[str], quiet: float = 0.3, limit: float = 10.0) -
     return length
 
 
-def count_requests(command: list[str], name: str, counts: list[int], messages: int
+class Window:
+    """The stretch of a server's trace a workload measures: ``start()`` then ``stop()``."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.begin = self.end = 0
+
+    def start(self) -> None:
+        self.begin = _settled_length(self.lines)
+
+    def stop(self) -> None:
+        self.end = _settled_length(self.lines)
+
+    def requests(self) -> collections.Counter[str]:
+        return collections.Counter(
+            match.group(1) for match in map(REQUEST.match, self.lines[self.begin:self.end])
+            if match)
+
+
+#: A workload: given the server's port and output lines, it runs its load, marks the part it
+#: measures on the window, and returns how many units (messages, connections, MiB) it did.
+Workload = Callable[[int, list[str], Window], int]
+
+
+def pingpong(connections: int, messages: int) -> Workload:
+    """``messages`` 64-byte echoes over ``connections`` connections made (and warmed up)
+    before the window opens; the unit is one echoed message."""
+    def run(port: int, lines: list[str], window: Window) -> int:
+        clients = connect(port, connections)
+        try:
+            echo_exchanges(clients, max(1, 100 // connections))  # accepted, warmed up
+            window.start()
+            echoed = echo_exchanges(clients, max(1, messages // connections))
+            window.stop()
+        finally:
+            for client in clients:
+                client.close()
+        return echoed
+    return run
+
+
+def churn(connections: int) -> Workload:
+    """Connect, one 64-byte exchange, close (the client first), ``connections`` times one
+    after another; the unit is one connection's life."""
+    def run(port: int, lines: list[str], window: Window) -> int:
+        window.start()
+        for _ in range(connections):
+            clients = connect(port, 1)
+            try:
+                echo_exchanges(clients, 1)
+            finally:
+                clients[0].close()
+        time.sleep(0.5)  # the server's side of the last closes
+        window.stop()
+        return connections
+    return run
+
+
+def bulk(mebibytes: int, port_line: str | None = None) -> Workload:
+    """One connection sends ``mebibytes`` MiB in 256 KiB writes, then its FIN, and reads the
+    server's answer; the unit is one MiB. ``port_line``: the server's output line (prefix)
+    that gives the port, when it is not the listening one."""
+    def run(port: int, lines: list[str], window: Window) -> int:
+        if port_line is not None:
+            port = int(next(line for line in lines if line.startswith(port_line))
+                       .rsplit(":", 1)[1])
+        chunk = bytes(256 << 10)
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as client:
+            window.start()
+            for _ in range(mebibytes * 4):
+                client.sendall(chunk)
+            client.shutdown(socket.SHUT_WR)
+            client.recv(64)  # the server's byte count, then its FIN
+            window.stop()
+        return mebibytes
+    return run
+
+
+def count_requests(command: list[str], name: str, workloads: dict[str, Workload]
                    ) -> dict[str, dict[str, Any]]:
-    """Per connection count: requests per echoed message, in all and by name, of the echo
-    server ``command`` alone on a tracing wineserver."""
+    """Per workload: wineserver requests per unit, in all and by name, of the server
+    ``command`` alone on a tracing wineserver."""
     stop_bench_wineserver()
     process = harness.WindowsProcess(command, name, wine_debug="+server")
     cells: dict[str, dict[str, Any]] = {}
     try:
         port = process.listening_port(timeout=120)
-        for connections in counts:
-            clients = connect(port, connections)
-            try:
-                echo_exchanges(clients, max(1, 100 // connections))  # accepted, warmed up
-                start = _settled_length(process.lines)
-                echoed = echo_exchanges(clients, max(1, messages // connections))
-                end = _settled_length(process.lines)
-            finally:
-                for client in clients:
-                    client.close()
-            names = collections.Counter(
-                match.group(1) for match in map(REQUEST.match, process.lines[start:end])
-                if match)
+        for workload, run in workloads.items():
+            window = Window(process.lines)
+            units = run(port, process.lines, window)
+            names = window.requests()
             total = sum(names.values())
-            cells[str(connections)] = {
-                "messages": echoed,
-                "requests_per_message": total / echoed,
-                "by_request": {request: count / echoed
-                               for request, count in names.most_common()},
+            cells[workload] = {
+                "units": units,
+                "requests_per_unit": total / units,
+                "by_request": {request: count / units for request, count in names.most_common()},
             }
-            harness.log(f"wine requests {name:9} {connections:>3} conn: "
-                        f"{total / echoed:5.2f} per message")
+            harness.log(f"wine requests {name:9} {workload:>15}: {total / units:7.2f} per unit")
     finally:
         process.stop(timeout=15)
         stop_bench_wineserver()  # later sections must not run on a tracing wineserver
