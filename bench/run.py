@@ -970,9 +970,8 @@ def main(argv: list[str] | None = None) -> int:
         results["settings"] = previous.get("settings", results["settings"])
         measured = previous.get("machine", {}).get("winiocp_revision", "?")
         if not measured.startswith(revision):
-            results["machine"]["winiocp_revision"] = (
-                f"{measured} for the kept sections; {revision} for "
-                f"{', '.join(sections)}")
+            kept = measured if " for " in measured else f"{measured} for the kept sections"
+            results["machine"]["winiocp_revision"] = f"{kept}; {revision} for {', '.join(sections)}"
     quiet_budget = settings.wait_quiet
 
     def before(section: str) -> None:
