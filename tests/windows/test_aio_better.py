@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -306,3 +307,96 @@ def test_cancelled_and_abandoned_io_never_frees_kernel_memory(actions: list[str]
         f"{orphaned_operation_count() - orphans_before} of {pending_before} kept as orphans")
     futures.clear()  # tasks left pending by the loop's close are asyncio's to warn about
     gc.collect()
+
+
+# -- a server keeps several accepts pending, and keeps serving past a failing factory --------
+
+
+def test_a_listener_keeps_several_accepts_pending_and_lets_them_go_when_closed() -> None:
+    """The stock loop keeps one AcceptEx per listener (a burst is accepted one client per
+    loop iteration); ours keeps ACCEPTS_PER_LISTENER, re-posts each as its client is handed
+    out, and cancels them all when the server closes (none is left in the port's registry)."""
+    from winiocp.aio.serving import ACCEPTS_PER_LISTENER
+    from winiocp.sockets import AcceptOperation
+
+    def pending_accepts(loop: asyncio.AbstractEventLoop) -> int:
+        assert isinstance(loop, winiocp.aio.EventLoop) and loop.proactor is not None
+        port = loop.proactor._port
+        assert port is not None
+        return sum(isinstance(op, AcceptOperation) for op in port.pending_operations())
+
+    async def main() -> tuple[int, int, int, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, LOOPBACK, 0)
+        address = server.sockets[0].getsockname()[:2]
+        await asyncio.sleep(0.1)
+        at_start = pending_accepts(loop)
+
+        def burst() -> list[bytes]:
+            clients = [socket.create_connection(address, timeout=WAIT) for _ in range(40)]
+            for index, client in enumerate(clients):
+                client.sendall(b"client %d" % index)
+            echoes = [client.recv(100) for client in clients]
+            for client in clients:
+                client.close()
+            return echoes
+
+        echoes = await asyncio.to_thread(burst)
+        after_burst = pending_accepts(loop)
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.1)  # the cancelled AcceptEx complete
+        return at_start, after_burst, pending_accepts(loop), echoes
+
+    at_start, after_burst, after_close, echoes = cast(
+        "tuple[int, int, int, list[bytes]]", run_on("winiocp", main))
+    assert echoes == [b"client %d" % index for index in range(40)]
+    assert at_start == after_burst == ACCEPTS_PER_LISTENER
+    assert after_close == 0
+
+
+def factory_failure(name: str) -> tuple[list[str], bytes | str]:
+    """A server whose protocol factory raises for the first client: what the second gets."""
+    reported: list[str] = []
+    made: list[int] = []
+
+    def factory() -> asyncio.Protocol:
+        made.append(1)
+        if len(made) == 1:
+            raise RuntimeError("factory failed")
+        return Echo()
+
+    async def main() -> bytes | str:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: reported.append(
+            f"{context.get('message')}: {context.get('exception')!r}"))
+        server = await loop.create_server(factory, LOOPBACK, 0)
+        address = server.sockets[0].getsockname()[:2]
+
+        def clients() -> bytes | str:
+            with socket.create_connection(address, timeout=WAIT) as first:
+                first.sendall(b"first")
+                time.sleep(0.3)  # the failure is handled before the second connects
+                try:
+                    with socket.create_connection(address, timeout=3.0) as second:
+                        second.sendall(b"second")
+                        return second.recv(100)
+                except OSError as exc:
+                    return f"{type(exc).__name__}: {exc}"
+
+        answer = await asyncio.to_thread(clients)
+        server.close()
+        await server.wait_closed()
+        return answer
+
+    return reported, cast("bytes | str", run_on(name, main))
+
+
+def test_the_server_keeps_accepting_after_its_protocol_factory_raises() -> None:
+    results = {name: factory_failure(name) for name in LOOPS}
+    for name, (reported, answer) in results.items():
+        print(f"{name}: the second client got {answer!r}; reported: {reported}")
+    reported, answer = results["winiocp"]
+    assert answer == b"second"
+    assert len(reported) == 1 and "factory failed" in reported[0]
+    assert results["stock"][1] != b"second", "the stock loop kept serving: the test shows nothing"

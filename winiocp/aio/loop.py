@@ -15,7 +15,9 @@ from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TypeVar, cast
 
+from ..addresses import Address
 from .proactor import HasFileno, IocpProactor
+from .serving import ACCEPTS_PER_LISTENER, Listener
 from .transports import OrderlyClose, SocketTransport
 
 T = TypeVar("T")
@@ -31,7 +33,43 @@ class EventLoop(asyncio.ProactorEventLoop):
     def __init__(self, proactor: IocpProactor | None = None) -> None:
         #: Connections whose orderly close is still going on (``transports.OrderlyClose``).
         self.closing_connections: set[OrderlyClose] = set()
+        #: The listening sockets being served, each with its pending accepts (``serving.py``).
+        self.listeners: dict[socket.socket, Listener] = {}
         super().__init__(proactor if proactor is not None else IocpProactor())  # type: ignore[arg-type]
+
+    def _start_serving(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                       sock: socket.socket, sslcontext: ssl.SSLContext | None = None,
+                       server: asyncio.base_events.Server | None = None, backlog: int = 100,
+                       ssl_handshake_timeout: float | None = None,
+                       ssl_shutdown_timeout: float | None = None) -> None:
+        """Serve ``sock`` with several AcceptEx pending at once (``serving.py``)."""
+        timeouts: dict[str, object] = {"ssl_handshake_timeout": ssl_handshake_timeout}
+        if ssl_shutdown_timeout is not None:  # (3.11+ only)
+            timeouts["ssl_shutdown_timeout"] = ssl_shutdown_timeout
+
+        def make_transport(conn: socket.socket, address: Address) -> object:
+            protocol = protocol_factory()
+            extra: dict[str, object] = {"peername": address}
+            if sslcontext is not None:
+                make_ssl = cast("Callable[..., object]", self._make_ssl_transport)  # **timeouts
+                return make_ssl(conn, protocol, sslcontext, server_side=True, extra=extra,
+                                server=server, **timeouts)
+            return self._make_socket_transport(conn, protocol, extra=extra, server=server)
+
+        listener = self.listeners[sock] = Listener(self, sock, make_transport)
+        listener.start(max(1, min(ACCEPTS_PER_LISTENER, backlog)))
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        listener = self.listeners.pop(sock, None)
+        if listener is not None:
+            listener.stop()
+        super()._stop_serving(sock)  # type: ignore[misc]
+
+    def _stop_accept_futures(self) -> None:
+        for listener in self.listeners.values():
+            listener.stop()
+        self.listeners.clear()
+        super()._stop_accept_futures()  # type: ignore[misc]
 
     def _make_socket_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
                                waiter: asyncio.Future[None] | None = None,

@@ -1,0 +1,115 @@
+"""A listening socket served by several AcceptEx at once, for ``EventLoop.create_server``.
+
+Why: asyncio's proactor loop keeps one accept pending per listener. Each accepted client is
+handed out from a callback, and only then is the next AcceptEx posted, so a burst of clients
+is accepted one per loop iteration while the rest wait in the backlog. libuv keeps 32
+AcceptEx pending per listener (``uv_simultaneous_server_accepts``); a ``Listener`` keeps
+``ACCEPTS_PER_LISTENER``, each re-posted as soon as its client is handed out, so a burst is
+accepted in the iterations that bring its completions.
+
+A ``Listener`` also keeps serving when the protocol factory (or the transport made for one
+client) raises: the error goes to the loop's exception handler and that one connection is
+closed, as asyncio's selector loop does. The stock proactor loop's accept chain ended there,
+and its server accepted nobody after that.
+
+Accepts are tracked per listening socket object, never by its SOCKET value (a closed
+listener's value may be given to the next socket; rule 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from asyncio import trsock
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..addresses import Address
+
+if TYPE_CHECKING:
+    from .loop import EventLoop
+
+log: logging.Logger = logging.getLogger("winiocp.aio")
+
+#: AcceptEx calls kept pending per listening socket (the stock loop keeps one, libuv 32). Each
+#: holds an accept socket and its address buffer until a client comes.
+ACCEPTS_PER_LISTENER = 16
+
+#: Makes the transport (and its protocol) for an accepted socket and the peer's address.
+MakeTransport = Callable[[socket.socket, Address], object]
+
+
+class Listener:
+    """The pending accepts of one listening socket, each re-posted when its client is out."""
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, make_transport: MakeTransport
+                 ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.make_transport = make_transport
+        #: The accept futures now pending (bounded by the count ``start`` was given).
+        self.accepts: set[asyncio.Future[tuple[socket.socket, Address]]] = set()
+        self.stopped = False
+
+    def start(self, count: int) -> None:
+        """Post ``count`` accepts, from the loop (as asyncio starts its accept loop)."""
+        for _ in range(count):
+            self.loop.call_soon(self._post)
+
+    def stop(self) -> None:
+        """Cancel every pending accept; nothing is re-posted after this."""
+        self.stopped = True
+        for future in list(self.accepts):
+            future.cancel()
+        self.accepts.clear()
+
+    def _post(self) -> None:
+        proactor = self.loop.proactor
+        if self.stopped or proactor is None or self.sock.fileno() == -1:
+            return
+        try:
+            future = proactor.accept(self.sock)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.accepts.add(future)
+        future.add_done_callback(self._accepted)
+
+    def _accepted(self, future: asyncio.Future[tuple[socket.socket, Address]]) -> None:
+        self.accepts.discard(future)
+        try:
+            conn, address = future.result()
+        except asyncio.CancelledError:
+            self.sock.close()  # as asyncio's: a cancelled accept means the server stopped
+            return
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self._post()  # first: the next client needs no callback of its own to be accepted
+        if self.loop.get_debug():
+            log.debug("%r got a new connection from %r: %r", self.sock, address, conn)
+        try:
+            self.make_transport(conn, address)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported; the server goes on
+            conn.close()
+            self.loop.call_exception_handler({
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+                "socket": trsock.TransportSocket(self.sock),
+            })
+
+    def _failed(self, exc: OSError) -> None:
+        """The listener itself failed (a client's own failure never gets here: see
+        ``IocpProactor.accept``): report it once and close the listener, as asyncio does."""
+        if self.sock.fileno() != -1:
+            self.loop.call_exception_handler({
+                "message": "Accept failed on a socket",
+                "exception": exc,
+                "socket": trsock.TransportSocket(self.sock),
+            })
+            self.sock.close()
+        elif self.loop.get_debug():
+            log.debug("Accept failed on socket %r", self.sock, exc_info=True)
