@@ -50,7 +50,7 @@ class Listener:
         self.make_transport = make_transport
         #: The accept futures now pending (bounded by the count ``start`` was given).
         self.accepts: set[asyncio.Future[tuple[socket.socket, Address]]] = set()
-        self.stopped = False
+        self.stopped: bool = False
 
     def start(self, count: int) -> None:
         """Post ``count`` accepts, from the loop (as asyncio starts its accept loop)."""
