@@ -548,12 +548,10 @@ class CompletionPort:
 
     def _get_many_once(self, out: _DequeueBuffers, count: int, milliseconds: int
                        ) -> list[Completion]:
-        with self._lock:  # as _enter(), inline: this is every event loop iteration
-            handle = self._handle
-            if handle is None:
-                raise PortClosedError(None, "completion port is closed", None,
-                                      WinError.ERROR_INVALID_HANDLE)
-            self._waiters += 1
+        handle = self._enter()
+        if handle is None:
+            raise PortClosedError(None, "completion port is closed", None,
+                                  WinError.ERROR_INVALID_HANDLE)
         try:
             out.removed[0] = 0
             try:

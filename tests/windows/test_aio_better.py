@@ -50,6 +50,16 @@ def reset_close(sock: socket.socket) -> None:
     sock.close()
 
 
+def exchange(address: tuple[str, int], message: bytes, timeout: float) -> bytes | str:
+    """Send ``message`` on a new connection and return the answer, or the error's text."""
+    try:
+        with socket.create_connection(address, timeout=timeout) as client:
+            client.sendall(message)
+            return client.recv(100)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 class Echo(asyncio.Protocol):
     """Echoes, and stops reading while its echoes are not read (flow control)."""
 
@@ -104,15 +114,7 @@ def accept_storm(name: str) -> AcceptOutcome:
 
         await asyncio.to_thread(storm)
 
-        def exchange() -> bytes | str:
-            try:
-                with socket.create_connection(address, timeout=5.0) as client:
-                    client.sendall(b"still serving?")
-                    return client.recv(100)
-            except OSError as exc:
-                return f"{type(exc).__name__}: {exc}"
-
-        outcome.exchange = await asyncio.to_thread(exchange)
+        outcome.exchange = await asyncio.to_thread(exchange, address, b"still serving?", 5.0)
         server.close()
         await server.wait_closed()
 
@@ -377,12 +379,7 @@ def factory_failure(name: str) -> tuple[list[str], bytes | str]:
             with socket.create_connection(address, timeout=WAIT) as first:
                 first.sendall(b"first")
                 time.sleep(0.3)  # the failure is handled before the second connects
-                try:
-                    with socket.create_connection(address, timeout=3.0) as second:
-                        second.sendall(b"second")
-                        return second.recv(100)
-                except OSError as exc:
-                    return f"{type(exc).__name__}: {exc}"
+                return exchange(address, b"second", 3.0)
 
         answer = await asyncio.to_thread(clients)
         server.close()

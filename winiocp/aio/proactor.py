@@ -48,7 +48,7 @@ from ..errors import ClosedHandleError, exception_for
 from ..handles import Handle
 from ..operations import AddressedOperation, BufferOperation, Operation, RecvOperation
 from ..owner import OverlappedOwner
-from ..port import Completion, CompletionPort, Outcome
+from ..port import MAX_WAIT_MS, Completion, CompletionPort, Outcome
 from ..raw import INVALID_HANDLE, ffi, kernel32
 from ..sockets import AcceptOperation, Socket
 from ..waits import WaitOperation, wait_for_handle
@@ -350,9 +350,7 @@ class IocpProactor:
         return results
 
     def _poll(self, timeout: float | None = None) -> None:
-        port = self._port
-        if port is None:
-            raise RuntimeError("IocpProactor is closed")
+        port = self._check_closed()
         if timeout is not None:
             if timeout < 0:
                 raise ValueError("negative timeout")
@@ -701,8 +699,8 @@ def _pending_of(operation: Operation | None) -> _Pending[object] | None:
     return cast("_Pending[object]", pending) if isinstance(pending, _Pending) else None
 
 
-#: The longest timeout ``select`` accepts, in seconds: a millisecond short of INFINITE.
-_LONGEST_TIMEOUT = (INFINITE - 1) / 1e3
+#: The longest timeout ``select`` accepts, in seconds: the port's longest finite wait.
+_LONGEST_TIMEOUT = MAX_WAIT_MS / 1e3
 
 
 def _finish(completion: Completion) -> None:
