@@ -101,8 +101,12 @@ class Operation:
         "failure", "cancel_requested", "context", "cause", "_keepalive", "__weakref__",
     )
 
-    #: Whether this kind may be re-armed for another call (rule 11).
+    #: Whether this kind may be re-armed for another call once finished (rule 11: never
+    #: while pending, so no two calls ever share its OVERLAPPED).
     reusable = False
+    #: Whether finishing keeps the pinned buffers for the next call (a receive re-armed on
+    #: the same buffer); otherwise they are let go as soon as the completion is dequeued.
+    keeps_pins = False
     #: Whether ``on_success`` has work to do (saves a call per completion where it has not).
     post_processing = False
     #: Error codes that are warnings for this kind: the data came (in part), a packet is
@@ -173,7 +177,7 @@ class Operation:
                 self.cause = exc
                 error = _error_for(exc)
         self.error = error
-        if not self.reusable:  # a reusable one keeps its pinned buffers for the next call
+        if not self.keeps_pins:
             self.release()
 
     def abandon(self) -> None:
@@ -207,12 +211,15 @@ class Operation:
 class BufferOperation(Operation):
     """An operation over a list of buffers (WSARecv/WSASend and their -From/-To forms)."""
 
-    __slots__ = ("buffers", "wsabufs")
+    __slots__ = ("buffers", "wsabufs", "_wsabuf")
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
         super().__init__(kind, owner)
         self.buffers: tuple[BufferLike, ...] = ()
         self.wsabufs: CData = ffi.NULL
+        # The one-buffer WSABUF, kept across re-arms: Winsock captures the WSABUF array
+        # during the call (WSASend/WSARecv docs), so only the pinned data must outlive it.
+        self._wsabuf: CData | None = None
 
     def set_buffers(self, buffers: Sequence[BufferLike], writable: bool) -> int:
         """Pin ``buffers`` (zero-copy) into a WSABUF array; return the total length.
@@ -236,7 +243,11 @@ class BufferOperation(Operation):
             length = len(cbuffer)
             if length > MAX_DWORD:
                 raise OverflowError("a buffer may hold at most 4 GiB - 1 bytes")
-            wsabufs = ffi.new("WSABUF *", (length, cbuffer))
+            wsabufs = self._wsabuf
+            if wsabufs is None:
+                wsabufs = self._wsabuf = ffi.new("WSABUF *")
+            wsabufs.len = length
+            wsabufs.buf = cbuffer
             self.buffers = (buffer,)
             self.wsabufs = wsabufs
             self._keepalive = (cbuffer, wsabufs)
@@ -293,6 +304,7 @@ class RecvOperation(BufferOperation):
 
     __slots__ = ("flags",)
     reusable = True
+    keeps_pins = True
     warnings: frozenset[int] = RECEIVE_WARNINGS  # a message-mode pipe's ReadFile: ERROR_MORE_DATA
 
     def __init__(self, kind: OpKind, owner: Owner) -> None:
@@ -306,9 +318,12 @@ class RecvOperation(BufferOperation):
         return self.error == 0 and self.bytes_transferred == 0 and not self.all_buffers_empty
 
 class SendOperation(BufferOperation):
-    """WSASend (or a Handle's WriteFile): the data buffers stay pinned until it completes."""
+    """WSASend (or a Handle's WriteFile): the data buffers stay pinned until it completes,
+    and are let go then. Reusable once finished (``send(reuse=op)``): a sender with one send
+    in flight at a time needs one OVERLAPPED, not one per call."""
 
     __slots__ = ()
+    reusable = True
 
 
 class AddressedOperation(BufferOperation):
@@ -342,6 +357,7 @@ class RecvFromOperation(AddressedOperation):
 
     __slots__ = ()
     reusable = True
+    keeps_pins = True
     post_processing = True
     warnings: frozenset[int] = RECEIVE_WARNINGS
 

@@ -13,7 +13,9 @@ A call that succeeds at once on a handle in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS
 no packet at all: ``issue`` then gives the operation to the port's own queue of inline
 completions (``CompletionPort.complete_inline``), and the next dequeue hands it out like any
 other. So an operation is pending from its call to its dequeued completion whichever way it
-completes, and callers route both the same way.
+completes, and callers route both the same way. A caller that would rather take such a
+result at once (a transport whose send went out whole) asks for ``finish_inline``: the
+operation comes back from the call finished, and never reaches a dequeue.
 
 Which synchronous "failures" still queue a packet depends on the operation's kind: any call
 can report ERROR_IO_PENDING; only a receive can report a warning (a truncated datagram or
@@ -189,13 +191,18 @@ class OverlappedOwner(Generic[H]):
 
     def issue(self, operation: Operation, what: str, call: Callable[[H], object],
               failed: Callable[[object], bool], context: object,
-              done_at_once: Collection[int] = ()) -> Operation:
+              done_at_once: Collection[int] = (), finish_inline: bool = False) -> Operation:
         """Register ``operation``, make ``call(handle)``, and sort out a synchronous failure.
 
         ``failed(result)`` says whether the call reported an error; WSA_IO_PENDING is not one.
         An error in ``done_at_once`` means it completed without a packet (e.g.
         ERROR_PIPE_CONNECTED). ``context`` is set before the call, so a completion dequeued
         by another thread before the call returns is still routed.
+
+        A call that succeeds at once on a handle in skip-on-success mode queues no packet:
+        its completion goes to the port's queue of inline completions, handed out by the
+        next dequeue; with ``finish_inline`` the operation is finished here instead, and
+        returned done (``pending`` False, its result set, its context never called).
 
         Raises ``ClosedHandleError`` once closed, ``RuntimeError`` before the handle is
         associated with a port, and the classified ``OSError`` (``exception_for``) when the
@@ -223,7 +230,10 @@ class OverlappedOwner(Generic[H]):
             # then stays registered (kept alive), since the kernel may own it.
             if not failed(result):
                 if self._skip_on_success:  # done already, and no packet will come
-                    port.complete_inline(operation, self.key)
+                    if finish_inline:
+                        port.finish_inline(operation)
+                    else:
+                        port.complete_inline(operation, self.key)
             else:
                 error = self._last_error()
                 if error in done_at_once:

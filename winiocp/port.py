@@ -374,6 +374,16 @@ class CompletionPort:
         self.post_completion(operation, int(operation.overlapped.InternalHigh), key)
         # (False: the port closed meanwhile, and the operation is orphaned with the rest.)
 
+    def finish_inline(self, operation: Operation) -> None:
+        """``operation`` (registered) succeeded at once on a handle that queues no packet for
+        that, and its caller takes the result now (``issue(..., finish_inline=True)``): it
+        leaves the registry finished, from the status and byte count the kernel left in its
+        OVERLAPPED, and no dequeue ever hands it out. Called by ``OverlappedOwner.issue``."""
+        self._pending.pop(operation.address, None)
+        overlapped = operation.overlapped
+        self._finish_operation(operation, _entry_error(int(overlapped.Internal)),
+                               int(overlapped.InternalHigh) & 0xFFFFFFFF)
+
     def get_inline(self, max_entries: int | None = None) -> list[Completion]:
         """Only the completions already waiting in user space (inline completions, and any an
         interrupt left), up to ``max_entries`` (default: ``batch_size``): never a system call,
@@ -685,14 +695,23 @@ class CompletionPort:
             outcome = Outcome.FAILED if error else Outcome.COMPLETED
             failure = classify_failure(error, False) if error else None
             return Completion(outcome, key, transferred, None, error, failure, address)
-        operation.finish(error, transferred)
-        error = operation.error  # finishing may fail (e.g. SO_UPDATE_ACCEPT_CONTEXT)
+        error = self._finish_operation(operation, error, transferred)
         if error:
-            operation.failure = failure = classify_failure(error, operation.cancel_requested)
-            return Completion(Outcome.FAILED, key, transferred, operation, error, failure, address)
+            return Completion(Outcome.FAILED, key, transferred, operation, error,
+                              operation.failure, address)
         if transferred == 0 and isinstance(operation, RecvOperation) and operation.peer_closed:
             return Completion(Outcome.PEER_CLOSED, key, 0, operation, 0, None, address)
         return Completion(Outcome.COMPLETED, key, transferred, operation, 0, None, address)
+
+    @staticmethod
+    def _finish_operation(operation: Operation, error: int, transferred: int) -> int:
+        """Finish ``operation`` (out of the registry already) and classify a failure; the
+        error it finished with (finishing may fail it: e.g. SO_UPDATE_ACCEPT_CONTEXT)."""
+        operation.finish(error, transferred)
+        error = operation.error
+        if error:
+            operation.failure = classify_failure(error, operation.cancel_requested)
+        return error
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -374,8 +374,8 @@ class Socket(OverlappedOwner[int]):
         if reuse is None:
             return factory()
         if reuse.kind is not kind or not reuse.reusable:
-            raise ValueError(f"{reuse!r} cannot be reused for {kind.value} (rule 11: only a "
-                             "receive or accept OVERLAPPED is reused)")
+            raise ValueError(f"{reuse!r} cannot be reused for {kind.value} (rule 11: an "
+                             "OVERLAPPED is re-armed only for another call of its own kind)")
         if reuse.owner is not self:
             raise ValueError(f"{reuse!r} belongs to another socket")
         reuse.rearm()
@@ -418,21 +418,33 @@ class Socket(OverlappedOwner[int]):
         return operation
 
     def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0, *,
-             context: object = None) -> SendOperation:
+             reuse: SendOperation | None = None, context: object = None,
+             finish_inline: bool = False) -> SendOperation:
         """Post a WSASend of ``data`` (one buffer, or a list to gather), zero-copy: the
         operation pins the buffers until it completes, so do not change them meanwhile.
+        ``reuse`` re-arms a finished send of this socket instead of making a new one.
 
-        Raises ``ValueError`` on a listening socket, ``TypeError`` for ``str`` or a
-        non-buffer, and the classified ``OSError`` when WSASend fails at once.
+        With ``finish_inline``, a send that completes at once on a socket in skip-on-success
+        mode is returned finished (``pending`` False, ``bytes_transferred`` set): no
+        completion is dequeued for it and ``context`` is not called. Check ``pending``.
+
+        Raises ``ValueError`` on a listening socket or for a ``reuse`` operation that is not
+        this socket's send, ``OperationPendingError`` if ``reuse`` is still pending,
+        ``TypeError`` for ``str`` or a non-buffer, and the classified ``OSError`` when
+        WSASend fails at once.
         """
         if self._listening:
             raise ValueError("send needs a connected socket, not a listening one")
-        operation = SendOperation(OpKind.SEND, self)
+        if reuse is None:
+            operation = SendOperation(OpKind.SEND, self)
+        else:
+            self._reusable(reuse, OpKind.SEND, _no_factory)
+            operation = reuse
         operation.set_buffers(_as_buffer_list(data), writable=False)
         wsabufs, count = operation.wsabufs, len(operation.buffers)
         self.issue(operation, "WSASend", lambda h: ws2_32.WSASend(
             h, wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
-            _int_failed, context)
+            _int_failed, context, finish_inline=finish_inline)
         return operation
 
     def recvfrom_into(self, buffer: BufferLike, *, reuse: RecvFromOperation | None = None,
@@ -625,6 +637,7 @@ class AcceptOperation(Operation):
     __slots__ = ("listener", "accepted", "output", "received", "recv_size", "local_address",
                  "remote_address", "data", "context_updated")
     reusable = True
+    keeps_pins = True
     post_processing = True
 
     def __init__(self, listener: Socket, accepted: Socket) -> None:

@@ -724,7 +724,7 @@ def measure(factory: Callable[[], asyncio.AbstractEventLoop], kernel: Kernel, co
             profiler.disable()
             stream = io.StringIO()
             pstats.Stats(profiler, stream=stream).strip_dirs().sort_stats(
-                pstats.SortKey.TIME).print_stats(int(os.environ.get("AIO_COST_LINES", "30")))
+                getattr(pstats.SortKey, os.environ.get("AIO_COST_SORT", "TIME"))).print_stats(int(os.environ.get("AIO_COST_LINES", "30")))
             summary = (f"{messages} echoed messages, {connections} connection(s), stubs "
                        "included\n" + stream.getvalue())
         return {

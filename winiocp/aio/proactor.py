@@ -315,6 +315,10 @@ class IocpProactor:
         # are made once per socket rather than once per read.
         self._receives: weakref.WeakKeyDictionary[object, RecvOperation] = (
             weakref.WeakKeyDictionary())
+        #: The loop's turn: each ``select`` starts the next one. A transport whose send went
+        #: out at once holds later writes of the same turn back, so they leave gathered.
+        self.turn = 0
+        self._before_wait: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         port = self._port
@@ -344,10 +348,26 @@ class IocpProactor:
 
     def select(self, timeout: float | None = None) -> list[asyncio.Future[object]]:
         """The futures that completed, waiting up to ``timeout`` seconds for the first."""
+        self.turn += 1
+        if self._before_wait and self._run_before_wait():
+            timeout = 0  # they scheduled callbacks: the loop has work, it must not wait
         if not self._results:
             self._poll(timeout)
         results, self._results = self._results, []
         return results
+
+    def call_before_wait(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the loop next asks for completions, before it waits
+        (the end of the current turn: after its handlers and its ready callbacks)."""
+        self._before_wait.append(callback)
+
+    def _run_before_wait(self) -> bool:
+        """Run what ``call_before_wait`` deferred; whether the loop has callbacks ready now."""
+        callbacks, self._before_wait = self._before_wait, []
+        for callback in callbacks:
+            callback()
+        ready: object = getattr(self._loop, "_ready", None)  # BaseEventLoop's ready queue
+        return bool(ready)
 
     def _poll(self, timeout: float | None = None) -> None:
         port = self._check_closed()

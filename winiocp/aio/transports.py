@@ -111,6 +111,12 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             lambda completion: context.run(self._received, completion))
         self._on_sent: Callable[[Completion], None] = (
             lambda completion: context.run(self._sent, completion))
+        self._on_flush: Callable[[], None] = lambda: context.run(self._flush)
+        self._proactor = loop.proactor
+        #: The loop turn of the last send that went out at once, and whether writes of that
+        #: turn wait for its end (``_flush``) to leave together.
+        self._sent_in_turn = -1
+        self._flush_due = False
         self._receive_buffer = bytearray(RECEIVE_BYTES)
         self._receive: RecvOperation | None = None  # re-armed for each receive
         self._receiving = False
@@ -121,6 +127,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         #: A completed receive kept while reading is paused: (buffer, count, receiver).
         self._held: tuple[Writable, int, object] | None = None
         self._sending: SendOperation | None = None
+        #: The last send, finished, re-armed for the next one (one send in flight at a time).
+        self._spare_send: SendOperation | None = None
         self._in_flight: list[Chunk] = []
         self._in_flight_size = 0
         self._queue: deque[Chunk] = deque()
@@ -316,36 +324,66 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self.wrote = True
         self._queue.extend(chunks)
         self._queued += size
-        if self._sending is None:
-            self._send_queued()
+        if self._sending is None and not self._flush_due:
+            proactor = self._proactor
+            if proactor is None or self._sent_in_turn != proactor.turn:
+                self._send_queued()
+            else:  # a send of this turn went out at once: the rest of the turn's writes
+                self._flush_due = True  # leave in one gathering send at its end
+                proactor.call_before_wait(self._on_flush)
         self._maybe_pause_protocol()  # type: ignore[attr-defined]
 
     def _send_queued(self) -> None:
+        """Send what is queued, one gathering WSASend at a time, until one is left in flight
+        or nothing is left. A send that went out at once (skip-on-success) is finished right
+        here, with no completion to dequeue; once the queue is empty, what waited for it
+        happens (``connection_lost`` after ``close()``, ``write_eof``'s FIN)."""
         queue = self._queue
-        if len(queue) <= MAX_GATHER:  # all of it (``_queued`` is the queue's byte count)
-            chunks = list(queue)
-            queue.clear()
-            size, self._queued = self._queued, 0
-        else:
-            chunks = [queue.popleft() for _ in range(MAX_GATHER)]
-            size = sum(map(len, chunks))
-            self._queued -= size
-        try:
-            self._sending = (self._view or self._socket_view()).send(chunks,
-                                                                     context=self._on_sent)
-        except ConnectionResetError as exc:
-            self._force_close(exc)
-            return
-        except OSError as exc:
-            self._fatal_error(exc, "Fatal write error on pipe transport")
-            return
-        self._in_flight = chunks
-        self._in_flight_size = size
+        while queue:
+            if len(queue) <= MAX_GATHER:  # all of it (``_queued`` is the queue's byte count)
+                chunks = list(queue)
+                queue.clear()
+                size, self._queued = self._queued, 0
+            else:
+                chunks = [queue.popleft() for _ in range(MAX_GATHER)]
+                size = sum(map(len, chunks))
+                self._queued -= size
+            try:
+                sending = (self._view or self._socket_view()).send(
+                    chunks, reuse=self._spare_send, context=self._on_sent, finish_inline=True)
+            except ConnectionResetError as exc:
+                self._force_close(exc)
+                return
+            except OSError as exc:
+                self._fatal_error(exc, "Fatal write error on pipe transport")
+                return
+            if sending.pending:
+                self._spare_send = None
+                self._sending = sending
+                self._in_flight = chunks
+                self._in_flight_size = size
+                return
+            if sending.error:  # (a send completes at once only when it succeeds)
+                self._failed(Completion(Outcome.FAILED, 0, 0, sending, sending.error,
+                                        sending.failure, sending.address),
+                             "Fatal write error on pipe transport")
+                return
+            sending.context = None  # never called: no cycle back to the transport
+            self._spare_send = sending
+            if self._proactor is not None:
+                self._sent_in_turn = self._proactor.turn
+            if sending.bytes_transferred < size:
+                self._requeue_unsent(chunks, sending.bytes_transferred)
+        state: Any = self
+        if state._closing:
+            self._loop.call_soon(self._call_connection_lost, None)
+        if state._eof_written:
+            state._sock.shutdown(socket.SHUT_WR)
 
     def _sent(self, completion: Completion) -> None:
         """A send completed (called by the proactor, in the transport's context)."""
         state: Any = self
-        self._sending = None
+        self._spare_send, self._sending = self._sending, None
         chunks, self._in_flight = self._in_flight, []
         size, self._in_flight_size = self._in_flight_size, 0
         if self._abortive or state._sock is None:
@@ -357,22 +395,34 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             sent = completion.bytes_transferred
             if sent < size:
                 self._requeue_unsent(chunks, sent)
-            if self._queue:
-                self._send_queued()
-            else:
-                if state._closing:
-                    self._loop.call_soon(self._call_connection_lost, None)
-                if state._eof_written:
-                    state._sock.shutdown(socket.SHUT_WR)
-            # Last: resume_writing() may write again at once.
-            self._maybe_resume_protocol()  # type: ignore[attr-defined]
-            waiter = state._empty_waiter
-            if waiter is not None and self._sending is None and not waiter.done():
-                waiter.set_result(None)
+            self._sends_done()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal write error on pipe transport")
+
+    def _flush(self) -> None:
+        """The end of a turn in which writes were held back (``_write_chunks``)."""
+        self._flush_due = False
+        state: Any = self
+        if self._abortive or self._sending is not None or state._sock is None:
+            return  # aborted, or their turn comes when the send in flight completes
+        try:
+            self._sends_done()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+
+    def _sends_done(self) -> None:
+        """Nothing is in flight: send what is queued; then what waited for the buffer to
+        drain (``resume_writing``, sendfile's waiter)."""
+        self._send_queued()
+        # Last: resume_writing() may write again at once.
+        self._maybe_resume_protocol()  # type: ignore[attr-defined]
+        waiter: asyncio.Future[None] | None = getattr(self, "_empty_waiter")
+        if waiter is not None and self._sending is None and not waiter.done():
+            waiter.set_result(None)
 
     def _requeue_unsent(self, chunks: list[Chunk], sent: int) -> None:
         """Put what a partial send left back in front of the queue, in order."""
@@ -458,8 +508,10 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             # No cycle through the transport is left (asyncio's SSL tests check that a
             # closed connection is freed by reference counting alone).
             self._on_received = self._on_sent = _ignore
+            self._on_flush = _nothing
             self._receiver = self._held = None
             self._receive = None  # (if still pending, the port owns it until it completes)
+            self._spare_send = None
             self._receive_into = self._receive_buffer
             self._receive_list = [self._receive_buffer]
             if sock is not None:
@@ -482,6 +534,10 @@ def _kept(data: object) -> bytes:
 
 def _ignore(completion: Completion) -> None:
     """The handler of a transport whose connection is lost."""
+
+
+def _nothing() -> None:
+    """The flush of a transport whose connection is lost."""
 
 
 def _release_buffers(completion: Completion) -> None:
