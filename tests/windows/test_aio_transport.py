@@ -229,6 +229,55 @@ def test_queued_writes_go_out_gathered_in_few_sends(monkeypatch: pytest.MonkeyPa
     assert sum(sends) == 300 and len(sends) <= 10, sends  # 300 writes, a handful of WSASends
 
 
+def test_writes_held_back_to_the_end_of_a_turn_leave_without_waiting_for_an_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A send that goes out at once holds the turn's later writes back, to leave gathered
+    # when the loop next asks for completions. Flushing them then schedules connection_lost
+    # (the close waited for them): the loop must run it, not wait for an event.
+    sends: list[int] = []
+    original = Socket.send
+
+    def counting(self: Socket, data: Any, *args: Any, **kwargs: Any) -> Any:
+        sends.append(len(data) if isinstance(data, list) else 1)
+        return original(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Socket, "send", counting)
+
+    class WriteAndClose(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.WriteTransport, transport)
+
+        def write_and_close(self) -> None:
+            for part in (b"one ", b"two ", b"three"):
+                self.transport.write(part)
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost.set_result(None)
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        with socket.create_server((LOOPBACK, 0)) as listener:
+            client = socket.create_connection(listener.getsockname()[:2])
+            peer, _ = listener.accept()
+        with peer:
+            _, protocol = await loop.create_connection(WriteAndClose, sock=client)
+            await asyncio.sleep(0.1)  # everything else has happened
+            loop.call_soon(protocol.write_and_close)  # the turn's last callback
+            await asyncio.wait_for(protocol.lost, 3)  # (nothing else will ever happen)
+            peer.settimeout(WAIT)
+            received = b""
+            while part := await loop.run_in_executor(None, peer.recv, 1024):
+                received += part
+            return received
+
+    assert run(winiocp.aio.new_event_loop(), main()) == b"one two three"
+    assert sends == [1, 2]  # the first at once, the other two gathered at the turn's end
+
+
 class Chunked:
     """Stand-in for the transport's queue state (``_requeue_unsent`` uses nothing else)."""
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import socket
 import threading
+
+import pytest
 import time
 from contextlib import ExitStack
 
@@ -27,6 +29,7 @@ from helpers_io import (
 from support import wine_deviation
 
 from winiocp import AcceptOperation, CompletionPort, OpState, Outcome, Socket
+from winiocp.errors import OperationPendingError
 from winiocp.constants import CompletionNotificationModes, SocketType
 from winiocp.port import orphaned_operation_count
 from winiocp.raw import ffi, kernel32
@@ -67,6 +70,55 @@ def test_an_inline_send_is_dequeued_like_any_completion(
     assert not sending.pending
     assert_nothing_queued(port)  # once only
     assert client.recv(200) == b"y" * 100
+
+
+def test_finish_inline_returns_an_inline_send_finished(
+        port: CompletionPort, listener: Socket, stack: ExitStack) -> None:
+    sock, client = connected_pair(port, listener, stack)
+    assert sock.set_skip_on_success()
+    called: list[object] = []
+    sending = sock.send(b"z" * 100, context=called.append, finish_inline=True)
+    assert not sending.pending and sending.state is OpState.DONE  # nothing left to dequeue
+    assert sending.bytes_transferred == 100 and sending.error == 0
+    assert port.pending_count == 0
+    assert_nothing_queued(port)  # neither from the kernel nor from the inline queue
+    assert not called
+    assert client.recv(200) == b"z" * 100
+
+
+def test_finish_inline_leaves_a_send_that_did_not_complete_at_once_pending(
+        port: CompletionPort, listener: Socket, stack: ExitStack) -> None:
+    sock, _client = connected_pair(port, listener, stack)  # nobody reads: buffers fill
+    assert sock.set_skip_on_success()
+    big = b"q" * (1 << 20)
+    sends = [sock.send(big, finish_inline=True) for _ in range(64)]
+    still = [s for s in sends if s.pending]
+    assert still, "64 MiB unread still all went out at once"
+    assert port.pending_count == len(still)  # each one stays owned until its packet comes
+
+
+def test_a_finished_send_is_reused_and_a_pending_one_is_refused(
+        port: CompletionPort, listener: Socket, stack: ExitStack) -> None:
+    sock, client = connected_pair(port, listener, stack)
+    sending = sock.send(b"first")
+    with pytest.raises(OperationPendingError):
+        sock.send(b"again", reuse=sending)  # rule 11: never two calls on one OVERLAPPED
+    wait_for(port, sending)
+    again = sock.send(b"second", reuse=sending)
+    assert again is sending and sending.pending
+    wait_for(port, sending)
+    assert sending.bytes_transferred == len(b"second")
+    client.settimeout(WAIT_S)
+    received = b""
+    while len(received) < len(b"firstsecond"):
+        received += client.recv(64)
+    assert received == b"firstsecond"
+    other, _ = connected_pair(port, listener, stack)
+    with pytest.raises(ValueError, match="another socket"):
+        other.send(b"x", reuse=sending)
+    receiving = sock.recv(16)
+    with pytest.raises(ValueError, match="cannot be reused"):
+        sock.send(b"x", reuse=receiving)  # type: ignore[arg-type]
 
 
 def test_an_inline_receive_carries_its_data_both_ways_of_dequeuing(
