@@ -381,8 +381,9 @@ class CompletionPort:
         OVERLAPPED, and no dequeue ever hands it out. Called by ``OverlappedOwner.issue``."""
         self._pending.pop(operation.address, None)
         overlapped = operation.overlapped
-        self._finish_operation(operation, _entry_error(int(overlapped.Internal)),
-                               int(overlapped.InternalHigh) & 0xFFFFFFFF)
+        status = int(overlapped.Internal) & 0xFFFFFFFF  # as _entry_error(), inline
+        error = 0 if status < 0x80000000 else ntdll.RtlNtStatusToDosError(status - (1 << 32))
+        self._finish_operation(operation, error, int(overlapped.InternalHigh) & 0xFFFFFFFF)
 
     def get_inline(self, max_entries: int | None = None) -> list[Completion]:
         """Only the completions already waiting in user space (inline completions, and any an

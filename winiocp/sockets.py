@@ -406,8 +406,11 @@ class Socket(OverlappedOwner[int]):
             raise ValueError("recv needs a connected socket, not a listening one")
         if reuse is None:
             operation = RecvOperation(OpKind.RECV, self)
+        elif reuse.kind is OpKind.RECV and reuse.owner is self:  # (re-armed once per read)
+            reuse.rearm()
+            operation = reuse
         else:
-            self._reusable(reuse, OpKind.RECV, _no_factory)
+            self._reusable(reuse, OpKind.RECV, _no_factory)  # raises the reason why not
             operation = reuse
         operation.set_buffers(buffers, writable=True)
         operation.flags[0] = flags
@@ -437,8 +440,11 @@ class Socket(OverlappedOwner[int]):
             raise ValueError("send needs a connected socket, not a listening one")
         if reuse is None:
             operation = SendOperation(OpKind.SEND, self)
+        elif reuse.kind is OpKind.SEND and reuse.owner is self:  # (re-armed once per send)
+            reuse.rearm()
+            operation = reuse
         else:
-            self._reusable(reuse, OpKind.SEND, _no_factory)
+            self._reusable(reuse, OpKind.SEND, _no_factory)  # raises the reason why not
             operation = reuse
         operation.set_buffers(_as_buffer_list(data), writable=False)
         wsabufs, count = operation.wsabufs, len(operation.buffers)

@@ -684,8 +684,51 @@ def timer_cost() -> float:
     return (perf_counter() - start) / reads
 
 
+#: winiocp's core below winiocp.aio: what it calls per operation and per dequeue. This is the
+#: work the stock loop's ``_overlapped`` does in C (building and issuing each call, reading
+#: each completion), timed apart so the layers above it compare with the stock loop's Python.
+CORE_ENTRY_POINTS = (("winiocp.sockets", "Socket", "send"),
+                     ("winiocp.sockets", "Socket", "recv_into"),
+                     ("winiocp.port", "CompletionPort", "get_many"),
+                     ("winiocp.port", "CompletionPort", "get_inline"))
+
+
+def core_seconds(kernel: Kernel, tick: float, run: Callable[[], None]) -> float:
+    """Seconds of ``run()`` spent inside CORE_ENTRY_POINTS, stubs excluded (as in the round's
+    own figure: each stub's time and one timer read per stub call)."""
+    spent = [0.0]
+    patched: list[tuple[type, str, Any]] = []
+
+    def timed(function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls_before = sum(kernel.calls.values())
+            stub_before = kernel.stub_seconds
+            start = perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = perf_counter() - start
+                stubbed = kernel.stub_seconds - stub_before + tick * (
+                    sum(kernel.calls.values()) - calls_before)
+                spent[0] += elapsed - stubbed
+        return wrapper
+
+    for module, owner_name, name in CORE_ENTRY_POINTS:
+        owner = getattr(importlib.import_module(module), owner_name)
+        original = owner.__dict__[name]
+        patched.append((owner, name, original))
+        setattr(owner, name, timed(original))
+    try:
+        run()
+    finally:
+        for owner, name, original in patched:
+            setattr(owner, name, original)
+    return spent[0]
+
+
 def measure(factory: Callable[[], asyncio.AbstractEventLoop], kernel: Kernel, connections: int,
-            messages: int, rounds: int, profile: bool = False) -> dict[str, Any]:
+            messages: int, rounds: int, profile: bool = False, layers: bool = False
+            ) -> dict[str, Any]:
     loop = factory()
     pairs = [socket.socketpair() for _ in range(connections)]
     try:
@@ -715,6 +758,12 @@ def measure(factory: Callable[[], asyncio.AbstractEventLoop], kernel: Kernel, co
             calls += round_calls
         total = messages * rounds
         per_message = {name: count / total for name, count in sorted(calls.items())}
+        core: list[float] = []
+        if layers:
+            def one_round() -> None:
+                kernel.start_round(messages, loop.stop)
+                loop.run_forever()
+            core = [core_seconds(kernel, tick, one_round) / messages for _ in range(3)]
         summary = ""
         if profile:
             profiler = cProfile.Profile()
@@ -724,7 +773,8 @@ def measure(factory: Callable[[], asyncio.AbstractEventLoop], kernel: Kernel, co
             profiler.disable()
             stream = io.StringIO()
             pstats.Stats(profiler, stream=stream).strip_dirs().sort_stats(
-                getattr(pstats.SortKey, os.environ.get("AIO_COST_SORT", "TIME"))).print_stats(int(os.environ.get("AIO_COST_LINES", "30")))
+                getattr(pstats.SortKey, os.environ.get("AIO_COST_SORT", "TIME"))
+            ).print_stats(int(os.environ.get("AIO_COST_LINES", "30")))
             summary = (f"{messages} echoed messages, {connections} connection(s), stubs "
                        "included\n" + stream.getvalue())
         return {
@@ -734,6 +784,7 @@ def measure(factory: Callable[[], asyncio.AbstractEventLoop], kernel: Kernel, co
             "python_us": statistics.median(samples) * 1e6,
             "python_best_us": min(samples) * 1e6,
             "stub_us": statistics.median(stubs) * 1e6,
+            **({"core_us": statistics.median(core) * 1e6} if core else {}),
             "gross_us": statistics.median(gross) * 1e6,
             "timer_us": tick * 1e6,
             "calls_per_message": per_message,
@@ -763,8 +814,9 @@ def main() -> int:
     messages, rounds = (512, 5) if options.quick else (2048, 15)
     results: dict[str, Any] = {"loop": options.loop, "cells": {}}
     for index, connections in enumerate(int(c) for c in options.connections.split(",")):
-        results["cells"][str(connections)] = measure(factory, kernel, connections, messages,
-                                                     rounds, options.profile and index == 0)
+        results["cells"][str(connections)] = measure(
+            factory, kernel, connections, messages, rounds, options.profile and index == 0,
+            layers=options.loop == "winiocp")
     print("RESULT " + json.dumps(results), flush=True)
     sys.stdout.flush()
     os._exit(0)  # the stubs stay installed: skip the interpreter's teardown through them

@@ -209,17 +209,17 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             if completion.outcome is Outcome.FAILED:
                 self._failed(completion, "Fatal read error on pipe transport")
                 return
-            received = (self._receive_into, completion.bytes_transferred, self._receiver)
-            if self._receiver is not None:
+            receiver = self._receiver
+            if receiver is not None:
                 # The protocol's buffer is unpinned at once: a pin must never be part of a
                 # cycle the GC clears (a memoryview with an export cannot be cleared).
                 receive = completion.operation
                 if receive is not None:
                     receive.release()
-            if self._paused:
-                self._held = received  # delivered by resume_reading
+            if self._paused:  # delivered by resume_reading
+                self._held = (self._receive_into, completion.bytes_transferred, receiver)
                 return
-            self._deliver(*received)
+            self._deliver(self._receive_into, completion.bytes_transferred, receiver)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -245,7 +245,9 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         else:
             data = bytes(memoryview(buffer)[:count])
             if receiver is None:  # our own buffer is free again: receive on meanwhile
-                self._fit_receive_buffer(count)
+                size = len(self._receive_buffer)
+                if count == size or (size > RECEIVE_BYTES and count < size >> 3):
+                    self._fit_receive_buffer(count)
                 self._loop_reading()
             if isinstance(protocol, protocols.BufferedProtocol):
                 protocols._feed_data_to_buffered_proto(protocol, data)  # type: ignore[attr-defined]
