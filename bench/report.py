@@ -675,6 +675,25 @@ def _aio_cost_markdown(cost: dict[str, Any]) -> list[str]:
                        if ours and stock else "-")
         out(f"| {count} | " + " | ".join(row) + " |")
     out("")
+    split = [(count, cells["winiocp"][str(count)], cells["stock"][str(count)])
+             for count in counts if len(loops) == 2 and str(count) in cells["winiocp"]
+             and str(count) in cells["stock"] and "core_us" in cells["winiocp"][str(count)]]
+    if split:
+        out("Where winiocp.aio's Python goes: the core below it (`Socket.send`, "
+            "`Socket.recv_into`, `CompletionPort.get_many`/`get_inline`: building and issuing "
+            "each call, classifying each completion; the work the stock loop's `_overlapped` "
+            "does in C, where the stubs replace it) against the layers above (asyncio's "
+            "`_run_once`, the proactor's routing, the transport, the protocol), timed in three "
+            "more rounds with those four functions wrapped:")
+        out("")
+        out("| connections | winiocp core us | winiocp above the core us | stock Python us | "
+            "above the core / stock |")
+        out("|---|---:|---:|---:|---:|")
+        for count, ours, stock in split:
+            above = ours["python_us"] - ours["core_us"]
+            out(f"| {count} | {ours['core_us']:.1f} | {above:.1f} | {stock['python_us']:.1f} | "
+                f"{_ratio(above, stock['python_us']):.2f}x |")
+        out("")
     out("Win32 calls per echoed message, by function (user-space ones, not counted as system "
         "calls, in italics):")
     out("")

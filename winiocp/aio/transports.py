@@ -19,9 +19,13 @@ and no ``call_soon`` in between.
 * Writing: ``write()`` sends at once when nothing is in flight; what is written meanwhile is
   queued as separate chunks (bytes are not copied; other buffers are, once) and goes out as
   one WSASend gathering all of them when the send in flight completes. ``writelines`` queues
-  its chunks the same way. A partial send puts the unsent rest back in front.
+  its chunks the same way. A partial send puts the unsent rest back in front. One
+  SendOperation per transport is re-armed for each send.
 * The sockets are in skip-on-success mode where Windows allows it (see ``proactor.py``): a
-  send that completes at once is not dequeued through the kernel.
+  send that completes at once is finished during the call (``finish_inline``), with nothing
+  to dequeue. The turn's later writes are then held back and leave in one gathering send at
+  the end of the turn (``IocpProactor.call_before_wait``), so a protocol that writes a
+  header and a body still makes one system call for both after the first.
 
 **The close (rules 3 and 4).** asyncio's proactor transport ends a connection with
 ``shutdown(SHUT_RDWR)`` and ``closesocket`` as soon as its own write buffer is empty. "Empty"
