@@ -24,8 +24,8 @@ and no ``call_soon`` in between.
 * The sockets are in skip-on-success mode where Windows allows it (see ``proactor.py``): a
   send that completes at once is finished during the call (``finish_inline``), with nothing
   to dequeue. The turn's later writes are then held back and leave in one gathering send at
-  the end of the turn (``IocpProactor.call_before_wait``), so a protocol that writes a
-  header and a body still makes one system call for both after the first.
+  the end of the turn (``IocpProactor.call_before_wait``): a protocol that writes many small
+  pieces in one turn makes two sends, not one per write.
 
 **The close (rules 3 and 4).** asyncio's proactor transport ends a connection with
 ``shutdown(SHUT_RDWR)`` and ``closesocket`` as soon as its own write buffer is empty. "Empty"
