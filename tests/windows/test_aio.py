@@ -262,3 +262,28 @@ def test_select_accepts_the_longest_finite_timeout() -> None:
         assert proactor.select(4294967.294) == []
     finally:
         proactor.close()
+
+
+def test_work_deferred_to_the_end_of_a_turn_survives_an_interrupt_in_one_of_them() -> None:
+    # A transport's held-back writes wait in call_before_wait: losing one to another's
+    # interrupt would leave that transport queueing for ever.
+    proactor = IocpProactor()
+    ran: list[str] = []
+
+    def interrupted() -> None:
+        ran.append("interrupted")
+        raise KeyboardInterrupt
+
+    try:
+        for callback in (lambda: ran.append("first"), interrupted, lambda: ran.append("last")):
+            proactor.call_before_wait(callback)
+        turn = proactor.turn
+        with pytest.raises(KeyboardInterrupt):
+            proactor.select(0)
+        assert ran == ["first", "interrupted"] and proactor.turn == turn + 1
+        assert proactor.select(0) == []
+        assert ran == ["first", "interrupted", "last"]  # on the next select, once
+        proactor.select(0)
+        assert ran == ["first", "interrupted", "last"]
+    finally:
+        proactor.close()

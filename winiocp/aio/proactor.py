@@ -364,8 +364,12 @@ class IocpProactor:
     def _run_before_wait(self) -> bool:
         """Run what ``call_before_wait`` deferred; whether the loop has callbacks ready now."""
         callbacks, self._before_wait = self._before_wait, []
-        for callback in callbacks:
-            callback()
+        for index, callback in enumerate(callbacks):
+            try:
+                callback()
+            except BaseException:  # an interrupt: the others still run, on the next select
+                self._before_wait[:0] = callbacks[index + 1:]
+                raise
         ready: object = getattr(self._loop, "_ready", None)  # BaseEventLoop's ready queue
         return bool(ready)
 

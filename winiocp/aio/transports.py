@@ -116,7 +116,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._on_sent: Callable[[Completion], None] = (
             lambda completion: context.run(self._sent, completion))
         self._on_flush: Callable[[], None] = lambda: context.run(self._flush)
-        self._proactor = loop.proactor
+        self._loop_proactor = loop.proactor
         #: The loop turn of the last send that went out at once, and whether writes of that
         #: turn wait for its end (``_flush``) to leave together.
         self._sent_in_turn = -1
@@ -331,7 +331,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._queue.extend(chunks)
         self._queued += size
         if self._sending is None and not self._flush_due:
-            proactor = self._proactor
+            proactor = self._loop_proactor
             if proactor is None or self._sent_in_turn != proactor.turn:
                 self._send_queued()
             else:  # a send of this turn went out at once: the rest of the turn's writes
@@ -376,8 +376,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 return
             sending.context = None  # never called: no cycle back to the transport
             self._spare_send = sending
-            if self._proactor is not None:
-                self._sent_in_turn = self._proactor.turn
+            if self._loop_proactor is not None:
+                self._sent_in_turn = self._loop_proactor.turn
             if sending.bytes_transferred < size:
                 self._requeue_unsent(chunks, sending.bytes_transferred)
         state: Any = self
