@@ -317,7 +317,7 @@ class IocpProactor:
             weakref.WeakKeyDictionary())
         #: The loop's turn: each ``select`` starts the next one. A transport whose send went
         #: out at once holds later writes of the same turn back, so they leave gathered.
-        self.turn = 0
+        self.turn: int = 0
         self._before_wait: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
