@@ -408,6 +408,14 @@ def wait_for_quiet(max_seconds: float) -> dict[str, Any]:
         time.sleep(5)
 
 
+def accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the socket listening on ``port`` (its
+    Recv-Q in ``ss -ltn``: established by the kernel, not yet accepted by the server)."""
+    output = subprocess.run(["ss", "-ltnH", f"( sport = :{port} )"], capture_output=True,
+                            text=True, check=True).stdout
+    return sum(int(line.split()[1]) for line in output.splitlines() if len(line.split()) > 1)
+
+
 def time_wait_counts(port: int) -> dict[str, int]:
     """Sockets in TIME_WAIT whose local (server side) or remote (client side) port is
     ``port``, from ``ss -tan state time-wait`` (Wine's sockets are the host's)."""

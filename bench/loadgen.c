@@ -9,7 +9,9 @@
  *   loadgen pingpong HOST PORT CONNS SECONDS WARMUP MSGSIZE
  *       CONNS connections; each sends MSGSIZE bytes, waits for all of them to come back, and
  *       repeats. Messages completed during WARMUP seconds are not counted. Prints one JSON
- *       object: messages/s and round-trip percentiles (microseconds).
+ *       object: messages/s and round-trip percentiles (microseconds; the messages still
+ *       unanswered at the end count at their wait so far), and how many connections had a
+ *       message answered inside the measured window (a fair server answers them all).
  *   loadgen churn HOST PORT CONCURRENCY SECONDS MSGSIZE client|server
  *       Short connections: connect, one exchange, close. `client`: close right after the
  *       echo (the client closes first). `server`: wait for the server's FIN, then close
@@ -48,6 +50,7 @@ typedef struct {
     size_t sent;       /* bytes of the current message written */
     size_t received;   /* bytes of the current echo read */
     double started;    /* when the current message (or connection) started */
+    long long counted; /* pingpong: messages completed inside the measured window */
 } conn_t;
 
 static double now_s(void) {
@@ -202,6 +205,7 @@ static int pingpong(const char *host, int port, int conns, double seconds, doubl
             if (c->started >= measure_from && done <= end) {
                 add_sample(&lat, (done - c->started) * 1e6);
                 counted++;
+                c->counted++;
             }
             c->sent = c->received = 0;
             c->started = done;
@@ -220,17 +224,34 @@ static int pingpong(const char *host, int port, int conns, double seconds, doubl
             live--;
         }
     }
-    double measured = (t < end ? t : end) - measure_from;
-    for (int i = 0; i < conns; i++)
-        if (cs[i].fd >= 0) close(cs[i].fd);
+    double stop = t < end ? t : end;
+    double measured = stop - measure_from;
+    /* Survivorship: a server that starves some connections answers the others quickly, so
+     * percentiles of completed messages alone would reward unfairness. Every message still
+     * unanswered at the end counts too, at its wait so far (a lower bound of its latency). */
+    long long served = 0, unanswered = 0;
+    double oldest_unanswered = 0.0;
+    for (int i = 0; i < conns; i++) {
+        if (cs[i].fd < 0) continue;
+        if (cs[i].counted > 0) served++;
+        double waited = stop - cs[i].started;
+        if (waited > 0) {
+            add_sample(&lat, waited * 1e6);
+            unanswered++;
+            if (waited > oldest_unanswered) oldest_unanswered = waited;
+        }
+        close(cs[i].fd);
+    }
     qsort(lat.v, lat.n, sizeof(double), cmp_double);
     printf("{\"mode\": \"pingpong\", \"connections\": %d, \"message_size\": %zu, "
            "\"seconds\": %.3f, \"messages\": %lld, \"messages_per_s\": %.1f, "
            "\"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, "
-           "\"max_us\": %.1f, \"errors\": %lld}\n",
+           "\"max_us\": %.1f, \"errors\": %lld, \"served_connections\": %lld, "
+           "\"unanswered\": %lld, \"oldest_unanswered_us\": %.1f}\n",
            conns, size, measured, counted, measured > 0 ? (double)counted / measured : 0.0,
            percentile(&lat, 0.50), percentile(&lat, 0.90), percentile(&lat, 0.99),
-           percentile(&lat, 0.999), lat.n ? lat.v[lat.n - 1] : 0.0, errors);
+           percentile(&lat, 0.999), lat.n ? lat.v[lat.n - 1] : 0.0, errors, served, unanswered,
+           oldest_unanswered * 1e6);
     return 0;
 }
 

@@ -161,6 +161,22 @@ def _fmt_ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
+def _latency(cell: dict[str, Any]) -> str:
+    """``p50 / p99`` in ms, and how many connections were answered when not all of them were
+    (a server that starves some connections answers the others quickly)."""
+    text = f"{_fmt_ms(cell['p50_us'])} / {_fmt_ms(cell['p99_us'])}"
+    served = cell.get("served_connections")
+    connections = cell.get("connections", 0)
+    if served is not None and served < connections:
+        text += f" (**{served} of {connections} answered**)"
+    return text
+
+
+LATENCY_NOTE = ("Latency p50 / p99 in ms (lower is better; a message still unanswered when "
+                "the run ends counts at its wait so far, and a cell says so when some "
+                "connections had no message answered in the measured window):")
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines: list[str] = []
     out = lines.append
@@ -250,13 +266,12 @@ def markdown(results: dict[str, Any]) -> str:
                    else "-" for s in SERVERS if s in cells]
             out(f"| {count} | " + " | ".join(row) + " |")
         out("")
-        out("Latency p50 / p99 in ms (lower is better):")
+        out(LATENCY_NOTE)
         out("")
         out(header)
         out("|---|" + "---:|" * sum(1 for s in SERVERS if s in cells))
         for count in counts:
-            row = [f"{_fmt_ms(cells[s][str(count)]['p50_us'])} / "
-                   f"{_fmt_ms(cells[s][str(count)]['p99_us'])}" if str(count) in cells[s]
+            row = [_latency(cells[s][str(count)]) if str(count) in cells[s]
                    else "-" for s in SERVERS if s in cells]
             out(f"| {count} | " + " | ".join(row) + " |")
         out("")
@@ -478,9 +493,9 @@ def _aio_markdown(aio: dict[str, Any]) -> list[str]:
             "in brackets when there were several):")
         out("")
         table(_rate_with_range)
-        out("Latency p50 / p99 in ms (lower is better):")
+        out(LATENCY_NOTE)
         out("")
-        table(lambda cell: f"{_fmt_ms(cell['p50_us'])} / {_fmt_ms(cell['p99_us'])}")
+        table(_latency)
         if any("server_cpu_us_per_msg" in cell for loop in loops for cell in cells[loop].values()):
             out("CPU per echoed message, us: the server process + its wineserver (as in "
                 "section 1):")

@@ -39,6 +39,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,13 +103,19 @@ def echo_servers(workers: int) -> dict[str, tuple[list[str], bool]]:
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of each metric over repeated runs (the runs are kept too)."""
-    combined: dict[str, Any] = {"runs": runs}
+    combined: dict[str, Any] = {"runs": runs, "connections": runs[0]["connections"]}
     for key in ("messages_per_s", "p50_us", "p90_us", "p99_us", "p999_us", "max_us",
                 "server_cpu_us_per_msg", "wineserver_cpu_us_per_msg"):
         values = [float(run[key]) for run in runs if key in run]
         if values:
             combined[key] = statistics.median(values)
     combined["errors"] = sum(int(run["errors"]) for run in runs)
+    # Fairness: the worst run counts (the fewest connections answered, the longest wait).
+    for key, worst in (("served_connections", min), ("oldest_unanswered_us", max),
+                       ("accept_queue_at_start", max), ("accept_queue_at_end", max)):
+        found = [run[key] for run in runs if key in run]
+        if found:
+            combined[key] = worst(found)
     return combined
 
 
@@ -204,7 +211,25 @@ def measure_pingpong(pid: int, port: int, count: int, settings: Settings) -> dic
     wine_cpu = harness.process_cpu_seconds(wineserver) if wineserver else 0.0
     busy, loadgen = harness.busy_cpu_seconds(), harness.children_cpu_seconds()
     began = time.monotonic()
+    # How many connections the server had not yet accepted when the measured window opened:
+    # the usual reason a loop leaves connections unanswered (``served_connections``).
+    # How many connections the server had not yet accepted when the measured window opened
+    # and just before it closed: the usual reason a loop leaves connections unanswered
+    # (``served_connections``), and how fast it accepts them under load.
+    backlog: dict[str, int] = {}
+    samplers = [threading.Timer(delay, lambda key=key: backlog.update(
+                    {key: harness.accept_queue(port)}))
+                for key, delay in (("accept_queue_at_start", settings.warmup),
+                                   ("accept_queue_at_end",
+                                    settings.warmup + 0.95 * settings.echo_seconds))]
+    for sampler in samplers:
+        sampler.start()
     result = harness.pingpong(port, count, settings.echo_seconds, settings.warmup)
+    for sampler in samplers:
+        sampler.join()
+    result.update(backlog)
+    if len(backlog) == 2:
+        result["accept_queue_seconds"] = 0.95 * settings.echo_seconds
     wall = time.monotonic() - began
     ours = (harness.process_cpu_seconds(pid) - server_cpu + harness.children_cpu_seconds()
             - loadgen + (harness.process_cpu_seconds(wineserver) - wine_cpu if wineserver
@@ -778,7 +803,40 @@ def findings(results: dict[str, Any]) -> list[str]:
 def aio_findings(results: dict[str, Any]) -> list[str]:
     """What the aio section's numbers show about winiocp.aio against the stock loop."""
     return (aio_cost_findings(results) + aio_cpu_findings(results) + aio_wine_findings(results)
-            + aio_bulk_findings(results))
+            + aio_bulk_findings(results) + aio_fairness_findings(results))
+
+
+def aio_fairness_findings(results: dict[str, Any]) -> list[str]:
+    """Loops that left connections unanswered for the whole measured window, and how many
+    connections they had not even accepted when it opened."""
+    found: list[str] = []
+    for api, by_loop in results.get("aio", {}).get("cells", {}).items():
+        for loop, by_count in by_loop.items():
+            for count, cell in by_count.items():
+                served = cell.get("served_connections")
+                if served is None or served >= int(count):
+                    continue
+                queued = cell.get("accept_queue_at_start")
+                left = cell.get("accept_queue_at_end", queued)
+                rates = [(run["accept_queue_at_start"] - run["accept_queue_at_end"])
+                         / run["accept_queue_seconds"] for run in cell["runs"]
+                         if "accept_queue_seconds" in run]
+                rate = statistics.median(rates) if queued and rates else None
+                found.append(
+                    f"**{report.AIO_LOOP_TITLES.get(loop, loop)} leaves connections "
+                    f"unanswered** ({report.AIO_API_TITLES.get(api, api)}, {count} "
+                    f"connections): only {served} had a message answered in the measured "
+                    f"window; the longest wait still open at its end was "
+                    f"{cell.get('oldest_unanswered_us', 0) / 1e6:.1f} s, which its p99 counts."
+                    + (f" {queued} connections were still in the listen socket's accept queue "
+                       f"when the window opened (`ss -ltn` Recv-Q), {left} still at its end"
+                       + (f" (accepted under load at {rate:.0f} connections/s)"
+                          if rate is not None else "") + "." if queued else "")
+                    + (" The stock loop keeps one AcceptEx pending and posts the next from a "
+                       "callback, so it accepts at most one connection per loop turn; "
+                       "winiocp.aio keeps several pending (`ACCEPTS_PER_LISTENER`), each re-posted as soon as its "
+                       "connection is handed out." if loop == "stock" and queued else ""))
+    return found
 
 
 def aio_cost_findings(results: dict[str, Any]) -> list[str]:
