@@ -57,7 +57,7 @@ class EventLoop(asyncio.ProactorEventLoop):
             return self._make_socket_transport(conn, protocol, extra=extra, server=server)
 
         listener = self.listeners[sock] = Listener(self, sock, make_transport)
-        listener.start(max(1, min(ACCEPTS_PER_LISTENER, backlog)))
+        listener.start(max(1, min(ACCEPTS_PER_LISTENER, backlog)), most=max(1, backlog))
 
     def _stop_serving(self, sock: socket.socket) -> None:
         listener = self.listeners.pop(sock, None)
