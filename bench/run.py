@@ -803,39 +803,45 @@ def findings(results: dict[str, Any]) -> list[str]:
 def aio_findings(results: dict[str, Any]) -> list[str]:
     """What the aio section's numbers show about winiocp.aio against the stock loop."""
     return (aio_cost_findings(results) + aio_cpu_findings(results) + aio_wine_findings(results)
-            + aio_bulk_findings(results) + aio_fairness_findings(results))
+            + aio_bulk_findings(results) + fairness_findings(results))
 
 
-def aio_fairness_findings(results: dict[str, Any]) -> list[str]:
-    """Loops that left connections unanswered for the whole measured window, and how many
-    connections they had not even accepted when it opened."""
-    found: list[str] = []
+def fairness_findings(results: dict[str, Any]) -> list[str]:
+    """Servers that left connections unanswered for the whole measured window (echo and aio
+    sections), and how many connections they had not even accepted when it opened."""
+    grids: list[tuple[str, str, dict[str, Any]]] = [
+        (report.SERVER_TITLES.get(name, name), "echo", by_count)
+        for name, by_count in results.get("echo", {}).get("cells", {}).items()]
     for api, by_loop in results.get("aio", {}).get("cells", {}).items():
-        for loop, by_count in by_loop.items():
-            for count, cell in by_count.items():
-                served = cell.get("served_connections")
-                if served is None or served >= int(count):
-                    continue
-                queued = cell.get("accept_queue_at_start")
-                left = cell.get("accept_queue_at_end", queued)
-                rates = [(run["accept_queue_at_start"] - run["accept_queue_at_end"])
-                         / run["accept_queue_seconds"] for run in cell["runs"]
-                         if "accept_queue_seconds" in run]
-                rate = statistics.median(rates) if queued and rates else None
-                found.append(
-                    f"**{report.AIO_LOOP_TITLES.get(loop, loop)} leaves connections "
-                    f"unanswered** ({report.AIO_API_TITLES.get(api, api)}, {count} "
-                    f"connections): only {served} had a message answered in the measured "
-                    f"window; the longest wait still open at its end was "
-                    f"{cell.get('oldest_unanswered_us', 0) / 1e6:.1f} s, which its p99 counts."
-                    + (f" {queued} connections were still in the listen socket's accept queue "
-                       f"when the window opened (`ss -ltn` Recv-Q), {left} still at its end"
-                       + (f" (accepted under load at {rate:.0f} connections/s)"
-                          if rate is not None else "") + "." if queued else "")
-                    + (" The stock loop keeps one AcceptEx pending and posts the next from a "
-                       "callback, so it accepts at most one connection per loop turn; "
-                       "winiocp.aio keeps several pending (`ACCEPTS_PER_LISTENER`), each re-posted as soon as its "
-                       "connection is handed out." if loop == "stock" and queued else ""))
+        grids += [(report.AIO_LOOP_TITLES.get(loop, loop), report.AIO_API_TITLES.get(api, api),
+                   by_count) for loop, by_count in by_loop.items()]
+    found: list[str] = []
+    for title, workload, by_count in grids:
+        for count, cell in by_count.items():
+            served = cell.get("served_connections")
+            if served is None or served >= int(count):
+                continue
+            queued = cell.get("accept_queue_at_start")
+            left = cell.get("accept_queue_at_end", queued)
+            rates = [(run["accept_queue_at_start"] - run["accept_queue_at_end"])
+                     / run["accept_queue_seconds"] for run in cell["runs"]
+                     if "accept_queue_seconds" in run]
+            rate = statistics.median(rates) if queued and rates else None
+            found.append(
+                f"**{title} leaves connections unanswered** ({workload}, {count} "
+                f"connections): only {served} had a message answered in the measured "
+                f"window; the longest wait still open at its end was "
+                f"{cell.get('oldest_unanswered_us', 0) / 1e6:.1f} s, which its p99 counts."
+                + (f" {queued} connections were still in the listen socket's accept queue "
+                   f"when the window opened (`ss -ltn` Recv-Q), {left} still at its end"
+                   + (f" (accepted under load at {rate:.0f} connections/s)"
+                      if rate is not None else "") + "." if queued else "")
+                + (" asyncio's proactor loop keeps one AcceptEx pending and posts the next "
+                   "from a callback, so it accepts at most one connection per loop turn; "
+                   "winiocp.aio keeps `ACCEPTS_PER_LISTENER` pending, each re-posted as "
+                   "soon as its connection is handed out, and doubles the pool (up to the "
+                   "listen backlog) when one iteration used them all."
+                   if "ProactorEventLoop" in title and queued else ""))
     return found
 
 
