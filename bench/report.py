@@ -45,6 +45,7 @@ AIO_BULK_TITLES = {"protocol": "Protocol", "buffered": "BufferedProtocol"}
 AIO_PYTHON_RATIO = 0.5
 TARGET_COMPLETION_US = 1.5
 TARGET_SUBMIT_US = 3.0
+TARGET_ECHO_TURN_US = 6.0  # issue 10: the core server's echo turn (stubbed)
 TARGET_IDLE_BYTES = 4096
 
 
@@ -111,6 +112,10 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                            ("submit_send_us", "WSASend (Socket.send)")):
             add(f"Python cost per submitted operation, {label} <= {TARGET_SUBMIT_US} us",
                 f"{cost[key]:.2f} us", cost[key] <= TARGET_SUBMIT_US, "python")
+        if "echo_turn_us" in cost:
+            add(f"core echo turn through the Server's loop (stubbed) <= {TARGET_ECHO_TURN_US:g} "
+                "us (issue 10)", f"{cost['echo_turn_us']:.2f} us",
+                cost["echo_turn_us"] <= TARGET_ECHO_TURN_US, "python")
     for row in results.get("memory", {}).get("rows", []):
         if row["variant"] == "zero_byte_reads":
             add(f"idle connection <= 4 KiB with zero-byte reads ({row['connections']} conns)",

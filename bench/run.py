@@ -788,6 +788,24 @@ def findings(results: dict[str, Any]) -> list[str]:
             "hand-off per message; the C server shows the same effect). The CLI's default is 4.")
     found.extend(aio_findings(results))
     cost = results.get("python_cost", {})
+    if cost and cost.get("echo_turn_us", 0) > report.TARGET_ECHO_TURN_US \
+            and {"run_once_us", "submit_send_us", "submit_recv_us",
+                 "connection_send_us"} <= cost.keys():
+        parts = (2 * cost["run_once_us"] + cost["connection_send_us"] + cost["submit_recv_us"])
+        found.append(
+            f"**The core echo turn is over issue 10's {report.TARGET_ECHO_TURN_US:g} us** "
+            f"({cost['echo_turn_us']:.2f} us stubbed; one entry per dequeue: "
+            f"{cost.get('echo_turn_single_us', 0):.2f} us; the send finished inline: "
+            f"{cost.get('echo_turn_inline_us', 0):.2f} us). It is the sum of its parts, each "
+            f"measured on its own in section 2: two completions through the Server's loop "
+            f"({cost['run_once_us']:.2f} us each), `Connection.send` "
+            f"({cost['connection_send_us']:.2f} us, of which `Socket.send` "
+            f"{cost['submit_send_us']:.2f}: a new SendOperation and its OVERLAPPED, the pin, "
+            f"the issue) and the re-armed receive ({cost['submit_recv_us']:.2f} us) make "
+            f"{parts:.2f} us; the echo handler and the data hand-off the rest. No single part "
+            "holds the missing third: reaching 6 us needs every part cheaper, or fewer of "
+            "them (a reused send operation would save its allocation, about 0.6 us, but "
+            "`Connection.send` returns the operation to its caller, who may keep it).")
     if cost and cost.get("run_once_us", 0) > report.TARGET_COMPLETION_US:
         found.append(
             "**Per-completion Python cost is over budget.** `run_once` costs "
