@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import os
 import socket
 import sys
@@ -242,6 +243,34 @@ def test_closing_the_loop_with_io_pending_is_safe() -> None:
     listener.close()
 
 
+
+def test_a_failed_operation_leaves_no_cycle_holding_its_exception() -> None:
+    """CPython 3.13's test_open_connection_happy_eyeball_refcycles, on every version: the
+    exception of a failed connect must not be kept alive by the future it failed. Its traceback ran
+    through the completion's frames, which hold the future, which holds the exception: only
+    the cycle collector would free them (it is off here, so a cycle shows)."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: the connect is refused
+
+    async def main() -> list[str]:
+        refused: OSError | None = None
+        try:  # happy eyeballs: the connect runs in a task of its own, which has ended here
+            await asyncio.open_connection("127.0.0.1", port, happy_eyeballs_delay=0.25)
+        except OSError as exc:
+            refused = exc
+        assert refused is not None, "the connect was not refused"
+        # Older versions' create_connection keeps lists of its errors (3.13 clears them):
+        # not ours. A future holding the exception is.
+        return [repr(holder) for holder in gc.get_referrers(refused)
+                if isinstance(holder, asyncio.Future)]
+
+    gc.disable()
+    try:
+        assert run(main) == []
+    finally:
+        gc.enable()
 
 @pytest.mark.parametrize("timeout", [-0.001, 4294967.295, float("inf")])
 def test_select_refuses_a_timeout_windows_cannot_wait(timeout: float) -> None:

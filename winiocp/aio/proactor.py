@@ -124,6 +124,11 @@ class _IocpFuture(asyncio.Future[T], Generic[T]):
         return super().cancel(msg=msg)
 
     def set_exception(self, exception: type | BaseException) -> None:
+        if isinstance(exception, BaseException):
+            # Its traceback runs through the completion's frames, which hold this future: a
+            # cycle that keeps the future (and the exception) alive until the collector runs.
+            # The awaiting task adds its own frames when it raises it.
+            exception = exception.with_traceback(None)
         super().set_exception(exception)
         self._cancel_operation()
 
