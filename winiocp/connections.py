@@ -199,6 +199,9 @@ class Connection:
         # Flow control.
         self._write_size = 0
         self._send_sizes: dict[SendOperation, int] = {}  # bytes of each send in flight
+        # A finished send, re-armed by the next send() instead of a new OVERLAPPED: one send
+        # at a time (an echo, a request's answer) then needs no allocation.
+        self._spare_send: SendOperation | None = None
         self._high_water = DEFAULT_HIGH_WATER
         self._low_water = DEFAULT_HIGH_WATER // 4
         self._writing_paused = False
@@ -424,20 +427,36 @@ class Connection:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, data: BufferLike) -> SendOperation:
-        """Queue ``data`` (zero-copy; do not modify it until sent). Refused once closing."""
+    def send(self, data: BufferLike) -> None:
+        """Queue ``data`` (zero-copy; do not modify it until sent). Refused once closing.
+
+        A send that completes at once (skip-on-success mode: a socket buffer with room, as on
+        loopback) is accounted for here: no completion is dequeued for it. The write buffer
+        (``get_write_buffer_size``) and the handler's ``pause_writing``/``resume_writing``
+        tell what is still in flight."""
         size = len(data) if type(data) is bytes else memoryview(data).nbytes
         with self._lock:
             if self.state is not State.OPEN:
                 raise BrokenPipeError(f"{self!r}: no sends after close()")
             self.pending_sends += 1
             self._write_size += size
+            spare, self._spare_send = self._spare_send, None
             try:
-                operation = self.sock.send(data, context=self)
+                operation = self.sock.send(data, context=self, finish_inline=True, reuse=spare)
             except BaseException:
                 self.pending_sends -= 1
                 self._write_size -= size
                 raise
+            # Finished inline: no completion will come. (Another thread may also have
+            # dequeued it already: a success is counted once here, its _on_send skips it; a
+            # failure is left to that _on_send, which waits for our lock.)
+            if not operation.pending and not operation.error:
+                self.pending_sends -= 1
+                self._write_size -= size
+                self.bytes_sent += operation.bytes_transferred
+                self.last_activity = self.manager.now
+                self._keep_spare(operation)
+                return
             # Its completion waits for our lock: recorded before any thread can handle it.
             self._send_sizes[operation] = size
             pause = None
@@ -445,7 +464,11 @@ class Connection:
                 pause = self._pause_writing()
         if pause is not None:
             self._call_now_or_queue(pause)
-        return operation
+
+    def _keep_spare(self, operation: SendOperation) -> None:
+        """Keep a finished send for the next ``send()``, without the data it sent."""
+        operation.buffers = ()
+        self._spare_send = operation
 
     def _on_send(self, completion: Completion, operation: SendOperation) -> None:
         with self._lock:
@@ -459,6 +482,8 @@ class Connection:
                 return
             self.bytes_sent += completion.bytes_transferred
             self.last_activity = self.manager.now  # a stream to a quiet peer is not idle
+            if self._spare_send is None:
+                self._keep_spare(operation)
             if self._writing_paused and self._write_size <= self._low_water:
                 self._resume_writing()
             if self.state is State.CLOSING:
@@ -602,6 +627,7 @@ class Connection:
         self._buffer = None
         self._held = None
         self._recv = None
+        self._spare_send = None
         self._queue(lambda: self.handler.connection_lost(self, reason))
         self._lost_queued = True  # nothing is delivered after connection_lost
 

@@ -100,6 +100,28 @@ def payload(size: int) -> bytes:
     return os.urandom(size)
 
 
+def send_until_one_pends(connection: Connection, chunk: int = 64 * 1024,
+                         most: int = 64 * 1024 * 1024) -> int:
+    """Send until a send stays pending (the peer reads nothing, so the socket buffer fills;
+    until then each send finishes inline, in skip-on-success mode); the bytes sent in all."""
+    filler = bytes(chunk)
+    total = 0
+    while connection.pending_sends == 0:
+        assert total < most, f"{most} bytes sent and every send finished at once"
+        connection.send(filler)
+        total += chunk
+    return total
+
+
+def recv_exactly(peer: socket.socket, size: int) -> None:
+    """Read and drop ``size`` bytes (a stream must be read for a pending send to complete)."""
+    left = size
+    while left:
+        data = peer.recv(min(left, 1 << 20))
+        assert data, f"EOF with {left} bytes still to come"
+        left -= len(data)
+
+
 Ending = Literal["eof", "reset"]
 
 

@@ -131,7 +131,8 @@ def test_fifty_connections_closed_at_once_deliver_every_byte(server: Server) -> 
 
 
 def test_pending_counts_match_the_registry_at_every_dequeue() -> None:
-    """2,000 small sends queued, then close(). The test dequeues one completion at a time;
+    """2,000 small sends queued, then close(). Those the socket buffer took at once finished
+    inline (skip-on-success); the rest are pending. The test dequeues one completion at a time;
     after each, the counters equal what the port's registry holds, the receive stays pending
     until the peer's FIN (rule 1) and shutdown waits for the last send (rule 3)."""
     with Server() as server:  # no background loop: this test dequeues
@@ -148,14 +149,15 @@ def test_pending_counts_match_the_registry_at_every_dequeue() -> None:
         chunks = [payload(size) for size in sizes]
         for chunk in chunks:
             connection.send(chunk)
-        assert connection.pending_sends == 2000
+        queued = connection.pending_sends  # the peer reads nothing yet: the buffer fills up
+        assert 0 < queued <= 2000
         assert_counts_match_registry(server.port, connection)
         connection.close()
         assert connection.state is State.CLOSING
         assert not connection.shutdown_sent, "shutdown must wait for the pending sends"
         with pytest.raises(BrokenPipeError):
             connection.send(b"refused after close()")
-        assert connection.pending_sends == 2000  # the refused send was not counted
+        assert connection.pending_sends == queued  # the refused send was not counted
 
         reader = in_background(lambda: read_then_close(peer))
         seen = [connection.pending_sends]
@@ -174,7 +176,7 @@ def test_pending_counts_match_the_registry_at_every_dequeue() -> None:
         assert connection.bytes_sent == len(expected)
         assert not ops_of(server.port, connection.sock)
         # Every send completion was seen one at a time, down to 0.
-        assert seen[0] == 2000 and 0 in seen
+        assert seen[0] == queued and 0 in seen
 
 
 # -- closing from anywhere, twice --------------------------------------------------------------

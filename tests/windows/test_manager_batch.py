@@ -15,7 +15,8 @@ import pytest
 from winiocp import Completion, OpKind, Socket
 from winiocp.connections import CloseReason, Connection, State
 
-from helpers_conn import WAIT, Server, connect, in_background, kernel_done, wait_until
+from helpers_conn import (WAIT, Server, connect, in_background, kernel_done, ops_of,
+                          recv_exactly, send_until_one_pends, wait_until)
 
 
 def next_completion(server: Server, connection: Connection, kind: OpKind) -> Completion:
@@ -90,7 +91,8 @@ def test_data_waits_while_another_thread_delivers_a_callback_of_its_connection()
             gate = connection.handler
             assert isinstance(gate, Gate)
             connection.set_write_buffer_limits(high=4, low=0)
-            connection.send(b"12345678")  # above the high-water mark: paused
+            # A send that pends is above the high-water mark: paused.
+            recv_exactly(peer, send_until_one_pends(connection))
             sent = next_completion(server, connection, OpKind.SEND)
             peer.sendall(b"hello")
             received = next_completion(server, connection, OpKind.RECV)
@@ -238,6 +240,28 @@ def test_added_connections_skip_completion_packets_unless_recycled() -> None:
         assert not server.connection_for(peer).sock.skips_on_success
 
 
+def test_a_send_that_completes_at_once_is_done_when_send_returns() -> None:
+    """In skip-on-success mode a send the socket buffer takes at once is finished inside
+    ``Connection.send``: counted, nothing left for the loop to dequeue, and the next send
+    re-arms the same operation (one OVERLAPPED for a connection that sends one at a time).
+    (Before: its completion waited in the port's inline queue for the next dequeue, and every
+    send allocated an operation.)"""
+    with Server(Collect) as server, connect(server.address) as peer:
+        connection = server.connection_for(peer)
+        if not connection.sock.skips_on_success:
+            pytest.skip("this socket's provider is not IFS: every send queues a packet")
+        spares = []
+        for index in range(20):
+            connection.send(b"ping %2d" % index)
+            assert (connection.pending_sends, connection.bytes_sent) == (0, 7 * (index + 1))
+            assert connection.get_write_buffer_size() == 0
+            assert server.port.get_inline() == []
+            spares.append(connection._spare_send)  # pyright: ignore[reportPrivateUsage]
+        assert len({id(spare) for spare in spares}) == 1 and spares[0] is not None
+        assert [op.kind for op in ops_of(server.port, connection.sock)] == [OpKind.RECV]
+        recv_exactly(peer, 20 * 7)
+
+
 def test_a_send_the_connection_never_counted_leaves_its_counters_alone() -> None:
     """A send completion reaches the connection although ``Connection.send`` never counted
     it (its ``send()`` raised, yet the kernel queued a packet: Wine does for a warning
@@ -251,8 +275,8 @@ def test_a_send_the_connection_never_counted_leaves_its_counters_alone() -> None
         server.manager.dispatch(next_completion(server, connection, OpKind.SEND))
         assert (connection.pending_sends, connection.get_write_buffer_size()) == (0, 0)
         assert connection.state is State.OPEN
-        connection.send(b"counted")
-        assert connection.get_write_buffer_size() == len(b"counted")
+        connection.send(b"counted")  # finished inline (skip-on-success), or pending
+        assert connection.bytes_sent + connection.get_write_buffer_size() == len(b"counted")
         server.pump(lambda: connection.pending_sends == 0, what="the counted send")
         assert connection.get_write_buffer_size() == 0
         assert connection.bytes_sent == len(b"counted")
