@@ -102,7 +102,7 @@ class Handle(OverlappedOwner[CData]):
     def _issue(self, operation: Operation, what: str, call: Callable[[CData], int],
                offset: int, context: object) -> Operation:
         operation.set_offset(offset)
-        return self.issue(operation, what, call, _failed, context,
+        return self.issue(operation, what, call, 0, context,  # BOOL functions: FALSE
                           done_at_once=(WinError.ERROR_PIPE_CONNECTED,))
 
     def read(self, size: int, offset: int = 0, *, context: object = None) -> RecvOperation:
@@ -137,7 +137,3 @@ class Handle(OverlappedOwner[CData]):
         self._issue(operation, "ConnectNamedPipe",
                     lambda h: kernel32.ConnectNamedPipe(h, operation.overlapped), 0, context)
         return operation
-
-
-def _failed(result: object) -> bool:
-    return not result

@@ -190,11 +190,12 @@ class OverlappedOwner(Generic[H]):
     # -- issuing -------------------------------------------------------------------------------
 
     def issue(self, operation: Operation, what: str, call: Callable[[H], object],
-              failed: Callable[[object], bool], context: object,
+              failed_with: int, context: object,
               done_at_once: Collection[int] = (), finish_inline: bool = False) -> Operation:
         """Register ``operation``, make ``call(handle)``, and sort out a synchronous failure.
 
-        ``failed(result)`` says whether the call reported an error; WSA_IO_PENDING is not one.
+        ``failed_with`` is the result that reports an error (SOCKET_ERROR for Winsock's int
+        functions, 0 (FALSE) for BOOL ones); WSA_IO_PENDING is not one.
         An error in ``done_at_once`` means it completed without a packet (e.g.
         ERROR_PIPE_CONNECTED). ``context`` is set before the call, so a completion dequeued
         by another thread before the call returns is still routed.
@@ -228,7 +229,7 @@ class OverlappedOwner(Generic[H]):
                 raise
             # A KeyboardInterrupt can arrive just after the C call returned: the operation
             # then stays registered (kept alive), since the kernel may own it.
-            if not failed(result):
+            if result != failed_with:
                 if self._skip_on_success:  # done already, and no packet will come
                     if finish_inline:
                         port.finish_inline(operation)

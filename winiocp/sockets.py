@@ -366,8 +366,7 @@ class Socket(OverlappedOwner[int]):
     def _issue(self, operation: Operation, what: str, call: Callable[[int], int],
                returns_bool: bool, context: object) -> Operation:
         """Issue a Winsock call: BOOL functions fail with FALSE, int ones with SOCKET_ERROR."""
-        failed = _bool_failed if returns_bool else _int_failed
-        return self.issue(operation, what, call, failed, context)
+        return self.issue(operation, what, call, 0 if returns_bool else SOCKET_ERROR, context)
 
     def _reusable(self, reuse: Operation | None, kind: OpKind,
                   factory: Callable[[], Operation]) -> Operation:
@@ -417,7 +416,7 @@ class Socket(OverlappedOwner[int]):
         wsabufs, count = operation.wsabufs, len(operation.buffers)
         self.issue(operation, "WSARecv", lambda h: ws2_32.WSARecv(
             h, wsabufs, count, ffi.NULL, operation.flags, operation.overlapped, ffi.NULL),
-            _int_failed, context)
+            SOCKET_ERROR, context)
         return operation
 
     def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0, *,
@@ -450,7 +449,7 @@ class Socket(OverlappedOwner[int]):
         wsabufs, count = operation.wsabufs, len(operation.buffers)
         self.issue(operation, "WSASend", lambda h: ws2_32.WSASend(
             h, wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
-            _int_failed, context, finish_inline=finish_inline)
+            SOCKET_ERROR, context, finish_inline=finish_inline)
         return operation
 
     def recvfrom_into(self, buffer: BufferLike, *, reuse: RecvFromOperation | None = None,
@@ -764,14 +763,6 @@ def provider_records() -> list[tuple[int, int, int]]:
         if error != WinError.WSAENOBUFS:
             raise exception_for(error, "WSAEnumProtocolsW")
     raise exception_for(WinError.WSAENOBUFS, "WSAEnumProtocolsW")
-
-
-def _bool_failed(result: object) -> bool:
-    return not result
-
-
-def _int_failed(result: object) -> bool:
-    return result == SOCKET_ERROR
 
 
 def _no_factory() -> Operation:
