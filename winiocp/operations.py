@@ -230,15 +230,11 @@ class BufferOperation(Operation):
         Returns -1 without pinning anything when re-armed on the very same buffers.
         """
         count = len(buffers)
-        if not count:
-            raise ValueError("at least one buffer is needed")
-        old = self.buffers
-        if len(old) == count and self.wsabufs is not ffi.NULL and (
-                old[0] is buffers[0] if count == 1
-                else all(a is b for a, b in zip(old, buffers))):
-            return -1  # re-armed on the very same buffers: they are pinned already
         if count == 1:  # the common case, without the loop's lists
             buffer = buffers[0]
+            old = self.buffers
+            if old and old[0] is buffer and len(old) == 1 and self.wsabufs is not ffi.NULL:
+                return -1  # re-armed on the very same buffer: it is pinned already
             cbuffer = pin(buffer, writable)
             length = len(cbuffer)
             if length > MAX_DWORD:
@@ -252,6 +248,12 @@ class BufferOperation(Operation):
             self.wsabufs = wsabufs
             self._keepalive = (cbuffer, wsabufs)
             return length
+        if not count:
+            raise ValueError("at least one buffer is needed")
+        old = self.buffers
+        if len(old) == count and self.wsabufs is not ffi.NULL and all(
+                a is b for a, b in zip(old, buffers)):
+            return -1  # re-armed on the very same buffers: they are pinned already
         pinned: list[CData] = []
         wsabufs = ffi.new("WSABUF[]", len(buffers))
         total = 0
@@ -292,7 +294,7 @@ class BufferOperation(Operation):
 
     def release(self) -> None:
         """Drop the pins and the WSABUF array; ``buffers`` stay, for ``data``."""
-        super().release()
+        self._keepalive = ()  # (Operation.release, without the call: once per completion)
         self.wsabufs = ffi.NULL
 
 

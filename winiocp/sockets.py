@@ -445,7 +445,9 @@ class Socket(OverlappedOwner[int]):
         else:
             self._reusable(reuse, OpKind.SEND, _no_factory)  # raises the reason why not
             operation = reuse
-        operation.set_buffers(_as_buffer_list(data), writable=False)
+        kind = type(data)
+        operation.set_buffers((data,) if kind is bytes or kind is bytearray  # type: ignore[arg-type]
+                              else _as_buffer_list(data), writable=False)
         wsabufs, count = operation.wsabufs, len(operation.buffers)
         self.issue(operation, "WSASend", lambda h: ws2_32.WSASend(
             h, wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
