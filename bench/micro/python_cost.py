@@ -367,15 +367,20 @@ def run(rounds: int, profile: bool) -> dict[str, Any]:
 
         results["best_round_us"] = dict(BEST)
         if profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for _ in range(max(50, rounds)):
-                echo_round()
-            profiler.disable()
+            turns = max(50, rounds)
             stream = io.StringIO()
-            pstats.Stats(profiler, stream=stream).strip_dirs().sort_stats(
-                pstats.SortKey.TIME).print_stats(25)
+            stats = profiled(echo_round, turns, stream)
+            stats.print_stats(25)
             results["profile_echo_turn"] = stream.getvalue()
+            results["calls_per_echo_turn"] = stats.total_calls / (turns * BATCH)  # type: ignore[attr-defined]
+            if "echo_turn_inline_us" in results:
+                winsock.sends_at_once = True
+                try:
+                    stats = profiled(inline_echo_round, turns, io.StringIO())
+                finally:
+                    winsock.sends_at_once = False
+                results["calls_per_echo_turn_inline"] = (
+                    stats.total_calls / (turns * BATCH))  # type: ignore[attr-defined]
     finally:
         setattr(sockets_module, "ws2_32", real_ws2)
         setattr(port_module, "kernel32", real_k32)
@@ -385,6 +390,16 @@ def run(rounds: int, profile: bool) -> dict[str, Any]:
             s.close()
         port.close()
     return results
+
+
+def profiled(round_: Callable[[], float], rounds: int, stream: io.StringIO) -> pstats.Stats:
+    """``rounds`` runs of ``round_`` under cProfile, sorted by own time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(rounds):
+        round_()
+    profiler.disable()
+    return pstats.Stats(profiler, stream=stream).strip_dirs().sort_stats(pstats.SortKey.TIME)
 
 
 def main() -> int:
