@@ -371,8 +371,11 @@ class Connection:
             if completion.outcome is Outcome.PEER_CLOSED:
                 data = b""
             else:
-                # The one buffer posted (what ``operation.data`` gathers, without its loop).
-                data = bytes(memoryview(operation.buffers[0])[:completion.bytes_transferred])
+                # The one buffer posted, a bytearray (ours or the pool's): what
+                # ``operation.data`` gathers, without its loop or a memoryview.
+                buffer = borrowed if borrowed is not None else self._buffer
+                assert buffer is not None  # (a real read: posted with one of them)
+                data = bytes(buffer[:completion.bytes_transferred])
                 self.bytes_received += len(data)
                 self.last_activity = self.manager.now
             if borrowed is not None:  # the data is copied out: the buffer is free again
