@@ -240,26 +240,34 @@ def test_added_connections_skip_completion_packets_unless_recycled() -> None:
         assert not server.connection_for(peer).sock.skips_on_success
 
 
-def test_a_send_that_completes_at_once_is_done_when_send_returns() -> None:
+@pytest.mark.parametrize("zero_byte_reads", [False, True])
+def test_a_send_that_completes_at_once_is_done_when_send_returns(zero_byte_reads: bool) -> None:
     """In skip-on-success mode a send the socket buffer takes at once is finished inside
-    ``Connection.send``: counted, nothing left for the loop to dequeue, and the next send
-    re-arms the same operation (one OVERLAPPED for a connection that sends one at a time).
-    (Before: its completion waited in the port's inline queue for the next dequeue, and every
-    send allocated an operation.)"""
-    with Server(Collect) as server, connect(server.address) as peer:
-        connection = server.connection_for(peer)
-        if not connection.sock.skips_on_success:
-            pytest.skip("this socket's provider is not IFS: every send queues a packet")
-        spares = []
-        for index in range(20):
-            connection.send(b"ping %2d" % index)
-            assert (connection.pending_sends, connection.bytes_sent) == (0, 7 * (index + 1))
-            assert connection.get_write_buffer_size() == 0
-            assert server.port.get_inline() == []
-            spares.append(connection._spare_send)  # pyright: ignore[reportPrivateUsage]
-        assert len({id(spare) for spare in spares}) == 1 and spares[0] is not None
-        assert [op.kind for op in ops_of(server.port, connection.sock)] == [OpKind.RECV]
-        recv_exactly(peer, 20 * 7)
+    ``Connection.send``: counted, and nothing left for the loop to dequeue. The next send
+    re-arms the same operation (one OVERLAPPED for a connection that sends one at a time),
+    except in zero-byte-read mode, which keeps nothing extra on an idle connection. (Before:
+    its completion waited in the port's inline queue for the next dequeue, and every send
+    allocated an operation.)"""
+    with Server(Collect) as server:
+        server.manager.zero_byte_reads = zero_byte_reads  # for the connection accepted next
+        with connect(server.address) as peer:
+            connection = server.connection_for(peer)
+            assert connection.zero_byte_reads is zero_byte_reads
+            if not connection.sock.skips_on_success:
+                pytest.skip("this socket's provider is not IFS: every send queues a packet")
+            spares = []
+            for index in range(20):
+                connection.send(b"ping %2d" % index)
+                assert (connection.pending_sends, connection.bytes_sent) == (0, 7 * (index + 1))
+                assert connection.get_write_buffer_size() == 0
+                assert server.port.get_inline() == []
+                spares.append(connection._spare_send)  # pyright: ignore[reportPrivateUsage]
+            if zero_byte_reads:
+                assert spares == [None] * 20
+            else:
+                assert len({id(spare) for spare in spares}) == 1 and spares[0] is not None
+            assert [op.kind for op in ops_of(server.port, connection.sock)] == [OpKind.RECV]
+            recv_exactly(peer, 20 * 7)
 
 
 def test_a_send_the_connection_never_counted_leaves_its_counters_alone() -> None:
