@@ -450,17 +450,16 @@ class Connection:
                 self.pending_sends -= 1
                 self._write_size -= size
                 raise
-            # Finished inline: no completion will come. (Another thread may also have
-            # dequeued it already: a success is counted once here, its _on_send skips it; a
-            # failure is left to that _on_send, which waits for our lock.)
-            if not operation.pending and not operation.error:
+            if operation.context is None:  # finished inline: no completion will come
                 self.pending_sends -= 1
                 self._write_size -= size
                 self.bytes_sent += operation.bytes_transferred
                 self.last_activity = self.manager.now
                 self._keep_spare(operation)
                 return
-            # Its completion waits for our lock: recorded before any thread can handle it.
+            # Pending, or already dequeued by another thread: either way its completion
+            # waits for our lock, so it is recorded before any thread can handle it (and the
+            # operation is re-armed only after that).
             self._send_sizes[operation] = size
             pause = None
             if not self._writing_paused and self._write_size > self._high_water:

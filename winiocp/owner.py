@@ -203,7 +203,8 @@ class OverlappedOwner(Generic[H]):
         A call that succeeds at once on a handle in skip-on-success mode queues no packet:
         its completion goes to the port's queue of inline completions, handed out by the
         next dequeue; with ``finish_inline`` the operation is finished here instead, and
-        returned done (``pending`` False, its result set, its context never called).
+        returned done (``pending`` False, its result set, its context never called and
+        cleared to None).
 
         Raises ``ClosedHandleError`` once closed, ``RuntimeError`` before the handle is
         associated with a port, and the classified ``OSError`` (``exception_for``) when the

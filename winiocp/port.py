@@ -378,8 +378,12 @@ class CompletionPort:
         """``operation`` (registered) succeeded at once on a handle that queues no packet for
         that, and its caller takes the result now (``issue(..., finish_inline=True)``): it
         leaves the registry finished, from the status and byte count the kernel left in its
-        OVERLAPPED, and no dequeue ever hands it out. Called by ``OverlappedOwner.issue``."""
+        OVERLAPPED, and no dequeue ever hands it out. Its ``context`` is cleared: nothing will
+        be routed to it (so a finished operation whose context is still set was dequeued, by
+        another thread perhaps, and its completion is on its way). Called by
+        ``OverlappedOwner.issue``."""
         self._pending.pop(operation.address, None)
+        operation.context = None
         overlapped = operation.overlapped
         status = int(overlapped.Internal) & 0xFFFFFFFF  # as _entry_error(), inline
         transferred = int(overlapped.InternalHigh) & 0xFFFFFFFF

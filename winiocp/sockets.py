@@ -428,7 +428,10 @@ class Socket(OverlappedOwner[int]):
 
         With ``finish_inline``, a send that completes at once on a socket in skip-on-success
         mode is returned finished (``pending`` False, ``bytes_transferred`` set): no
-        completion is dequeued for it and ``context`` is not called. Check ``pending``.
+        completion is dequeued for it, ``context`` is not called, and the operation's
+        ``context`` is None. A send that pended keeps its ``context``: with several threads
+        dequeuing, its completion may be dequeued before this returns, so ``pending`` alone
+        does not tell the two apart.
 
         Raises ``ValueError`` on a listening socket or for a ``reuse`` operation that is not
         this socket's send, ``OperationPendingError`` if ``reuse`` is still pending,

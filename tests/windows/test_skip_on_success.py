@@ -80,6 +80,7 @@ def test_finish_inline_returns_an_inline_send_finished(
     sending = sock.send(b"z" * 100, context=called.append, finish_inline=True)
     assert not sending.pending and sending.state is OpState.DONE  # nothing left to dequeue
     assert sending.bytes_transferred == 100 and sending.error == 0
+    assert sending.context is None  # what tells it from a send whose packet is on its way
     assert port.pending_count == 0
     assert_nothing_queued(port)  # neither from the kernel nor from the inline queue
     assert not called
@@ -91,9 +92,12 @@ def test_finish_inline_leaves_a_send_that_did_not_complete_at_once_pending(
     sock, _client = connected_pair(port, listener, stack)  # nobody reads: buffers fill
     assert sock.set_skip_on_success()
     big = b"q" * (1 << 20)
-    sends = [sock.send(big, finish_inline=True) for _ in range(64)]
+    marker = object()
+    sends = [sock.send(big, finish_inline=True, context=marker) for _ in range(64)]
     still = [s for s in sends if s.pending]
     assert still, "64 MiB unread still all went out at once"
+    assert all(s.context is marker for s in still)  # routed to it when its packet comes
+    assert all(s.context is None for s in sends if not s.pending)
     assert port.pending_count == len(still)  # each one stays owned until its packet comes
 
 

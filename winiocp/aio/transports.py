@@ -374,8 +374,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                                         sending.failure, sending.address),
                              "Fatal write error on pipe transport")
                 return
-            sending.context = None  # never called: no cycle back to the transport
-            self._spare_send = sending
+            self._spare_send = sending  # (finished inline: the port cleared its context)
             if self._loop_proactor is not None:
                 self._sent_in_turn = self._loop_proactor.turn
             if sending.bytes_transferred < size:
