@@ -270,6 +270,48 @@ def test_a_send_that_completes_at_once_is_done_when_send_returns(zero_byte_reads
             recv_exactly(peer, 20 * 7)
 
 
+def test_a_send_another_thread_dequeued_first_waits_for_its_completion() -> None:
+    """A send pends, and another worker dequeues its completion before ``Connection.send``
+    has returned (the socket's ``send`` is wrapped to play that worker). The operation is then
+    finished, like one finished inline, but its completion is still to be routed: the
+    connection must count it from that completion and must not re-arm the operation before
+    (a re-armed operation would take the stale completion for its next send). (Before the
+    port cleared an inline-finished operation's context, ``pending`` was all it could check,
+    and such a send was counted at once and kept as the spare.)"""
+    with Server(Collect) as server, connect(server.address) as peer:
+        connection = server.connection_for(peer)
+        queued = send_until_one_pends(connection)
+        real = connection.sock
+        dequeued: list[Completion] = []
+
+        class OtherWorkerDequeuesFirst:
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+            def send(self, data: bytes, **options: object) -> object:
+                operation = real.send(data, **options)  # type: ignore[arg-type]
+                assert operation.pending, "the socket buffer had room after all"
+                recv_exactly(peer, queued + len(data))
+                while operation.pending:
+                    dequeued.append(server.port.get(WAIT))
+                return operation
+
+        connection.sock = OtherWorkerDequeuesFirst()  # type: ignore[assignment]
+        try:
+            connection.send(b"raced")
+        finally:
+            connection.sock = real
+        assert connection._spare_send is None  # pyright: ignore[reportPrivateUsage]
+        assert connection.pending_sends == 2  # the one that filled the buffer, and this one
+        for completion in dequeued:
+            server.manager.dispatch(completion)
+        assert (connection.pending_sends, connection.get_write_buffer_size()) == (0, 0)
+        assert connection.bytes_sent == queued + len(b"raced")
+        spare = connection._spare_send  # pyright: ignore[reportPrivateUsage]
+        assert spare is not None and not spare.pending
+        assert connection.state is State.OPEN
+
+
 def test_a_send_the_connection_never_counted_leaves_its_counters_alone() -> None:
     """A send completion reaches the connection although ``Connection.send`` never counted
     it (its ``send()`` raised, yet the kernel queued a packet: Wine does for a warning
