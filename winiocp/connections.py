@@ -451,11 +451,7 @@ class Connection:
                 self._write_size -= size
                 raise
             if operation.context is None:  # finished inline: no completion will come
-                self.pending_sends -= 1
-                self._write_size -= size
-                self.bytes_sent += operation.bytes_transferred
-                self.last_activity = self.manager.now
-                self._keep_spare(operation)
+                self._count_sent(operation, size, operation.bytes_transferred)
                 return
             # Pending, or already dequeued by another thread: either way its completion
             # waits for our lock, so it is recorded before any thread can handle it (and the
@@ -481,19 +477,25 @@ class Connection:
             size = self._send_sizes.pop(operation, None)
             if size is None:
                 return  # not counted: its send() raised (yet the kernel queued a packet)
-            self.pending_sends -= 1
-            self._write_size -= size
             if completion.outcome is Outcome.FAILED:
+                self.pending_sends -= 1
+                self._write_size -= size
                 self._finish_abortively(_reason_for(completion.failure), linger=False)
                 return
-            self.bytes_sent += completion.bytes_transferred
-            self.last_activity = self.manager.now  # a stream to a quiet peer is not idle
-            if self._spare_send is None:
-                self._keep_spare(operation)
-            if self._writing_paused and self._write_size <= self._low_water:
-                self._resume_writing()
-            if self.state is State.CLOSING:
-                self._advance_close()
+            self._count_sent(operation, size, completion.bytes_transferred)
+
+    def _count_sent(self, operation: SendOperation, size: int, transferred: int) -> None:
+        """A send of ``size`` bytes succeeded, finished inline or dequeued (lock held)."""
+        self.pending_sends -= 1
+        self._write_size -= size
+        self.bytes_sent += transferred
+        self.last_activity = self.manager.now  # a stream to a quiet peer is not idle
+        if self._spare_send is None:
+            self._keep_spare(operation)
+        if self._writing_paused and self._write_size <= self._low_water:
+            self._resume_writing()
+        if self.state is State.CLOSING:
+            self._advance_close()
 
     def get_write_buffer_size(self) -> int:
         """Bytes handed to ``send`` whose sends have not completed yet."""

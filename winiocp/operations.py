@@ -294,7 +294,7 @@ class BufferOperation(Operation):
 
     def release(self) -> None:
         """Drop the pins and the WSABUF array; ``buffers`` stay, for ``data``."""
-        self._keepalive = ()  # (Operation.release, without the call: once per completion)
+        Operation.release(self)  # (not super(): this runs once per completion)
         self.wsabufs = ffi.NULL
 
 

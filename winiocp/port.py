@@ -386,14 +386,8 @@ class CompletionPort:
         operation.context = None
         overlapped = operation.overlapped
         status = int(overlapped.Internal) & 0xFFFFFFFF  # as _entry_error(), inline
-        transferred = int(overlapped.InternalHigh) & 0xFFFFFFFF
-        if status < 0x80000000:  # a success (the common case): _finish_operation, inline
-            operation.finish(0, transferred)
-            if operation.error:  # its post-processing failed it
-                operation.failure = classify_failure(operation.error, operation.cancel_requested)
-            return
-        self._finish_operation(operation, ntdll.RtlNtStatusToDosError(status - (1 << 32)),
-                               transferred)
+        error = 0 if status < 0x80000000 else ntdll.RtlNtStatusToDosError(status - (1 << 32))
+        self._finish_operation(operation, error, int(overlapped.InternalHigh) & 0xFFFFFFFF)
 
     def get_inline(self, max_entries: int | None = None) -> list[Completion]:
         """Only the completions already waiting in user space (inline completions, and any an

@@ -448,9 +448,7 @@ class Socket(OverlappedOwner[int]):
         else:
             self._reusable(reuse, OpKind.SEND, _no_factory)  # raises the reason why not
             operation = reuse
-        kind = type(data)
-        operation.set_buffers((data,) if kind is bytes or kind is bytearray  # type: ignore[arg-type]
-                              else _as_buffer_list(data), writable=False)
+        operation.set_buffers(_as_buffer_list(data), writable=False)
         wsabufs, count = operation.wsabufs, len(operation.buffers)
         self.issue(operation, "WSASend", lambda h: ws2_32.WSASend(
             h, wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
@@ -776,6 +774,8 @@ def _no_factory() -> Operation:
 
 def _as_buffer_list(data: BufferLike | Sequence[BufferLike]) -> Sequence[BufferLike]:
     kind = type(data)
+    if kind is bytes or kind is bytearray:  # the common case first: one buffer
+        return (data,)  # type: ignore[return-value]
     if kind is list or kind is tuple:  # a list of buffers, checked one by one when pinned
         return data  # type: ignore[return-value]
     if isinstance(data, (bytes, bytearray, memoryview)):

@@ -113,15 +113,6 @@ def send_until_one_pends(connection: Connection, chunk: int = 64 * 1024,
     return total
 
 
-def recv_exactly(peer: socket.socket, size: int) -> None:
-    """Read and drop ``size`` bytes (a stream must be read for a pending send to complete)."""
-    left = size
-    while left:
-        data = peer.recv(min(left, 1 << 20))
-        assert data, f"EOF with {left} bytes still to come"
-        left -= len(data)
-
-
 Ending = Literal["eof", "reset"]
 
 

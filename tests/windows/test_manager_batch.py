@@ -16,7 +16,7 @@ from winiocp import Completion, OpKind, Socket
 from winiocp.connections import CloseReason, Connection, State
 
 from helpers_conn import (WAIT, Server, connect, in_background, kernel_done, ops_of,
-                          recv_exactly, send_until_one_pends, wait_until)
+                          read_to_end, send_until_one_pends, wait_until)
 
 
 def next_completion(server: Server, connection: Connection, kind: OpKind) -> Completion:
@@ -92,7 +92,8 @@ def test_data_waits_while_another_thread_delivers_a_callback_of_its_connection()
             assert isinstance(gate, Gate)
             connection.set_write_buffer_limits(high=4, low=0)
             # A send that pends is above the high-water mark: paused.
-            recv_exactly(peer, send_until_one_pends(connection))
+            queued = send_until_one_pends(connection)
+            assert read_to_end(peer, limit=queued).received == queued
             sent = next_completion(server, connection, OpKind.SEND)
             peer.sendall(b"hello")
             received = next_completion(server, connection, OpKind.RECV)
@@ -267,7 +268,7 @@ def test_a_send_that_completes_at_once_is_done_when_send_returns(zero_byte_reads
             else:
                 assert len({id(spare) for spare in spares}) == 1 and spares[0] is not None
             assert [op.kind for op in ops_of(server.port, connection.sock)] == [OpKind.RECV]
-            recv_exactly(peer, 20 * 7)
+            assert read_to_end(peer, limit=20 * 7).received == 20 * 7
 
 
 def test_a_send_another_thread_dequeued_first_waits_for_its_completion() -> None:
@@ -291,7 +292,8 @@ def test_a_send_another_thread_dequeued_first_waits_for_its_completion() -> None
             def send(self, data: bytes, **options: object) -> object:
                 operation = real.send(data, **options)  # type: ignore[arg-type]
                 assert operation.pending, "the socket buffer had room after all"
-                recv_exactly(peer, queued + len(data))
+                owed = queued + len(data)  # what the peer must read for this send to complete
+                assert read_to_end(peer, limit=owed).received == owed
                 while operation.pending:
                     dequeued.append(server.port.get(WAIT))
                 return operation
