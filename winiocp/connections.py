@@ -183,7 +183,9 @@ class Connection:
         self.zero_byte_reads: bool = zero_byte_reads
         self._local_address = local_address
         self._peer_address = peer_address
-        self._lock = threading.RLock()
+        # Not re-entrant: nothing done under it calls back into the connection (handlers
+        # run outside it), and a plain Lock costs half an RLock on this hot path.
+        self._lock = threading.Lock()
         # Zero-byte-read mode pins no buffer while idle: one is borrowed from the manager's
         # pool for each real read and given back once its completion is dequeued.
         self._buffer: bytearray | None = None if zero_byte_reads else bytearray(recv_size)
@@ -200,7 +202,9 @@ class Connection:
         self._write_size = 0
         self._send_sizes: dict[SendOperation, int] = {}  # bytes of each send in flight
         # A finished send, re-armed by the next send() instead of a new OVERLAPPED: one send
-        # at a time (an echo, a request's answer) then needs no allocation (_keep_spare).
+        # at a time (an echo, a request's answer) then needs no allocation (_count_sent).
+        # None in zero-byte-read mode: that mode exists for the least memory per idle
+        # connection, and a spare operation would be some 0.4 KiB more on each.
         self._spare_send: SendOperation | None = None
         self._high_water = DEFAULT_HIGH_WATER
         self._low_water = DEFAULT_HIGH_WATER // 4
@@ -336,7 +340,7 @@ class Connection:
             buffer = self._buffer
         else:
             buffer = self._borrowed = self.manager.buffers.take()
-        buffers: list[BufferLike] = [buffer]
+        buffers: tuple[BufferLike] = (buffer,)
         # Counted before the call: its completion may be handled first (it waits on our lock).
         self.pending_recvs += 1
         self._probing = probe
@@ -463,15 +467,6 @@ class Connection:
         if pause is not None:
             self._call_now_or_queue(pause)
 
-    def _keep_spare(self, operation: SendOperation) -> None:
-        """Keep a finished send for the next ``send()``, without the data it sent. Not in
-        zero-byte-read mode: that mode exists for the least memory per idle connection, and
-        a spare operation would be some 0.4 KiB more on each."""
-        if self.zero_byte_reads:
-            return
-        operation.buffers = ()
-        self._spare_send = operation
-
     def _on_send(self, completion: Completion, operation: SendOperation) -> None:
         with self._lock:
             size = self._send_sizes.pop(operation, None)
@@ -490,8 +485,9 @@ class Connection:
         self._write_size -= size
         self.bytes_sent += transferred
         self.last_activity = self.manager.now  # a stream to a quiet peer is not idle
-        if self._spare_send is None:
-            self._keep_spare(operation)
+        if self._spare_send is None and not self.zero_byte_reads:
+            operation.buffers = ()  # (the data it sent is not the spare's to keep)
+            self._spare_send = operation
         if self._writing_paused and self._write_size <= self._low_water:
             self._resume_writing()
         if self.state is State.CLOSING:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Protocol
 from ._cdata import CData
 from .addresses import Address, decode_cdata
 from .constants import WinError
-from .errors import Failure, OperationPendingError
+from .errors import Failure, OperationPendingError, classify_failure
 from .raw import ffi
 
 if TYPE_CHECKING:
@@ -162,8 +162,10 @@ class Operation:
         self.cancel_requested = False
         self.cause = None
 
-    def finish(self, error: int, bytes_transferred: int) -> None:
-        """Called once, by the port, when the completion is dequeued (before user code).
+    def finish(self, error: int, bytes_transferred: int) -> int:
+        """Called once, by the port, when the completion is dequeued (before user code);
+        returns the error it finished with (``error``, or what post-processing failed it
+        with: e.g. SO_UPDATE_ACCEPT_CONTEXT), its ``failure`` classified.
 
         Never raises an ``Exception``: one operation's post-processing never breaks the
         dequeue of the others (a KeyboardInterrupt still propagates; the port copes).
@@ -177,8 +179,11 @@ class Operation:
                 self.cause = exc
                 error = _error_for(exc)
         self.error = error
+        if error:
+            self.failure = classify_failure(error, self.cancel_requested)
         if not self.keeps_pins:
             self.release()
+        return error
 
     def abandon(self) -> None:
         """The call was never made: done, with no completion and no post-processing."""
@@ -294,7 +299,7 @@ class BufferOperation(Operation):
 
     def release(self) -> None:
         """Drop the pins and the WSABUF array; ``buffers`` stay, for ``data``."""
-        Operation.release(self)  # (not super(): this runs once per completion)
+        self._keepalive = ()  # Operation.release, inline: this runs once per completion
         self.wsabufs = ffi.NULL
 
 

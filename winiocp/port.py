@@ -272,13 +272,19 @@ class CompletionPort:
         Raises ``RuntimeError`` if it is pending already, ``ClosedHandleError`` once the
         port is closed (nothing would ever dequeue its completion).
         """
-        if operation.state is OpState.PENDING:
+        state = operation.state
+        if state is OpState.PENDING:
             raise RuntimeError(f"{operation!r} is already pending")
-        with self._lock:  # atomic with close(): never into a registry that close() let go
-            if self._handle is None:
-                raise ClosedHandleError("completion port")  # nothing would ever dequeue it
-            operation.state = OpState.PENDING
-            self._pending[operation.address] = operation
+        # No lock (this runs for every call issued): entered first, checked after. close()
+        # marks the port closed before it moves the registry to the orphans, so an entry made
+        # before that mark is orphaned with the rest, and one made after it sees the mark.
+        operation.state = OpState.PENDING
+        pending = self._pending
+        pending[operation.address] = operation
+        if self._handle is None:
+            pending.pop(operation.address, None)
+            operation.state = state
+            raise ClosedHandleError("completion port")  # nothing would ever dequeue it
 
     def unregister(self, operation: Operation, error: int, issued: bool = True) -> None:
         """The call failed at once (or, with ``issued=False``, was never made): no packet
@@ -288,8 +294,6 @@ class CompletionPort:
             operation.abandon()
             return
         operation.finish(error, 0)
-        if error:
-            operation.failure = classify_failure(error, operation.cancel_requested)
 
     # -- association and posting -----------------------------------------------------------
 
@@ -387,7 +391,7 @@ class CompletionPort:
         overlapped = operation.overlapped
         status = int(overlapped.Internal) & 0xFFFFFFFF  # as _entry_error(), inline
         error = 0 if status < 0x80000000 else ntdll.RtlNtStatusToDosError(status - (1 << 32))
-        self._finish_operation(operation, error, int(overlapped.InternalHigh) & 0xFFFFFFFF)
+        operation.finish(error, int(overlapped.InternalHigh) & 0xFFFFFFFF)
 
     def get_inline(self, max_entries: int | None = None) -> list[Completion]:
         """Only the completions already waiting in user space (inline completions, and any an
@@ -700,23 +704,13 @@ class CompletionPort:
             outcome = Outcome.FAILED if error else Outcome.COMPLETED
             failure = classify_failure(error, False) if error else None
             return Completion(outcome, key, transferred, None, error, failure, address)
-        error = self._finish_operation(operation, error, transferred)
+        error = operation.finish(error, transferred)  # (finishing may fail it)
         if error:
             return Completion(Outcome.FAILED, key, transferred, operation, error,
                               operation.failure, address)
         if transferred == 0 and isinstance(operation, RecvOperation) and operation.peer_closed:
             return Completion(Outcome.PEER_CLOSED, key, 0, operation, 0, None, address)
         return Completion(Outcome.COMPLETED, key, transferred, operation, 0, None, address)
-
-    @staticmethod
-    def _finish_operation(operation: Operation, error: int, transferred: int) -> int:
-        """Finish ``operation`` (out of the registry already) and classify a failure; the
-        error it finished with (finishing may fail it: e.g. SO_UPDATE_ACCEPT_CONTEXT)."""
-        operation.finish(error, transferred)
-        error = operation.error
-        if error:
-            operation.failure = classify_failure(error, operation.cancel_requested)
-        return error
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -730,18 +724,19 @@ class CompletionPort:
             handle, self._handle = self._handle, None
             if handle is None:
                 return
-            for operation, _ in self._inline:  # done already: the kernel holds none of it
+            for operation, _ in list(self._inline):  # done already: the kernel holds none
                 self._pending.pop(operation.address, None)
                 operation.state = OpState.DONE
             self._inline.clear()
             if self._pending:
-                for operation in self._pending.values():
+                orphaned, self._pending = self._pending, {}
+                _ORPHANED.append(orphaned)
+                # A snapshot: other threads may still enter or take operations meanwhile.
+                for operation in list(orphaned.values()):
                     # Only the memory the kernel may write is kept: no completion will be
                     # routed, so whatever the context leads to (a connection, an event loop
                     # and all it holds) is let go.
                     operation.context = None
-                _ORPHANED.append(self._pending)
-                self._pending = {}
             if self._waiters:
                 for _ in range(self._waiters):  # under the lock: the handle is still open
                     kernel32.PostQueuedCompletionStatus(handle, 0, 0, _WAKE_OVERLAPPED)
