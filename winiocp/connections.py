@@ -51,8 +51,9 @@ already in flight completes, and its data is held until ``resume_reading()``, wh
 next receive: rule 1 again). After ``close()`` reading goes on regardless, since step 3 needs
 the peer's FIN; data a paused handler would have been given then is dropped.
 
-Completions reach a connection through its operations (``op.context``), never through a SOCKET
-value, which Windows reuses (rule 6).
+Completions reach a connection through its operations, never through a SOCKET value, which
+Windows reuses (rule 6): each carries one of the connection's completion handlers as its
+``context``, and the manager's loop calls it.
 """
 
 from __future__ import annotations
@@ -211,6 +212,10 @@ class Connection:
         self._writing_paused = False
         self._reading_paused = False
         self._held: bytes | None = None  # what arrived while reading was paused (b"": EOF)
+        # The completion handlers its operations carry as their context (the manager's loop
+        # calls them); bound once, not per operation issued.
+        self._on_receive: Callable[[Completion], None] = self._received
+        self._on_send: Callable[[Completion], None] = self._sent
 
     def __repr__(self) -> str:
         return f"<Connection {self.state.value} sends={self.pending_sends} {self.sock!r}>"
@@ -282,7 +287,7 @@ class Connection:
                 self._read_if_wanted()
 
     def _deliver_data_now(self, data: bytes) -> None:
-        """``data_received`` without the queue: ``_on_recv`` found nothing queued and nobody
+        """``data_received`` without the queue: ``_received`` found nothing queued and nobody
         delivering, and took the delivery under its lock (module docstring). The lock that
         ends the delivery also re-posts the receive; what was queued meanwhile runs next."""
         self._delivering_thread = threading.get_ident()
@@ -345,7 +350,8 @@ class Connection:
         self.pending_recvs += 1
         self._probing = probe
         try:
-            self._recv = self.sock.recv_into(buffers, reuse=self._recv, context=self)
+            self._recv = self.sock.recv_into(buffers, reuse=self._recv,
+                                             context=self._on_receive)
         except OSError as exc:  # it failed at once: no completion will come
             self.pending_recvs -= 1
             self._give_back(self._borrowed)
@@ -354,57 +360,61 @@ class Connection:
                 # Rule 10: a broken connection is also detected when posting.
                 self._finish_abortively(CloseReason.PEER_RESET, linger=False)
 
-    def _on_recv(self, completion: Completion, operation: RecvOperation) -> bytes | None:
-        """Account for a receive; the data to hand to the handler at once, if this thread
-        took the delivery (else None: it was queued, held, or there was none)."""
+    def _received(self, completion: Completion) -> None:
+        """The completion handler of the connection's receives (their ``context``): account
+        for the receive, then hand its data to the handler at once if this thread took the
+        delivery (else it was queued, held, or there was none)."""
+        deliver: bytes | None = None
         with self._lock:
             self.pending_recvs -= 1
             borrowed, self._borrowed = self._borrowed, None
             if self.state in (State.CLOSED, State.ABORTED):
                 self._give_back(borrowed)  # connection_lost was (or is being) delivered
-                operation.release()  # nothing will be read into its buffer again
-                return None
-            if completion.outcome is Outcome.FAILED:
+                if completion.operation is not None:
+                    completion.operation.release()  # nothing will be read into it again
+            elif completion.outcome is Outcome.FAILED:
                 self._give_back(borrowed)
                 self._finish_abortively(_reason_for(completion.failure), linger=False)
-                return None
-            if self._probing:  # data (or the FIN) is there: read it for real, if wanted
+            elif self._probing:  # data (or the FIN) is there: read it for real, if wanted
                 if self.state is State.CLOSING or not self._reading_paused:
                     self._post_recv(probe=False)
-                return None
-            if completion.outcome is Outcome.PEER_CLOSED:
-                data = b""
             else:
-                # The one buffer posted, a bytearray (ours or the pool's): what
-                # ``operation.data`` gathers, without its loop or a memoryview.
-                buffer = borrowed if borrowed is not None else self._buffer
-                assert buffer is not None  # (a real read: posted with one of them)
-                data = bytes(buffer[:completion.bytes_transferred])
-                self.bytes_received += len(data)
-                self.last_activity = self.manager.now
-            if borrowed is not None:  # the data is copied out: the buffer is free again
-                self.manager.buffers.give(borrowed)
-            if not data:
-                self.peer_fin = True
-                if self.state is State.CLOSING:
-                    self._advance_close()
-                elif self._reading_paused:
-                    self._held = b""
+                if completion.outcome is Outcome.PEER_CLOSED:
+                    data = b""
                 else:
-                    self._queue(self._deliver_eof)
-            elif not self._reading_paused:
-                if self._delivering or self._events:
-                    self._queue_data(data)  # after what is queued, or being delivered
+                    # The one buffer posted, a bytearray (ours or the pool's): what
+                    # ``operation.data`` gathers, without its loop or a memoryview.
+                    buffer = borrowed if borrowed is not None else self._buffer
+                    assert buffer is not None  # (a real read: posted with one of them)
+                    data = bytes(buffer[:completion.bytes_transferred])
+                    self.bytes_received += len(data)
+                    self.last_activity = self.manager.now
+                if borrowed is not None:  # the data is copied out: the buffer is free again
+                    self.manager.buffers.give(borrowed)
+                if not data:
+                    self.peer_fin = True
+                    if self.state is State.CLOSING:
+                        self._advance_close()
+                    elif self._reading_paused:
+                        self._held = b""
+                    else:
+                        self._queue(self._deliver_eof)
+                elif not self._reading_paused:
+                    if self._delivering or self._events:
+                        self._queue_data(data)  # after what is queued, or being delivered
+                    else:
+                        self._delivering = True  # ours: handed over at once, after the lock
+                        self._undelivered_data += 1
+                        deliver = data
+                elif self.state is State.OPEN:
+                    self._held = data  # pause_reading() came while this receive was in flight
                 else:
-                    self._delivering = True  # ours: handed over at once, after the lock
-                    self._undelivered_data += 1
-                    return data
-            elif self.state is State.OPEN:
-                self._held = data  # pause_reading() came while this receive was in flight
-            else:
-                self.bytes_dropped += len(data)  # closing, paused: nobody wants it
-                self._read_if_wanted()
-        return None
+                    self.bytes_dropped += len(data)  # closing, paused: nobody wants it
+                    self._read_if_wanted()
+        if deliver is not None:
+            self._deliver_data_now(deliver)  # which runs what was queued meanwhile too
+        elif self._events:  # (checked again by _deliver, under the lock)
+            self._deliver()
 
     def pause_reading(self) -> None:
         """Stop receiving: no receive is posted until ``resume_reading()`` (one already in
@@ -449,7 +459,8 @@ class Connection:
             self._write_size += size
             spare, self._spare_send = self._spare_send, None
             try:
-                operation = self.sock.send(data, context=self, finish_inline=True, reuse=spare)
+                operation = self.sock.send(data, context=self._on_send, finish_inline=True,
+                                           reuse=spare)
             except BaseException:
                 self.pending_sends -= 1
                 self._write_size -= size
@@ -467,17 +478,23 @@ class Connection:
         if pause is not None:
             self._call_now_or_queue(pause)
 
-    def _on_send(self, completion: Completion, operation: SendOperation) -> None:
+    def _sent(self, completion: Completion) -> None:
+        """The completion handler of the connection's sends (their ``context``)."""
+        operation = completion.operation
+        if not isinstance(operation, SendOperation):
+            return
         with self._lock:
             size = self._send_sizes.pop(operation, None)
             if size is None:
-                return  # not counted: its send() raised (yet the kernel queued a packet)
-            if completion.outcome is Outcome.FAILED:
+                pass  # not counted: its send() raised (yet the kernel queued a packet)
+            elif completion.outcome is Outcome.FAILED:
                 self.pending_sends -= 1
                 self._write_size -= size
                 self._finish_abortively(_reason_for(completion.failure), linger=False)
-                return
-            self._count_sent(operation, size, completion.bytes_transferred)
+            else:
+                self._count_sent(operation, size, completion.bytes_transferred)
+        if self._events:
+            self._deliver()
 
     def _count_sent(self, operation: SendOperation, size: int, transferred: int) -> None:
         """A send of ``size`` bytes succeeded, finished inline or dequeued (lock held)."""
@@ -638,17 +655,14 @@ class Connection:
     # -- routing -----------------------------------------------------------------------------
 
     def on_completion(self, completion: Completion) -> None:
-        """Route one of this connection's completions (called by the manager's loop)."""
+        """Route one of this connection's completions by its kind. The manager's loop calls
+        the operation's own handler (its ``context``) instead; this is for code that
+        dequeues a connection's completions itself."""
         operation = completion.operation
         if isinstance(operation, RecvOperation):
-            data = self._on_recv(completion, operation)
-            if data is not None:
-                self._deliver_data_now(data)
-                return  # that delivery ran what was queued meanwhile too
+            self._received(completion)
         elif isinstance(operation, SendOperation):
-            self._on_send(completion, operation)
-        if self._events:  # (checked again by _deliver, under the lock)
-            self._deliver()
+            self._sent(completion)
 
 
 class NullHandler:

@@ -2,8 +2,9 @@
 
 ``ConnectionManager.run_once`` waits on the port (never longer than the nearest close
 deadline) and dequeues a batch of completions with one GetQueuedCompletionStatusEx, routes each
-to the object that issued the operation (``op.context``: a ``Connection`` or an
-``AcceptPool``), then, once per batch, force-closes whatever the close queue says has expired.
+to its operation's completion handler (``op.context``, a callable: ``Connection`` and
+``AcceptPool`` issue every operation with one of their methods there, so the loop never asks
+what an operation or its issuer is), then, once per batch, force-closes whatever the close queue says has expired.
 Why a batch: under load each dequeue call brings many completions, and the fixed costs of a
 dequeue (the port's bookkeeping, the deadline checks, the clock) are paid once for all of them.
 The batch's clock reading (``now``) is also what connections record as their last activity:
@@ -245,12 +246,12 @@ class ConnectionManager:
             while completions:
                 completion = pop()
                 operation = completion.operation
-                target = operation.context if operation is not None else None
-                if isinstance(target, (Connection, AcceptPool)):
+                handler = operation.context if operation is not None else None
+                if callable(handler):
                     try:
-                        target.on_completion(completion)
+                        handler(completion)
                     except Exception:
-                        self._handler_failed(target.on_completion)
+                        self._handler_failed(handler)
         except BaseException:
             completions.reverse()
             self._undispatched.extend(completions)
@@ -267,17 +268,16 @@ class ConnectionManager:
         return taken
 
     def dispatch(self, completion: Completion) -> None:
-        """Route ``completion`` to the ``Connection`` or ``AcceptPool`` that issued its
-        operation (``op.context``); anything else is ignored. Never raises for a handler's
-        exception (it is logged and counted, and its connection aborted)."""
+        """Route ``completion`` to its operation's completion handler (``op.context``, when
+        that is callable); anything else is ignored. Never raises for a handler's exception
+        (it is logged and counted, and the connection it came from aborted)."""
         self.now = time.monotonic()
         operation = completion.operation
-        target = operation.context if operation is not None else None
-        if isinstance(target, (Connection, AcceptPool)):
-            self._guarded(target.on_completion, completion)
+        handler = operation.context if operation is not None else None
+        if callable(handler):
+            self._guarded(handler, completion)
 
-    def _guarded(self, call: Callable[[Completion], None] | Callable[[], None],
-                 *args: Completion) -> None:
+    def _guarded(self, call: Callable[..., object], *args: Completion) -> None:
         """Run a handler-facing ``call``; an exception is logged and counted, never let out of
         the loop, and the connection it came from is aborted."""
         try:
@@ -285,7 +285,7 @@ class ConnectionManager:
         except Exception:
             self._handler_failed(call)
 
-    def _handler_failed(self, call: Callable[[Completion], None] | Callable[[], None]) -> None:
+    def _handler_failed(self, call: Callable[..., object]) -> None:
         """``call`` raised (the exception is being handled): log and count it, and abort the
         connection it came from."""
         log.exception("handler failed in %r", call)
@@ -343,7 +343,8 @@ class ConnectionManager:
     def _pool_operations_pending(self) -> bool:
         """Whether an accept or a recycling DisconnectEx of one of our pools is in flight."""
         pools = self.pools
-        return any(op.context in pools for op in self.port.pending_operations())
+        return any(getattr(op.context, "__self__", None) in pools
+                   for op in self.port.pending_operations())
 
     def _count(self, counter: str) -> None:
         with self._lock:
@@ -411,7 +412,7 @@ class AcceptPool:
             with self._lock:
                 recycled = self.free_sockets.pop() if self.free_sockets else None
             try:
-                self.listener.accept(recycled, reuse=reuse, context=self)
+                self.listener.accept(recycled, reuse=reuse, context=self.on_completion)
                 return
             except ClosedHandleError:
                 if recycled is not None:
@@ -486,7 +487,7 @@ class AcceptPool:
                 return False
             self._recycling.add(sock)
         try:
-            sock.disconnect(reuse=True, context=self)
+            sock.disconnect(reuse=True, context=self.on_completion)
         except OSError:
             with self._lock:
                 self._recycling.discard(sock)

@@ -255,9 +255,14 @@ def ops_of(port: CompletionPort, owner: object) -> list[Operation]:
     return [op for op in port.pending_operations() if op.owner is owner]
 
 
+def issuer(operation: Operation) -> object:
+    """The Connection or AcceptPool whose completion handler ``operation`` carries."""
+    return getattr(operation.context, "__self__", None)
+
+
 def accepts_pending(port: CompletionPort, pool: AcceptPool | None = None) -> int:
     return sum(1 for op in port.pending_operations()
-               if op.kind is OpKind.ACCEPT and (pool is None or op.context is pool))
+               if op.kind is OpKind.ACCEPT and (pool is None or issuer(op) is pool))
 
 
 def time_wait_on(local_port: int) -> int:
@@ -409,7 +414,7 @@ class Server:
     def connection_ops(self) -> list[Operation]:
         """Pending operations other than the pool's accepts and recycling disconnects."""
         return [op for op in self.port.pending_operations()
-                if not isinstance(op.context, AcceptPool)]
+                if not isinstance(issuer(op), AcceptPool)]
 
     def assert_drained(self, timeout: float = WAIT) -> None:
         """Every connection is gone and no connection operation is left in the registry."""

@@ -21,6 +21,7 @@ from helpers_conn import (
     State,
     connect,
     handler_of,
+    issuer,
     kernel_done,
     ops_of,
     pump,
@@ -182,7 +183,7 @@ def test_late_completion_reaches_only_the_old_connection() -> None:
 
         late = port.get(WAIT)
         assert (late.operation, late.key) == (recv_old, key_old)
-        assert late.operation is not None and late.operation.context is old
+        assert late.operation is not None and issuer(late.operation) is old
         manager.dispatch(late)
         assert old.pending_recvs == 0
         assert (old.state, handler_of(old).reasons) == (State.ABORTED, [CloseReason.ABORTED])

@@ -15,7 +15,7 @@ import pytest
 from winiocp import Completion, OpKind, Socket
 from winiocp.connections import CloseReason, Connection, State
 
-from helpers_conn import (WAIT, Server, connect, in_background, kernel_done, ops_of,
+from helpers_conn import (WAIT, Server, connect, in_background, issuer, kernel_done, ops_of,
                           read_to_end, send_until_one_pends, wait_until)
 
 
@@ -26,7 +26,7 @@ def next_completion(server: Server, connection: Connection, kind: OpKind) -> Com
         completion = server.port.get(WAIT)
         operation = completion.operation
         assert operation is not None, f"no {kind.value} completion came: {completion!r}"
-        if operation.kind is kind and operation.context is connection:
+        if operation.kind is kind and issuer(operation) is connection:
             return completion
         server.manager.dispatch(completion)
     pytest.fail(f"no {kind.value} completion among 100")
@@ -154,7 +154,7 @@ class InterruptOnce:
 def _receives_done(server: Server, connections: list[Connection]) -> None:
     """Wait until the kernel finished every connection's pending receive (not dequeued)."""
     receives = [op for op in server.port.pending_operations()
-                if op.kind is OpKind.RECV and op.context in connections]
+                if op.kind is OpKind.RECV and issuer(op) in connections]
     assert len(receives) == len(connections)
     wait_until(lambda: all(kernel_done(op) for op in receives), what="the receives")
 
@@ -323,7 +323,7 @@ def test_a_send_the_connection_never_counted_leaves_its_counters_alone() -> None
     check on the recorded size the completion aborted the connection.)"""
     with Server(Collect) as server, connect(server.address) as peer:
         connection = server.connection_for(peer)
-        connection.sock.send(b"stray", context=connection)
+        connection.sock.send(b"stray", context=connection.on_completion)
         server.manager.dispatch(next_completion(server, connection, OpKind.SEND))
         assert (connection.pending_sends, connection.get_write_buffer_size()) == (0, 0)
         assert connection.state is State.OPEN
