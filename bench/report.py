@@ -367,6 +367,9 @@ def markdown(results: dict[str, Any]) -> str:
              "EchoHandler -> send + re-posted recv, then the send completion", None),
             ("echo_turn_inline_us", "the same, the send finished inside `Connection.send` "
              "(skip-on-success: no send completion to dequeue)", None),
+            ("echo_floor_us", "the echo turn's necessary work written flat "
+             "(`bench/micro/echo_floor.py`: same stubs, registry, locks and objects, none of "
+             "the layers)", None),
         ]
         for key, label, target in rows:
             if key not in cost:  # (the inline turn needs sockets in skip-on-success mode)

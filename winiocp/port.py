@@ -606,13 +606,13 @@ class CompletionPort:
         raw = (view if view is not None
                else memoryview(ffi.buffer(entries)))[:count * _ENTRY.size]  # type: ignore[arg-type]
         completions: list[Completion] = []
-        pending = self._pending
+        append, classify, pending = completions.append, self._classify, self._pending
         wakes = 0
         operation = None
         try:
             for key, address, internal, transferred in _ENTRY.iter_unpack(raw):
                 if not address:
-                    completions.append(Completion(Outcome.POSTED, key, transferred))
+                    append(Completion(Outcome.POSTED, key, transferred))
                     continue
                 if address == _WAKE_ADDRESS:
                     wakes += 1  # close() woke this waiter: the caller learns on its next call
@@ -621,7 +621,7 @@ class CompletionPort:
                 status = internal & 0xFFFFFFFF  # as _entry_error(), inline: once per packet
                 error = (0 if status < 0x80000000
                          else ntdll.RtlNtStatusToDosError(status - (1 << 32)))
-                completions.append(self._classify(operation, address, key, transferred, error))
+                append(classify(operation, address, key, transferred, error))
         except BaseException:
             self._salvage_batch(raw, completions, operation)
             raise

@@ -18,6 +18,10 @@ what our Python layer adds. Here the kernel is taken out at the cffi boundary:
   since ``ConnectionManager.add`` put the sockets in FILE_SKIP_COMPLETION_PORT_ON_SUCCESS
   mode, the send's completion comes from the port's own queue, with no dequeue call.
 
+* ``echo_floor_us``: the same turn's necessary work written flat (``echo_floor``), with the
+  same stubs, locks and objects but none of the layers: what ``echo_turn_us`` adds to it is
+  what the layering costs.
+
 The stubs' own cost (a Python call) is measured and subtracted where a stub sits inside the
 timed path; a real cffi call's overhead is measured too (GetLastError, which never leaves user
 space) for reference. Prints ``RESULT {json}``; with ``--profile``, a cProfile summary of the
@@ -50,6 +54,8 @@ from winiocp.port import CompletionPort
 from winiocp.raw import ffi, kernel32
 from winiocp.servers import EchoHandler
 from winiocp.sockets import Socket
+
+from .echo_floor import floor_echo_turn_us
 
 BATCH = 64
 PAYLOAD = b"x" * 64
@@ -364,6 +370,9 @@ def run(rounds: int, profile: bool) -> dict[str, Any]:
                 BEST["echo_turn_inline_us"] -= BEST["gqcs_ex_stub_us"] + BEST["send_stub_us"]
             finally:
                 winsock.sends_at_once = False
+
+        # -- the same turn's necessary work written flat (echo_floor): what the layers add --
+        results["echo_floor_us"] = floor_echo_turn_us(sockets, winsock, median_us, rounds)
 
         results["best_round_us"] = dict(BEST)
         if profile:
