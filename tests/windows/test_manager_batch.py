@@ -8,11 +8,14 @@ says how). Real ws2_32 on 127.0.0.1 with stdlib peers; every wait is bounded.
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import pytest
 
 from winiocp import Completion, OpKind, Socket
+from winiocp.constants import SocketType
+from winiocp.manager import ConnectionManager
 from winiocp.connections import CloseReason, Connection, State
 
 from helpers_conn import (WAIT, Server, connect, in_background, issuer, kernel_done, ops_of,
@@ -333,3 +336,35 @@ def test_a_send_the_connection_never_counted_leaves_its_counters_alone() -> None
         assert connection.get_write_buffer_size() == 0
         assert connection.bytes_sent == len(b"counted")
         assert server.manager.stats.handler_errors == 0
+
+
+def test_the_loop_calls_each_operation_s_own_handler_and_ignores_other_contexts() -> None:
+    """``run_once`` routes a completion to its operation's context when that is callable (a
+    completion handler: how Connection and AcceptPool receive theirs, and how code of one's
+    own on the manager's port receives its completions), calls nothing for a context that is
+    not, and a handler that raises is counted, never let out of the loop. (Before: only a
+    Connection or AcceptPool context was routed; the handler here was never called.)"""
+    manager = ConnectionManager()
+    calls: list[Completion] = []
+
+    def failing(completion: Completion) -> None:
+        raise RuntimeError("a failing handler")
+
+    try:
+        with Socket(type=SocketType.SOCK_DGRAM) as receiver, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            receiver.bind(("127.0.0.1", 0))
+            manager.port.associate(receiver)
+            address = receiver.getsockname()
+            for context in (calls.append, "not a handler", failing):
+                operation = receiver.recvfrom(100, context=context)
+                sender.sendto(b"datagram", address)
+                wait_until(lambda: kernel_done(operation), what="the datagram")
+                manager.run_once(WAIT)
+                assert not operation.pending  # dequeued, and routed (or not) by that batch
+            assert [(c.operation, c.bytes_transferred) for c in calls] == [
+                (calls[0].operation, len(b"datagram"))]
+            assert calls[0].operation is not None and calls[0].operation.context is not None
+            assert manager.stats.handler_errors == 1
+    finally:
+        manager.port.close()
