@@ -3,13 +3,14 @@
 Why: issue 10 asks 6 us for the core echo turn (``python_cost``'s ``echo_turn_us``), and the
 turn is made of layers a user can call on their own (``Socket.send``/``recv_into`` with their
 checks, the port's registration protocol, ``Connection``'s delivery queue and flow control,
-the manager's routing). This module does what every turn must do, in as few Python calls as
-it can: classify the two OVERLAPPED_ENTRY records (registry pop, NT status, a ``Completion``
-each), route each to its handler, take the connection's lock three times and the socket's
-twice (the same locks the core holds for thread safety), copy the data out, re-arm and
-register the receive and the send (OVERLAPPED zeroed, the data pinned), and make the same
-stubbed WSARecv/WSASend/WSAGetLastError calls. What ``echo_turn_us`` costs beyond this floor
-is the layering, not the work: the number the finding in ``bench/run.py`` reports.
+the manager's routing). This module does what every turn must do, in few Python calls (a
+function per step, one issue function for both calls): classify the two OVERLAPPED_ENTRY
+records (registry pop, NT status, a ``Completion`` each), route each to its handler, take
+the connection's lock three times and the socket's twice (the same locks the core holds for
+thread safety), copy the data out, re-arm and register the receive and the send (OVERLAPPED
+zeroed, the data pinned), and make the same stubbed WSARecv/WSASend/WSAGetLastError calls.
+What ``echo_turn_us`` costs beyond this floor is the layering, not the work: the number the
+finding in ``bench/run.py`` reports.
 
 Not a server: no close, no errors, no flow control beyond the counters. Run by
 ``python_cost`` inside its stubs; ``floor_echo_turn_us`` is its only entry point.
@@ -62,20 +63,26 @@ class _FlatConnection:
         self.bytes_received = self.bytes_sent = 0
         self.sizes: dict[SendOperation, int] = {}
 
-    def post_recv(self) -> None:
-        operation = self.recv
-        ffi.memmove(operation.overlapped, _ZERO, _OVERLAPPED_SIZE)
-        self.pending_recvs += 1
+    def issue(self, operation: RecvOperation | SendOperation, call: Callable[[int], int]
+              ) -> None:
+        """Register ``operation`` and make ``call(handle)`` under the socket's lock."""
         with self.sock_lock:
             handle = self.handle
             if handle is None:
                 raise OSError("closed")
             operation.state = OpState.PENDING
             self.registry[operation.address] = operation
-            if self.winsock.WSARecv(handle, operation.wsabufs, 1, ffi.NULL, operation.flags,
-                                    operation.overlapped, ffi.NULL) == -1:
-                if self.winsock.WSAGetLastError() != WinError.WSA_IO_PENDING:
-                    raise OSError("the stub fails nothing")
+            if call(handle) == -1 and \
+                    self.winsock.WSAGetLastError() != WinError.WSA_IO_PENDING:
+                raise OSError("the stub fails nothing")
+
+    def post_recv(self) -> None:
+        operation = self.recv
+        ffi.memmove(operation.overlapped, _ZERO, _OVERLAPPED_SIZE)
+        self.pending_recvs += 1
+        wsabufs, flags, overlapped = operation.wsabufs, operation.flags, operation.overlapped
+        self.issue(operation, lambda handle: self.winsock.WSARecv(
+            handle, wsabufs, 1, ffi.NULL, flags, overlapped, ffi.NULL))
 
     def received(self, completion: Completion) -> None:
         with self.lock:
@@ -97,16 +104,9 @@ class _FlatConnection:
             operation.keep_alive(pinned, wsabuf)
             self.pending_sends += 1
             self.write_size += size
-            with self.sock_lock:
-                handle = self.handle
-                if handle is None:
-                    raise OSError("closed")
-                operation.state = OpState.PENDING
-                self.registry[operation.address] = operation
-                if self.winsock.WSASend(handle, wsabuf, 1, ffi.NULL, 0,
-                                        operation.overlapped, ffi.NULL) == -1:
-                    if self.winsock.WSAGetLastError() != WinError.WSA_IO_PENDING:
-                        raise OSError("the stub fails nothing")
+            overlapped = operation.overlapped
+            self.issue(operation, lambda handle: self.winsock.WSASend(
+                handle, wsabuf, 1, ffi.NULL, 0, overlapped, ffi.NULL))
             self.sizes[operation] = size
 
     def sent(self, completion: Completion) -> None:
