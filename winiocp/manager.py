@@ -4,7 +4,8 @@
 deadline) and dequeues a batch of completions with one GetQueuedCompletionStatusEx, routes each
 to its operation's completion handler (``op.context``, a callable: ``Connection`` and
 ``AcceptPool`` issue every operation with one of their methods there, so the loop never asks
-what an operation or its issuer is), then, once per batch, force-closes whatever the close queue says has expired.
+what an operation or its issuer is), then, once per batch, force-closes whatever the close
+queue says has expired.
 Why a batch: under load each dequeue call brings many completions, and the fixed costs of a
 dequeue (the port's bookkeeping, the deadline checks, the clock) are paid once for all of them.
 The batch's clock reading (``now``) is also what connections record as their last activity:
