@@ -212,10 +212,6 @@ class Connection:
         self._writing_paused = False
         self._reading_paused = False
         self._held: bytes | None = None  # what arrived while reading was paused (b"": EOF)
-        # The completion handlers its operations carry as their context (the manager's loop
-        # calls them); bound once, not per operation issued.
-        self._on_receive: Callable[[Completion], None] = self._received
-        self._on_send: Callable[[Completion], None] = self._sent
 
     def __repr__(self) -> str:
         return f"<Connection {self.state.value} sends={self.pending_sends} {self.sock!r}>"
@@ -350,8 +346,7 @@ class Connection:
         self.pending_recvs += 1
         self._probing = probe
         try:
-            self._recv = self.sock.recv_into(buffers, reuse=self._recv,
-                                             context=self._on_receive)
+            self._recv = self.sock.recv_into(buffers, reuse=self._recv, context=self._received)
         except OSError as exc:  # it failed at once: no completion will come
             self.pending_recvs -= 1
             self._give_back(self._borrowed)
@@ -459,7 +454,7 @@ class Connection:
             self._write_size += size
             spare, self._spare_send = self._spare_send, None
             try:
-                operation = self.sock.send(data, context=self._on_send, finish_inline=True,
+                operation = self.sock.send(data, context=self._sent, finish_inline=True,
                                            reuse=spare)
             except BaseException:
                 self.pending_sends -= 1
