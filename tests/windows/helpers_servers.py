@@ -288,6 +288,8 @@ class LineReader:
     def __init__(self, stream: IO[str]) -> None:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
+        #: What ended the reading, if not EOF (e.g. an OSError of the pipe).
+        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -295,6 +297,8 @@ class LineReader:
         try:
             for line in stream:
                 self._lines.put(line.rstrip("\r\n"))
+        except BaseException as exc:  # kept for the failure's message; the reader sees EOF
+            self.error = exc
         finally:
             self._lines.put(None)
 
