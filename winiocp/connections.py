@@ -141,7 +141,19 @@ class Connection:
     it to ``recycle``. It owns its receive buffer too (or borrows one from the manager's
     pool per read, with ``zero_byte_reads``); a send's data belongs to that send's operation
     until it completes.
+
+    Slotted (no ``__dict__``): an idle connection is mostly this object, and servers hold
+    thousands. Keep per-connection state of your own on the handler.
     """
+
+    __slots__ = ("manager", "recycle", "sock", "handler", "state", "close_reason",
+                 "pending_sends", "pending_recvs", "bytes_sent", "bytes_received",
+                 "bytes_dropped", "peer_fin", "shutdown_sent", "last_activity",
+                 "we_closed_first", "zero_byte_reads", "_local_address", "_peer_address",
+                 "_lock", "_buffer", "_recv", "_borrowed", "_probing", "_events",
+                 "_delivering", "_delivering_thread", "_lost_queued", "_undelivered_data",
+                 "_write_size", "_send_sizes", "_spare_send", "_high_water", "_low_water",
+                 "_writing_paused", "_reading_paused", "_held", "__weakref__")
 
     def __init__(self, manager: ConnectionManager, sock: Socket, handler: Handler, *,
                  recv_size: int = 65536, zero_byte_reads: bool = False,
@@ -194,7 +206,9 @@ class Connection:
         self._borrowed: bytearray | None = None
         self._probing = False
         # Delivery: callbacks queued for the handler, run one at a time (module docstring).
-        self._events: deque[Callable[[], None]] = deque()
+        # Made by the first callback queued: most never queue one (data takes the direct
+        # path), and an empty deque is 0.75 KiB.
+        self._events: deque[Callable[[], None]] | None = None
         self._delivering = False
         self._delivering_thread: int | None = None  # the thread running callbacks
         self._lost_queued = False
@@ -237,6 +251,8 @@ class Connection:
     def _queue(self, callback: Callable[[], None]) -> None:
         """Queue a handler callback (lock held); run by ``_deliver`` once the lock is free."""
         if not self._lost_queued:
+            if self._events is None:
+                self._events = deque()
             self._events.append(callback)
 
     def _deliver(self) -> None:
