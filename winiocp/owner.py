@@ -189,10 +189,12 @@ class OverlappedOwner(Generic[H]):
 
     # -- issuing -------------------------------------------------------------------------------
 
-    def issue(self, operation: Operation, what: str, call: Callable[[H], object],
+    def issue(self, operation: Operation, what: str, call: Callable[..., object],
               failed_with: int, context: object,
-              done_at_once: Collection[int] = (), finish_inline: bool = False) -> Operation:
-        """Register ``operation``, make ``call(handle)``, and sort out a synchronous failure.
+              done_at_once: Collection[int] = (), finish_inline: bool = False,
+              args: tuple[object, ...] = ()) -> Operation:
+        """Register ``operation``, make ``call(handle, *args)``, and sort out a synchronous
+        failure. (``args`` lets ``call`` be the C function itself, with no closure per call.)
 
         ``failed_with`` is the result that reports an error (SOCKET_ERROR for Winsock's int
         functions, 0 (FALSE) for BOOL ones); WSA_IO_PENDING is not one.
@@ -223,7 +225,7 @@ class OverlappedOwner(Generic[H]):
                 raise ClosedHandleError(self.kind_name)
             port.register(operation)
             try:
-                result = call(handle)
+                result = call(handle, *args)
             except Exception:
                 # cffi refused an argument (TypeError, OverflowError, ...): no call was made.
                 port.unregister(operation, 0, issued=False)

@@ -414,9 +414,8 @@ class Socket(OverlappedOwner[int]):
         operation.set_buffers(buffers, writable=True)
         operation.flags[0] = flags
         wsabufs, count = operation.wsabufs, len(operation.buffers)
-        self.issue(operation, "WSARecv", lambda h: ws2_32.WSARecv(
-            h, wsabufs, count, ffi.NULL, operation.flags, operation.overlapped, ffi.NULL),
-            SOCKET_ERROR, context)
+        self.issue(operation, "WSARecv", ws2_32.WSARecv, SOCKET_ERROR, context, args=(
+            wsabufs, count, ffi.NULL, operation.flags, operation.overlapped, ffi.NULL))
         return operation
 
     def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0, *,
@@ -448,11 +447,12 @@ class Socket(OverlappedOwner[int]):
         else:
             self._reusable(reuse, OpKind.SEND, _no_factory)  # raises the reason why not
             operation = reuse
-        operation.set_buffers(_as_buffer_list(data), writable=False)
+        operation.set_buffers((data,) if type(data) is bytes else _as_buffer_list(data),
+                              writable=False)
         wsabufs, count = operation.wsabufs, len(operation.buffers)
-        self.issue(operation, "WSASend", lambda h: ws2_32.WSASend(
-            h, wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
-            SOCKET_ERROR, context, finish_inline=finish_inline)
+        self.issue(operation, "WSASend", ws2_32.WSASend, SOCKET_ERROR, context,
+                   finish_inline=finish_inline,
+                   args=(wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL))
         return operation
 
     def recvfrom_into(self, buffer: BufferLike, *, reuse: RecvFromOperation | None = None,
