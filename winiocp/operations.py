@@ -76,6 +76,11 @@ class OpState(Enum):
     DONE = "done"
 
 
+# Module globals for the states tested on every call issued and completion: one load
+# instead of two (an enum member is an attribute of its class).
+_PENDING, _DONE = OpState.PENDING, OpState.DONE
+
+
 class Owner(Protocol):
     """What an operation is issued on: a Socket or an overlapped Handle."""
 
@@ -151,7 +156,7 @@ class Operation:
     def rearm(self) -> None:
         """Make a finished (or new) operation ready for another call (a zeroed OVERLAPPED,
         results cleared); raises ``OperationPendingError`` while it is still pending."""
-        if self.state is OpState.PENDING:
+        if self.state is _PENDING:
             raise OperationPendingError(
                 f"{self!r} is still pending: the kernel owns its OVERLAPPED until its "
                 "completion is dequeued"
@@ -170,7 +175,7 @@ class Operation:
         Never raises an ``Exception``: one operation's post-processing never breaks the
         dequeue of the others (a KeyboardInterrupt still propagates; the port copes).
         """
-        self.state = OpState.DONE
+        self.state = _DONE
         self.bytes_transferred = bytes_transferred
         if self.post_processing and (not error or error in self.warnings):
             try:

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 H = TypeVar("H")
 T = TypeVar("T")
 
+_IO_PENDING = int(WinError.ERROR_IO_PENDING)  # a plain int: compared on every call issued
+
 
 class OverlappedOwner(Generic[H]):
     """A handle (``H``: a SOCKET int or a HANDLE pointer) for overlapped I/O on a port.
@@ -242,7 +244,7 @@ class OverlappedOwner(Generic[H]):
                 error = self._last_error()
                 if error in done_at_once:
                     port.unregister(operation, 0)
-                elif error != WinError.ERROR_IO_PENDING and error not in operation.warnings:
+                elif error != _IO_PENDING and error not in operation.warnings:
                     if not _packet_queued(operation):
                         port.unregister(operation, error)
                     raise exception_for(error, f"{what} on {self!r}")

@@ -105,6 +105,12 @@ class Outcome(Enum):
     PORT_CLOSED = "port closed"
 
 
+# Module globals for what is tested or made on every call issued and completion: one load
+# instead of two (an enum member is an attribute of its class).
+_PENDING = OpState.PENDING
+_COMPLETED, _FAILED, _PEER_CLOSED = Outcome.COMPLETED, Outcome.FAILED, Outcome.PEER_CLOSED
+
+
 class Completion:
     """One dequeued completion packet, classified.
 
@@ -273,12 +279,12 @@ class CompletionPort:
         port is closed (nothing would ever dequeue its completion).
         """
         state = operation.state
-        if state is OpState.PENDING:
+        if state is _PENDING:
             raise RuntimeError(f"{operation!r} is already pending")
         # No lock (this runs for every call issued): entered first, checked after. close()
         # marks the port closed before it moves the registry to the orphans, so an entry made
         # before that mark is orphaned with the rest, and one made after it sees the mark.
-        operation.state = OpState.PENDING
+        operation.state = _PENDING
         pending = self._pending
         pending[operation.address] = operation
         if self._handle is None:
@@ -706,11 +712,11 @@ class CompletionPort:
             return Completion(outcome, key, transferred, None, error, failure, address)
         error = operation.finish(error, transferred)  # (finishing may fail it)
         if error:
-            return Completion(Outcome.FAILED, key, transferred, operation, error,
+            return Completion(_FAILED, key, transferred, operation, error,
                               operation.failure, address)
         if transferred == 0 and isinstance(operation, RecvOperation) and operation.peer_closed:
-            return Completion(Outcome.PEER_CLOSED, key, 0, operation, 0, None, address)
-        return Completion(Outcome.COMPLETED, key, transferred, operation, 0, None, address)
+            return Completion(_PEER_CLOSED, key, 0, operation, 0, None, address)
+        return Completion(_COMPLETED, key, transferred, operation, 0, None, address)
 
     # -- closing ---------------------------------------------------------------------------
 
