@@ -93,6 +93,7 @@ class State(Enum):
 # enum member is an attribute of its class).
 _OPEN, _CLOSING, _CLOSED, _ABORTED = State.OPEN, State.CLOSING, State.CLOSED, State.ABORTED
 _FAILED, _PEER_CLOSED = Outcome.FAILED, Outcome.PEER_CLOSED
+_get_ident = threading.get_ident
 
 
 class CloseReason(Enum):
@@ -276,7 +277,7 @@ class Connection:
         """Run ``callback``, then every callback queued meanwhile; the caller took the
         delivery (set ``_delivering``) under the lock."""
         lock = self._lock
-        self._delivering_thread = threading.get_ident()
+        self._delivering_thread = _get_ident()
         try:
             while True:
                 callback()
@@ -308,7 +309,7 @@ class Connection:
         """``data_received`` without the queue: ``_received`` found nothing queued and nobody
         delivering, and took the delivery under its lock (module docstring). The lock that
         ends the delivery also re-posts the receive; what was queued meanwhile runs next."""
-        self._delivering_thread = threading.get_ident()
+        self._delivering_thread = _get_ident()
         try:
             self.handler.data_received(self, data)
         except BaseException:

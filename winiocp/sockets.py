@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 #: AcceptEx's address slots: the largest sockaddr plus the 16 bytes the documentation demands.
 ACCEPT_ADDRESS_SIZE = addresses.SOCKADDR_STORAGE_SIZE + 16
+# The kinds tested on every receive and send posted, as module globals (one load, not two).
+_RECV, _SEND = OpKind.RECV, OpKind.SEND
 _EXTENSIONS: dict[tuple[int, int, int], ExtensionFunctions] = {}
 
 
@@ -405,7 +407,7 @@ class Socket(OverlappedOwner[int]):
             raise ValueError("recv needs a connected socket, not a listening one")
         if reuse is None:
             operation = RecvOperation(OpKind.RECV, self)
-        elif reuse.kind is OpKind.RECV and reuse.owner is self:  # (re-armed once per read)
+        elif reuse.kind is _RECV and reuse.owner is self:  # (re-armed once per read)
             reuse.rearm()
             operation = reuse
         else:
@@ -441,7 +443,7 @@ class Socket(OverlappedOwner[int]):
             raise ValueError("send needs a connected socket, not a listening one")
         if reuse is None:
             operation = SendOperation(OpKind.SEND, self)
-        elif reuse.kind is OpKind.SEND and reuse.owner is self:  # (re-armed once per send)
+        elif reuse.kind is _SEND and reuse.owner is self:  # (re-armed once per send)
             reuse.rearm()
             operation = reuse
         else:
