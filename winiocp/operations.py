@@ -245,7 +245,11 @@ class BufferOperation(Operation):
             old = self.buffers
             if old and old[0] is buffer and len(old) == 1 and self.wsabufs is not ffi.NULL:
                 return -1  # re-armed on the very same buffer: it is pinned already
-            cbuffer = pin(buffer, writable)
+            kind = type(buffer)  # pin()'s own first case, inline: once per send or receive
+            if kind is bytearray or (kind is bytes and not writable):
+                cbuffer = ffi.from_buffer("char[]", buffer, writable)
+            else:
+                cbuffer = pin(buffer, writable)
             length = len(cbuffer)
             if length > MAX_DWORD:
                 raise OverflowError("a buffer may hold at most 4 GiB - 1 bytes")

@@ -89,7 +89,8 @@ class OverlappedOwner(Generic[H]):
             return False
         try:
             return lender_value() != self._borrowed_value
-        except (OSError, ValueError):  # e.g. PipeHandle.fileno() of a closed pipe
+        except (OSError, ValueError, ReferenceError):  # e.g. PipeHandle.fileno() of a
+            # closed pipe, or a weak proxy's lender that is gone
             return True
 
     # -- subclass hooks ----------------------------------------------------------------------
@@ -194,7 +195,8 @@ class OverlappedOwner(Generic[H]):
     def issue(self, operation: Operation, what: str, call: Callable[..., object],
               failed_with: int, context: object,
               done_at_once: Collection[int] = (), finish_inline: bool = False,
-              args: tuple[object, ...] = ()) -> Operation:
+              args: tuple[object, ...] = (),
+              last_error: Callable[[], int] | None = None) -> Operation:
         """Register ``operation``, make ``call(handle, *args)``, and sort out a synchronous
         failure. (``args`` lets ``call`` be the C function itself, with no closure per call.)
 
@@ -210,20 +212,25 @@ class OverlappedOwner(Generic[H]):
         returned done (``pending`` False, its result set, its context never called and
         cleared to None).
 
+        ``last_error`` reads the thread's last error after a failed call (default: the
+        handle kind's own, ``_last_error``); a hot caller passes the C function itself.
+
         Raises ``ClosedHandleError`` once closed, ``RuntimeError`` before the handle is
         associated with a port, and the classified ``OSError`` (``exception_for``) when the
         call fails at once; the operation is then given back (not pending), unless the
         kernel queued a packet for it anyway (see ``_packet_queued``).
         """
-        if self._handle is None:  # says so whether or not it was ever associated
-            raise ClosedHandleError(self.kind_name)
         port = self._port
         if port is None:
+            if self._handle is None:  # says so whether or not it was ever associated
+                raise ClosedHandleError(self.kind_name)
             raise RuntimeError(f"{what}: associate {self!r} with a CompletionPort first")
         operation.context = context
         with self._lock:
             handle = self._handle
-            if handle is None or (self._lender_value is not None and self._lender_closed()):
+            if handle is None:
+                raise ClosedHandleError(self.kind_name)
+            if self._lender_value is not None and self._lender_closed():
                 raise ClosedHandleError(self.kind_name)
             port.register(operation)
             try:
@@ -241,7 +248,7 @@ class OverlappedOwner(Generic[H]):
                     else:
                         port.complete_inline(operation, self.key)
             else:
-                error = self._last_error()
+                error = self._last_error() if last_error is None else last_error()
                 if error in done_at_once:
                     port.unregister(operation, 0)
                 elif error != _IO_PENDING and error not in operation.warnings:

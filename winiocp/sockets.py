@@ -13,6 +13,8 @@ What it guarantees, beyond the raw calls:
 
 from __future__ import annotations
 
+import functools
+import operator
 import socket as _stdlib
 import weakref
 from collections.abc import Callable, Sequence
@@ -62,6 +64,7 @@ ACCEPT_ADDRESS_SIZE = addresses.SOCKADDR_STORAGE_SIZE + 16
 # The kinds tested on every receive and send posted, as module globals (one load, not two).
 _RECV, _SEND = OpKind.RECV, OpKind.SEND
 _EXTENSIONS: dict[tuple[int, int, int], ExtensionFunctions] = {}
+_FILENO: Callable[[_stdlib.socket], int] = operator.methodcaller("fileno")
 
 
 class Socket(OverlappedOwner[int]):
@@ -128,13 +131,10 @@ class Socket(OverlappedOwner[int]):
         if sock.family not in (_stdlib.AF_INET, _stdlib.AF_INET6):
             raise ValueError(f"only AF_INET/AF_INET6 sockets can be borrowed, not {sock.family!r}")
         view = cls._adopt(value, int(sock.family), int(sock.type), sock.proto)
-        lender = weakref.ref(sock)  # the view must not keep the stdlib socket alive
-
-        def lender_value() -> int:
-            owner = lender()
-            return -1 if owner is None else owner.fileno()
-
-        view._lend(value, lender_value)
+        # The view must not keep the stdlib socket alive: it reads the lender's fileno()
+        # through a weak proxy (ReferenceError once it is gone), with no Python frame (this
+        # runs for every call issued on the view).
+        view._lend(value, functools.partial(_FILENO, weakref.proxy(sock)))
         if sock.type == _stdlib.SOCK_STREAM:
             view._listening = bool(view.getsockopt_int(SocketLevel.SOL_SOCKET,
                                                        SocketOption.SO_ACCEPTCONN))
@@ -415,9 +415,10 @@ class Socket(OverlappedOwner[int]):
             operation = reuse
         operation.set_buffers(buffers, writable=True)
         operation.flags[0] = flags
-        wsabufs, count = operation.wsabufs, len(operation.buffers)
-        self.issue(operation, "WSARecv", ws2_32.WSARecv, SOCKET_ERROR, context, args=(
-            wsabufs, count, ffi.NULL, operation.flags, operation.overlapped, ffi.NULL))
+        wsabufs, count, winsock = operation.wsabufs, len(operation.buffers), ws2_32
+        self.issue(operation, "WSARecv", winsock.WSARecv, SOCKET_ERROR, context, args=(
+            wsabufs, count, ffi.NULL, operation.flags, operation.overlapped, ffi.NULL),
+            last_error=winsock.WSAGetLastError)
         return operation
 
     def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0, *,
@@ -451,10 +452,11 @@ class Socket(OverlappedOwner[int]):
             operation = reuse
         operation.set_buffers((data,) if type(data) is bytes else _as_buffer_list(data),
                               writable=False)
-        wsabufs, count = operation.wsabufs, len(operation.buffers)
-        self.issue(operation, "WSASend", ws2_32.WSASend, SOCKET_ERROR, context,
+        wsabufs, count, winsock = operation.wsabufs, len(operation.buffers), ws2_32
+        self.issue(operation, "WSASend", winsock.WSASend, SOCKET_ERROR, context,
                    finish_inline=finish_inline,
-                   args=(wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL))
+                   args=(wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
+                   last_error=winsock.WSAGetLastError)
         return operation
 
     def recvfrom_into(self, buffer: BufferLike, *, reuse: RecvFromOperation | None = None,
