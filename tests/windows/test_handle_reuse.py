@@ -9,8 +9,11 @@ must never call closesocket on the value again: that would close the new socket.
 
 from __future__ import annotations
 
+import gc
 import socket
+import weakref
 
+import pytest
 import support
 from helpers_conn import (
     LOOPBACK,
@@ -30,6 +33,7 @@ from helpers_conn import (
 
 from winiocp import (
     AcceptOperation,
+    ClosedHandleError,
     Completion,
     CompletionPort,
     Failure,
@@ -222,3 +226,63 @@ def test_late_completion_reaches_only_the_old_connection() -> None:
         assert port.pending_count == 0
     finally:
         port.close()
+
+
+def lent_socket(port: CompletionPort) -> tuple[socket.socket, Socket, int]:
+    """A stdlib UDP socket, a ``Socket.borrow`` view of it associated with ``port``, and its
+    SOCKET value."""
+    lender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lender.bind((LOOPBACK, 0))
+    view = Socket.borrow(lender)
+    port.associate(view)
+    return lender, view, lender.fileno()
+
+
+def assert_refused_and_leaves_value_alone(view: Socket, new: Socket, value: int) -> None:
+    """``view`` refuses every call, and letting go of it leaves ``new`` (holding the same
+    value again) working."""
+    assert new.fileno() == value
+    with pytest.raises(ClosedHandleError):
+        view.recv_into([bytearray(16)])
+    with pytest.raises(ClosedHandleError):
+        view.sendto(b"meant for the old socket", ("127.0.0.1", 9))
+    with pytest.raises(ClosedHandleError):
+        view.fileno()
+    assert view.closed
+    view.close()  # a view only lets go: closesocket is never called on the value
+    new.bind((LOOPBACK, 0))  # the value's new owner is untouched
+    assert new.getsockname()[0] == LOOPBACK
+
+
+def test_a_borrowed_view_never_touches_the_value_once_its_lender_closed_it() -> None:
+    """Rule 6 for views (asyncio's sockets, through ``winiocp.aio``): the stdlib socket
+    closes its SOCKET, Windows hands the value to a new socket, and the view must not act on
+    it. (With the lender check removed from ``issue()``, the receive here is posted on the
+    new socket.)"""
+    with CompletionPort() as port:
+        lender, view, value = lent_socket(port)
+        lender.close()
+        new, tries = socket_with_value(value)
+        try:
+            print(f"\nvalue {value} handed out again after {tries} tries")
+            assert_refused_and_leaves_value_alone(view, new, value)
+            assert port.pending_count == 0
+        finally:
+            new.close()
+
+
+def test_a_borrowed_view_never_touches_the_value_once_its_lender_is_collected() -> None:
+    """The same when the stdlib socket is garbage-collected (which closes it): the view holds
+    it only weakly, so it neither keeps the socket open nor outlives it as a live view."""
+    with CompletionPort() as port:
+        lender, view, value = lent_socket(port)
+        collected = weakref.ref(lender)
+        del lender
+        gc.collect()
+        assert collected() is None, "the view kept its lender alive"
+        new, tries = socket_with_value(value)
+        try:
+            print(f"\nvalue {value} handed out again after {tries} tries")
+            assert_refused_and_leaves_value_alone(view, new, value)
+        finally:
+            new.close()
