@@ -77,7 +77,9 @@ class Handle(OverlappedOwner[CData]):
     def borrow(cls, value: int, name: str, lender_value: Callable[[], int]) -> Handle:
         """A view of a HANDLE another object owns (e.g. asyncio's ``PipeHandle``): operations
         on it complete on a port, ``close()`` only lets go, and once ``lender_value()`` stops
-        returning ``value`` (the owner closed it) every call is refused."""
+        returning ``value`` (the owner closed it; raising OSError, ValueError or
+        ReferenceError counts as closed) every call is refused. ``weak_fileno(owner)``
+        (``winiocp.owner``) makes one that does not keep the owner alive."""
         view = cls(ffi.cast("HANDLE", value), name)
         view._lend(value, lender_value)
         return view

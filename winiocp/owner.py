@@ -26,10 +26,13 @@ is queued (on Wine, which does queue a packet for it, see ``_packet_queued``).
 
 from __future__ import annotations
 
+import functools
+import operator
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from ._cdata import CData
 from .constants import WinError
@@ -44,6 +47,21 @@ H = TypeVar("H")
 T = TypeVar("T")
 
 _IO_PENDING = int(WinError.ERROR_IO_PENDING)  # a plain int: compared on every call issued
+_FILENO = operator.methodcaller("fileno")
+
+
+class Lender(Protocol):
+    """What a borrowed view's handle belongs to: a stdlib socket, asyncio's ``PipeHandle``."""
+
+    def fileno(self) -> int: ...
+
+
+def weak_fileno(lender: Lender) -> Callable[[], int]:
+    """``lender.fileno()`` through a weak proxy: the ``lender_value`` of a borrowed view that
+    must not keep its lender alive (once the lender is collected it raises ReferenceError,
+    which the view takes as closed). A C-level callable, with no Python frame: it runs for
+    every call issued on the view."""
+    return functools.partial(_FILENO, weakref.proxy(lender))
 
 
 class OverlappedOwner(Generic[H]):

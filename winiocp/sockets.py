@@ -13,10 +13,7 @@ What it guarantees, beyond the raw calls:
 
 from __future__ import annotations
 
-import functools
-import operator
 import socket as _stdlib
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -52,7 +49,7 @@ from .operations import (
     SendToOperation,
     check_size,
 )
-from .owner import OverlappedOwner
+from .owner import OverlappedOwner, weak_fileno
 from .raw import ExtensionFunctions, extension_functions, ffi, kernel32, ws2_32
 
 if TYPE_CHECKING:
@@ -64,7 +61,6 @@ ACCEPT_ADDRESS_SIZE = addresses.SOCKADDR_STORAGE_SIZE + 16
 # The kinds tested on every receive and send posted, as module globals (one load, not two).
 _RECV, _SEND = OpKind.RECV, OpKind.SEND
 _EXTENSIONS: dict[tuple[int, int, int], ExtensionFunctions] = {}
-_FILENO: Callable[[_stdlib.socket], int] = operator.methodcaller("fileno")
 
 
 class Socket(OverlappedOwner[int]):
@@ -131,10 +127,7 @@ class Socket(OverlappedOwner[int]):
         if sock.family not in (_stdlib.AF_INET, _stdlib.AF_INET6):
             raise ValueError(f"only AF_INET/AF_INET6 sockets can be borrowed, not {sock.family!r}")
         view = cls._adopt(value, int(sock.family), int(sock.type), sock.proto)
-        # The view must not keep the stdlib socket alive: it reads the lender's fileno()
-        # through a weak proxy (ReferenceError once it is gone), with no Python frame (this
-        # runs for every call issued on the view).
-        view._lend(value, functools.partial(_FILENO, weakref.proxy(sock)))
+        view._lend(value, weak_fileno(sock))  # (the view must not keep the socket alive)
         if sock.type == _stdlib.SOCK_STREAM:
             view._listening = bool(view.getsockopt_int(SocketLevel.SOL_SOCKET,
                                                        SocketOption.SO_ACCEPTCONN))

@@ -3,7 +3,10 @@ that supports overlapped I/O works with a port), against the real kernel32/ws2_3
 
 from __future__ import annotations
 
+import gc
 import socket
+import weakref
+from asyncio import windows_utils
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -27,6 +30,7 @@ from helpers_io import (  # noqa: F401 - fixtures are found by name
 
 from winiocp import ClosedHandleError, CompletionPort, Failure, Handle, Outcome, Socket
 from winiocp.constants import AddressFamily, SocketType, WinError
+from winiocp.owner import weak_fileno
 
 # -- UDP -------------------------------------------------------------------------------------------
 
@@ -210,3 +214,32 @@ def test_handle_closes_once_then_refuses_every_call(port: CompletionPort, tmp_pa
                 call()
                 pytest.fail(f"{name} on closed {handle!r} did not raise")
     assert port.pending_count == 0
+
+
+@pytest.mark.parametrize("lender_goes", ["closed", "collected"])
+def test_a_borrowed_pipe_view_refuses_calls_once_its_owner_lets_go(
+        port: CompletionPort, lender_goes: str) -> None:
+    """``Handle.borrow`` with ``weak_fileno``, as winiocp.aio views asyncio's PipeHandle: the
+    view never keeps the owner alive, and once the owner closed the HANDLE (or was collected,
+    which closes it) no call reaches the value."""
+    ends = windows_utils.pipe(overlapped=(True, True))
+    owner = windows_utils.PipeHandle(ends[0])
+    other = windows_utils.PipeHandle(ends[1])
+    try:
+        view = Handle.borrow(owner.fileno(), "borrowed pipe end", weak_fileno(owner))
+        port.associate(view)
+        assert not view.closed
+        if lender_goes == "closed":
+            owner.close()
+        else:
+            collected = weakref.ref(owner)
+            del owner
+            gc.collect()
+            assert collected() is None, "the view kept its owner alive"
+        assert view.closed
+        for call in (lambda: view.read(4), lambda: view.write(b"data"), lambda: view.handle):
+            with pytest.raises(ClosedHandleError):
+                call()
+        assert port.pending_count == 0
+    finally:
+        other.close()

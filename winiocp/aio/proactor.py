@@ -47,7 +47,7 @@ from ..constants import INFINITE, FileAccess, FileCreation, FileFlags, WinError
 from ..errors import ClosedHandleError, exception_for
 from ..handles import Handle
 from ..operations import AddressedOperation, BufferOperation, Operation, RecvOperation
-from ..owner import OverlappedOwner
+from ..owner import Lender, OverlappedOwner, weak_fileno
 from ..port import MAX_WAIT_MS, Completion, CompletionPort, Outcome
 from ..raw import INVALID_HANDLE, ffi, kernel32
 from ..sockets import AcceptOperation, Socket
@@ -439,13 +439,8 @@ class IocpProactor:
         if fileno is None:
             raise TypeError(f"expected a socket or a pipe handle, not {type(obj).__name__}")
         value = int(fileno())
-        lender = weakref.ref(obj)
-
-        def lender_value() -> int:
-            owner = lender()
-            return -1 if owner is None else int(owner.fileno())  # type: ignore[attr-defined]
-
-        return Handle.borrow(value, repr(obj), lender_value)  # type: ignore[return-value]
+        return Handle.borrow(value, repr(obj),  # type: ignore[return-value]
+                             weak_fileno(cast("Lender", obj)))
 
     def _issue(self, conn: Conn, issue: Callable[[OverlappedOwner[object], _Pending[T]], Operation],
                finish: Callable[[Completion], T]) -> _IocpFuture[T]:
