@@ -849,10 +849,12 @@ def echo_turn_finding(cost: dict[str, Any]) -> str:
 def fairness_findings(results: dict[str, Any]) -> list[str]:
     """Servers that left connections unanswered for the whole measured window (echo and aio
     sections), and how many connections they had not even accepted when it opened."""
+    echo_cells: dict[str, dict[str, Any]] = results.get("echo", {}).get("cells", {})
+    aio_cells: dict[str, dict[str, dict[str, Any]]] = results.get("aio", {}).get("cells", {})
     grids: list[tuple[str, str, dict[str, Any]]] = [
         (report.SERVER_TITLES.get(name, name), "echo", by_count)
-        for name, by_count in results.get("echo", {}).get("cells", {}).items()]
-    for api, by_loop in results.get("aio", {}).get("cells", {}).items():
+        for name, by_count in echo_cells.items()]
+    for api, by_loop in aio_cells.items():
         grids += [(report.AIO_LOOP_TITLES.get(loop, loop), report.AIO_API_TITLES.get(api, api),
                    by_count) for loop, by_count in by_loop.items()]
     found: list[str] = []

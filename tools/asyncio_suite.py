@@ -757,7 +757,7 @@ def test_step(version: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--python", default=",".join(DEFAULT_VERSIONS))
     parser.add_argument("--mode", default=",".join(MODES))
     parser.add_argument("--timeout", type=float, default=TEST_TIMEOUT,

@@ -802,7 +802,7 @@ def measure(factory: Callable[[], asyncio.AbstractEventLoop], kernel: Kernel, co
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--loop", choices=("winiocp", "stock"), required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--connections", default="1,16")

@@ -79,7 +79,7 @@ async def serve() -> tuple[asyncio.Server, asyncio.Server]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--loop", choices=LOOPS, default="stock")
     parser.add_argument("--max-seconds", type=float, default=1800)
     options = parser.parse_args(argv)

@@ -83,7 +83,7 @@ async def serve(api: str) -> asyncio.Server:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--loop", choices=LOOPS, default="stock")
     parser.add_argument("--api", choices=APIS, default="protocol")
     parser.add_argument("--profile", action="store_true",
