@@ -8,12 +8,14 @@ stock loop doing what ours avoids.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextvars
 import hashlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine
 import typing
 from typing import Any, TypeVar, cast
@@ -144,7 +146,6 @@ class Collect(asyncio.BufferedProtocol):
         self.pinned_at_eof = False
         self.data = bytearray()
         self.hints: list[int] = []
-        self.in_place: list[bool] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,9 +156,6 @@ class Collect(asyncio.BufferedProtocol):
         return self.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        receive = getattr(self.transport, "_receive", None)
-        if receive is not None:  # ours: was the receive issued on our own buffer?
-            self.in_place.append(receive.buffers[0] is self.view)
         self.data += self.buffer[:nbytes]
 
     def eof_received(self) -> bool:
@@ -173,8 +171,17 @@ class Collect(asyncio.BufferedProtocol):
 
 
 @pytest.mark.parametrize("name", ["stock", "winiocp"])
-def test_a_buffered_protocol_is_received_into_without_a_copy(name: str) -> None:
+def test_a_buffered_protocol_is_received_into_without_a_copy(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     payload = os.urandom(1 << 20)
+    read_into: list[object] = []  # the buffers our transport's reads wrote to
+    original = socket.socket.recv_into
+
+    def recording(sock: socket.socket, buffer: Any, *args: Any) -> int:
+        read_into.append(buffer)
+        return original(sock, buffer, *args)
+
+    monkeypatch.setattr(socket.socket, "recv_into", recording)
 
     def send(address: tuple[str, int]) -> None:
         with socket.create_connection(address, timeout=WAIT) as peer:
@@ -183,14 +190,15 @@ def test_a_buffered_protocol_is_received_into_without_a_copy(name: str) -> None:
             peer.recv(1)
 
     protocol = run(LOOPS[name](), serve_one(Collect, send))
-    data, hints, in_place = bytes(protocol.data), protocol.hints, protocol.in_place
+    data, hints = bytes(protocol.data), protocol.hints
     assert not protocol.pinned_at_eof
     assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
     if name == "stock":
         assert all(hint > 0 for hint in hints)  # asked to take a copy of each read's size
     else:
-        assert hints and all(hint == -1 for hint in hints)  # asked before the receive
-        assert in_place and all(in_place)  # and the kernel wrote straight into it
+        assert hints and all(hint == -1 for hint in hints)  # asked right before each read
+        # and every read went straight into the protocol's buffer (once per get_buffer)
+        assert len(read_into) == len(hints) and all(b is protocol.view for b in read_into)
 
 
 def test_queued_writes_go_out_gathered_in_few_sends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -500,3 +508,294 @@ def test_the_receive_buffer_grows_for_a_stream_and_shrinks_back() -> None:
     largest = max(map(len, protocol.chunks))
     assert RECEIVE_BYTES < largest <= MAX_RECEIVE_BYTES
     assert protocol.final_size == RECEIVE_BYTES
+
+
+# -- the contract in the corners: each case below broke on an earlier winiocp.aio and holds
+# on the stock loop (run on both) -----------------------------------------------------------
+
+
+class Producer(asyncio.Protocol):
+    """asyncio's producer pattern: write until ``pause_writing``, go on in
+    ``resume_writing``, close when all is written."""
+
+    def __init__(self, chunks: int) -> None:
+        self.remaining = chunks
+        self.paused = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.WriteTransport, transport)
+        self.produce()
+
+    def produce(self) -> None:
+        self.paused = False
+        while not self.paused and self.remaining:
+            self.transport.write(b"x" * 16384)
+            self.remaining -= 1
+        if not self.remaining:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.produce()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.done.set_result(None)
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_writes_made_in_resume_writing_go_out_with_nothing_else_happening(name: str) -> None:
+    # resume_writing runs when the queue drained; what it writes must leave without any
+    # other event: no timer, no data from the peer (they once waited for the next event).
+    chunks = 400
+    received: list[int] = []
+
+    def read_all(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            total = 0
+            while part := peer.recv(1 << 20):
+                total += len(part)
+            received.append(total)
+
+    async def main() -> None:
+        await asyncio.wait_for(serve_one(lambda: Producer(chunks), read_all), 10)
+
+    run(LOOPS[name](), main())
+    assert received == [chunks * 16384]
+
+
+class Switching(asyncio.Protocol):
+    """A plain protocol that hands the connection to a BufferedProtocol part-way, the way
+    ``loop.start_tls`` does (pause_reading, set_protocol, resume_reading)."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.before = bytearray()
+        self.after = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.before += data
+        if len(self.before) >= 4:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.3, self.switch)  # data queues meanwhile
+
+    def switch(self) -> None:
+        self.transport.set_protocol(Following(self))
+        self.transport.resume_reading()
+
+
+class Following(asyncio.BufferedProtocol):
+    """Takes over from ``Switching``; like asyncio's SSLProtocol, one buffer every time."""
+
+    def __init__(self, first: Switching) -> None:
+        self.first = first
+        self.view = memoryview(bytearray(65536))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.first.after += self.view[:nbytes]
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.first.done.set_result(None)
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_a_switch_to_a_buffered_protocol_keeps_the_stream_intact(name: str) -> None:
+    # Bytes received before the switch, into the transport's buffer, are fed to the new
+    # protocol's buffer; a read of the bytes after them must not land there first.
+    first, second, third = b"head", b"A" * 1000, b"B" * 500
+
+    def send(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            peer.sendall(first)
+            time.sleep(0.1)
+            peer.sendall(second)  # held in the transport while reading is paused
+            time.sleep(0.1)
+            peer.sendall(third)  # waits in the socket's buffer
+            peer.shutdown(socket.SHUT_WR)
+            peer.recv(1)
+
+    protocol = run(LOOPS[name](), serve_one(Switching, send))
+    assert bytes(protocol.before + protocol.after) == first + second + third
+
+
+class MovingBuffer(asyncio.BufferedProtocol):
+    """Offers the free end of its buffer; a later callback takes what was read and starts
+    over at the front (a parser that consumes in its own time)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(1000)
+        self.end = 0
+        self.taken = bytearray()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buffer)[self.end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        asyncio.get_running_loop().call_soon(self.consume)
+
+    def consume(self) -> None:
+        self.taken += self.buffer[:self.end]
+        self.end = 0
+        self.buffer.extend(b"\0" * 8)  # grows it too: it must not be exported any more
+        del self.buffer[-8:]
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.consume()
+        self.done.set_result(None)
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_a_buffered_protocol_may_move_and_resize_its_buffer_between_callbacks(name: str) -> None:
+    # get_buffer() is asked right before the read that fills what it returns: a buffer
+    # handed out earlier, then moved or resized by the protocol, is never written to.
+    pieces = (b"AAAA", b"BBBB", b"CCCC")
+
+    def send(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            for piece in pieces:
+                peer.sendall(piece)
+                time.sleep(0.1)
+            peer.shutdown(socket.SHUT_WR)
+            peer.recv(1)
+
+    protocol = run(LOOPS[name](), serve_one(MovingBuffer, send))
+    assert bytes(protocol.taken) == b"".join(pieces)
+
+
+class CloseAfterFirst(asyncio.BufferedProtocol):
+    """Closes soon after the first read (reading goes on until then); then watches its
+    buffer."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(b"." * 64)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.buffer[:] = b"." * 64  # taken: the buffer is ours again
+        cast(asyncio.WriteTransport, self.transport).write(b"bye")  # (an orderly close)
+        asyncio.get_running_loop().call_later(0.05, self.transport.close)  # reading on
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(None)
+        asyncio.get_running_loop().call_later(0.5, self.done.set_result, None)
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_nothing_is_written_to_a_buffered_protocols_buffer_after_close(name: str) -> None:
+    def send(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            peer.sendall(b"first")
+            time.sleep(0.2)
+            try:
+                peer.sendall(b"Z" * 8)  # after the close: for nobody
+            except OSError:
+                pass
+            time.sleep(0.5)
+
+    protocol = run(LOOPS[name](), serve_one(CloseAfterFirst, send))
+    assert bytes(protocol.buffer) == b"." * 64
+
+
+class ReadOnlyBuffer(asyncio.BufferedProtocol):
+    """Offers a buffer nothing can be read into."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reason: BaseException | None = None
+
+    def get_buffer(self, sizehint: int) -> bytes:
+        return bytes(100)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        raise AssertionError("nothing can have been read into a bytes object")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reason = exc
+        self.done.set_result(None)
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_an_unusable_buffer_from_get_buffer_ends_the_connection(name: str) -> None:
+    # A fatal error, reported, and connection_lost with it: not a connection that hangs.
+    errors: list[dict[str, Any]] = []
+
+    def send(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            peer.sendall(b"hello")
+            peer.recv(1)
+
+    async def main() -> ReadOnlyBuffer:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        return await asyncio.wait_for(serve_one(ReadOnlyBuffer, send), 10)
+
+    protocol = run(LOOPS[name](), main())
+    assert isinstance(protocol.reason, TypeError)
+    assert errors and isinstance(errors[0].get("exception"), TypeError)
+
+
+class BytesSubclass(bytes):
+    pass
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_write_and_writelines_take_what_asyncio_takes(name: str) -> None:
+    got: list[bytes] = []
+
+    class Writer(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.refused: list[str] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            writer = cast(asyncio.WriteTransport, transport)
+            writer.write(BytesSubclass(b"sub "))
+            writer.writelines([array.array("B", b"array "), memoryview(b"view"),  # type: ignore[list-item]
+                               b""])
+            for wrong in ("text", array.array("B", b"x")):
+                try:
+                    writer.write(wrong)  # type: ignore[arg-type]
+                except TypeError:
+                    self.refused.append(type(wrong).__name__)
+            writer.write_eof()
+            try:
+                writer.write(b"")
+            except RuntimeError:  # even an empty write, as asyncio checks it
+                self.refused.append("after write_eof")
+            writer.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.done.set_result(None)
+
+    def read_all(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            data = b""
+            while part := peer.recv(1024):
+                data += part
+            got.append(data)
+
+    protocol = run(LOOPS[name](), serve_one(Writer, read_all))
+    assert got == [b"sub array view"]
+    assert protocol.refused == ["str", "array", "after write_eof"]

@@ -376,7 +376,9 @@ class IocpProactor:
                 self._before_wait[:0] = callbacks[index + 1:]
                 raise
         ready: object = getattr(self._loop, "_ready", None)  # BaseEventLoop's ready queue
-        return bool(ready)
+        # Work they deferred to the end of a turn (a flush's resume_writing wrote again) is
+        # work too: the next turn must come at once, not after the next event.
+        return bool(ready) or bool(self._before_wait)
 
     def _poll(self, timeout: float | None = None) -> None:
         port = self._check_closed()

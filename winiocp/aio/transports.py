@@ -11,10 +11,14 @@ and no ``call_soon`` in between.
 
 * Receiving: one receive pending at a time, re-armed (the same OVERLAPPED and WSABUF) after
   each completion. A plain ``Protocol`` gets a copy of the transport's own buffer (64 KiB,
-  doubled up to 256 KiB while receives fill it, halved back when they are small); a
-  ``BufferedProtocol`` is received into directly (``get_buffer`` before the receive,
-  ``buffer_updated`` after it: zero copies), its buffer pinned until the completion. While
-  reading is paused no receive is issued; one already in flight is held and delivered on
+  doubled up to 256 KiB while receives fill it, halved back when they are small). A
+  ``BufferedProtocol``'s receive is a zero-byte one, which completes when data (or the FIN)
+  is there; the transport then reads straight into ``get_buffer()`` (zero copies) with
+  non-blocking reads, each followed at once by ``buffer_updated``, as libuv reads. So the
+  protocol's buffer is never lent to the kernel between callbacks: asyncio promises
+  nothing about a buffer once ``buffer_updated`` returned, and a protocol may move, resize
+  or reuse it (asyncio's own loops call ``get_buffer`` right before the read). While reading
+  is paused no receive is issued; one already in flight is held and delivered on
   ``resume_reading``.
 * Writing: ``write()`` sends at once when nothing is in flight; what is written meanwhile is
   queued as separate chunks (bytes are not copied; other buffers are, once) and goes out as
@@ -53,7 +57,7 @@ import socket
 from asyncio import constants, proactor_events, protocols
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Union, cast
+from typing import TYPE_CHECKING, Any, Union
 
 from ..operations import RecvOperation, SendOperation
 from ..port import Completion, Outcome
@@ -73,6 +77,12 @@ RECEIVE_BYTES = 65536
 MAX_RECEIVE_BYTES = 262144
 #: The most chunks one WSASend gathers (the rest wait for the next one).
 MAX_GATHER = 64
+#: The most reads into a BufferedProtocol's buffer per zero-byte receive, while they fill it.
+MAX_READS = 32
+#: The zero-byte receive's one (empty) buffer: nothing is received into it.
+_PROBE_LIST: list[bytearray] = [bytearray()]
+#: A held zero-byte receive (``_held``): data is waiting to be read.
+_READY = -1
 # asyncio.Server._detach takes the transport from 3.12 on (3.11.? too: ask, don't guess).
 _DETACH_TAKES_TRANSPORT = len(inspect.signature(
     asyncio.base_events.Server._detach).parameters) > 1  # type: ignore[attr-defined]
@@ -124,12 +134,12 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._receive_buffer = bytearray(RECEIVE_BYTES)
         self._receive: RecvOperation | None = None  # re-armed for each receive
         self._receiving = False
-        self._receive_into: Writable = self._receive_buffer
+        #: Whether the receive in flight is a BufferedProtocol's zero-byte one.
+        self._probing = False
         self._receive_list: list[Writable] = [self._receive_buffer]
-        #: The BufferedProtocol received into, or None (the transport's own buffer).
-        self._receiver: object = None
-        #: A completed receive kept while reading is paused: (buffer, count, receiver).
-        self._held: tuple[Writable, int, object] | None = None
+        #: A receive completed while reading is paused: the byte count in the transport's
+        #: buffer, or _READY (a zero-byte receive: data is waiting to be read).
+        self._held: int | None = None
         self._sending: SendOperation | None = None
         #: The last send, finished, re-armed for the next one (one send in flight at a time).
         self._spare_send: SendOperation | None = None
@@ -137,6 +147,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._in_flight_size = 0
         self._queue: deque[Chunk] = deque()
         self._queued = 0
+        if sock.gettimeout() != 0:  # (asyncio's own calls make it so) a BufferedProtocol's
+            sock.setblocking(False)  # reads must never block the loop
         super().__init__(loop, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
 
     def _socket_view(self) -> Socket:
@@ -170,33 +182,26 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     # -- reading -------------------------------------------------------------------------------
 
     def _loop_reading(self, fut: object = None) -> None:
-        """Scheduled by asyncio's own ``__init__``, after ``connection_made``: start reading."""
+        """Post the one receive, if the transport should be reading now. (Scheduled by
+        asyncio's own ``__init__``, after ``connection_made``: reading starts there.)"""
         if not self._receiving and self._held is None and not self._closing \
-                and not self._paused:
+                and not self._paused and not self.peer_finished:
             self._issue_receive()
 
     def _issue_receive(self) -> None:
-        protocol = self._protocol
-        if isinstance(protocol, protocols.BufferedProtocol):
-            try:
-                given = protocol.get_buffer(-1)
-                if not memoryview(given).nbytes:
-                    raise RuntimeError("get_buffer() returned an empty buffer")
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
-                return
-            self._receiver = protocol
-            buffer = cast("Writable", given)
-        else:
-            buffer = self._receive_buffer
-            self._receiver = None
-        self._receive_into = buffer
+        """A plain Protocol's receive goes into the transport's own buffer. A
+        BufferedProtocol's is a zero-byte receive, which completes once data (or the FIN) is
+        there without taking any: its data is then read into ``get_buffer()`` at once
+        (``_read_ready``), so the protocol's buffer is asked for right before the read that
+        fills it, as every asyncio loop does, and never lent to the kernel between callbacks
+        (the protocol may move, resize or drop it; after ``close()`` nothing writes to it)."""
+        probe = isinstance(self._protocol, protocols.BufferedProtocol)
+        self._probing = probe
         try:
             view = self._view or self._socket_view()
-            self._receive = view.recv_into(self._buffer_list(buffer), reuse=self._receive,
-                                           context=self._on_received)
+            self._receive = view.recv_into(
+                _PROBE_LIST if probe else self._buffer_list(self._receive_buffer),
+                reuse=self._receive, context=self._on_received)
         except ConnectionResetError as exc:
             self._force_close(exc)
         except OSError as exc:
@@ -213,17 +218,14 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             if completion.outcome is Outcome.FAILED:
                 self._failed(completion, "Fatal read error on pipe transport")
                 return
-            receiver = self._receiver
-            if receiver is not None:
-                # The protocol's buffer is unpinned at once: a pin must never be part of a
-                # cycle the GC clears (a memoryview with an export cannot be cleared).
-                receive = completion.operation
-                if receive is not None:
-                    receive.release()
+            count = _READY if self._probing else completion.bytes_transferred
             if self._paused:  # delivered by resume_reading
-                self._held = (self._receive_into, completion.bytes_transferred, receiver)
+                self._held = count
                 return
-            self._deliver(self._receive_into, completion.bytes_transferred, receiver)
+            if count == _READY:
+                self._read_ready()
+            else:
+                self._deliver(count)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -237,29 +239,75 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         else:
             self._fatal_error(exc, message)
 
-    def _deliver(self, buffer: Writable, count: int, receiver: object) -> None:
+    def _deliver(self, count: int) -> None:
+        """Hand the ``count`` bytes received into the transport's buffer to the protocol."""
         if count == 0:
             self.peer_finished = True
             self._eof_received()
             return
+        data = bytes(memoryview(self._receive_buffer)[:count])
+        size = len(self._receive_buffer)
+        if count == size or (size > RECEIVE_BYTES and count < size >> 3):
+            self._fit_receive_buffer(count)
+        self._loop_reading()  # the buffer is free again: receive on meanwhile
         protocol = self._protocol
-        if receiver is not None and receiver is protocol:
-            assert isinstance(protocol, protocols.BufferedProtocol)
-            protocol.buffer_updated(count)  # the bytes are in its buffer already
+        if isinstance(protocol, protocols.BufferedProtocol):  # set_protocol switched to one
+            protocols._feed_data_to_buffered_proto(protocol, data)  # type: ignore[attr-defined]
         else:
-            data = bytes(memoryview(buffer)[:count])
-            if receiver is None:  # our own buffer is free again: receive on meanwhile
-                size = len(self._receive_buffer)
-                if count == size or (size > RECEIVE_BYTES and count < size >> 3):
-                    self._fit_receive_buffer(count)
-                self._loop_reading()
+            protocol.data_received(data)  # type: ignore[attr-defined]
+
+    def _read_ready(self) -> None:
+        """Data (or the FIN) is waiting: read it into the BufferedProtocol's buffer now, as
+        long as reads fill it (at most MAX_READS, then the other connections' turn); then
+        the next zero-byte receive. A plain Protocol (set_protocol switched) gets a receive
+        into the transport's buffer instead."""
+        protocol = self._protocol
+        try:
             if isinstance(protocol, protocols.BufferedProtocol):
-                protocols._feed_data_to_buffered_proto(protocol, data)  # type: ignore[attr-defined]
-            else:
-                protocol.data_received(data)  # type: ignore[attr-defined]
-            if receiver is None:
-                return  # the next receive is pending already (or reading stopped)
-        self._loop_reading()
+                for _ in range(MAX_READS):
+                    if not self._read_into(protocol):
+                        break
+        finally:
+            self._loop_reading()  # (also after an interrupt: reading never stops for good)
+
+    def _read_into(self, protocol: protocols.BufferedProtocol) -> bool:
+        """One non-blocking read into ``get_buffer()``, then ``buffer_updated``; whether to
+        read again at once (the read filled the buffer: more may be waiting)."""
+        try:
+            buffer = protocol.get_buffer(-1)
+            size = memoryview(buffer).nbytes
+            if not size:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return False
+        try:
+            count = self._sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing (more) to read: the zero-byte receive waits for it
+        except ConnectionResetError as exc:
+            self._force_close(exc)
+            return False
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return False
+        if not count:
+            self.peer_finished = True
+            self._eof_received()
+            return False
+        try:
+            protocol.buffer_updated(count)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+            return False
+        return (count == size and not self._closing and not self._paused
+                and self._protocol is protocol)
 
     def _fit_receive_buffer(self, count: int) -> None:
         """Double the transport's own receive buffer when a receive filled it, halve it when
@@ -291,10 +339,12 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             return
         held, self._held = self._held, None
         try:
-            if held is not None:
-                self._deliver(*held)
-            else:
+            if held is None:
                 self._loop_reading()
+            elif held == _READY:
+                self._read_ready()
+            else:
+                self._deliver(held)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -304,24 +354,33 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
 
     def write(self, data: object) -> None:
         """As asyncio's ``write``; the close then waits for these bytes to be delivered."""
-        if type(data) is not bytes:
-            data = _kept(data)
-        if data:
-            self._write_chunks((data,), len(data))
+        if type(data) is bytes:
+            chunk: bytes = data
+        elif _writable(data):  # what asyncio's write takes
+            chunk = _kept(data)
+        else:
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__}")
+        self._write_chunks((chunk,) if chunk else (), len(chunk))
 
     def writelines(self, list_of_data: Iterable[object]) -> None:
-        """Queue every buffer as its own chunk: they go out in one gathering WSASend."""
+        """Queue every buffer as its own chunk: they go out in one gathering WSASend.
+        (Any bytes-like object, as asyncio's ``b"".join`` of them takes.)"""
         chunks = [data if type(data) is bytes else _kept(data) for data in list_of_data]
         chunks = [chunk for chunk in chunks if chunk]
-        if chunks:
-            self._write_chunks(chunks, sum(len(chunk) for chunk in chunks))
+        self._write_chunks(chunks, sum(len(chunk) for chunk in chunks))
 
     def _write_chunks(self, chunks: Iterable[bytes], size: int) -> None:
+        """Queue ``chunks`` (``size`` bytes in all; none for an empty write, which is
+        checked as asyncio checks it and then ignored) and send them, or hold them back
+        to the end of the turn."""
         state: Any = self  # asyncio's private transport state, untyped in typeshed
         if state._eof_written:
             raise RuntimeError("write_eof() already called")
         if state._empty_waiter is not None:
             raise RuntimeError("unable to write; sendfile is in progress")
+        if not size:
+            return
         if state._conn_lost:
             if state._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 log.warning("socket.send() raised exception.")
@@ -514,11 +573,9 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             # closed connection is freed by reference counting alone).
             self._on_received = self._on_sent = _ignore
             self._on_flush = _nothing
-            self._receiver = self._held = None
+            self._held = None
             self._receive = None  # (if still pending, the port owns it until it completes)
             self._spare_send = None
-            self._receive_into = self._receive_buffer
-            self._receive_list = [self._receive_buffer]
             if sock is not None:
                 loop = state._loop
                 if exc is None and not self._abortive and self.wrote \
@@ -529,12 +586,19 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                     _close_at_once(sock)
 
 
+def _writable(data: object) -> bool:
+    return isinstance(data, (bytes, bytearray, memoryview))
+
+
 def _kept(data: object) -> bytes:
-    """What ``write`` keeps of a buffer that is not ``bytes``: a copy, since the caller may
-    change it once ``write`` returns. Raises ``TypeError`` for anything else."""
-    if not isinstance(data, (bytearray, memoryview)):
-        raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__}")
-    return bytes(cast("Writable", data))
+    """What ``write`` keeps of a bytes-like object that is not ``bytes`` itself: a copy of
+    its bytes, since the caller may change it once ``write`` returns (a ``bytes`` subclass
+    may change what its buffer is). Raises ``TypeError`` for anything else."""
+    try:
+        return bytes(memoryview(data))  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"data argument must be a bytes-like object, "
+                        f"not {type(data).__name__}") from None
 
 
 def _ignore(completion: Completion) -> None:
