@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import socket
+import warnings
 import weakref
 
 import pytest
@@ -271,18 +272,22 @@ def test_a_borrowed_view_never_touches_the_value_once_its_lender_closed_it() -> 
             new.close()
 
 
-def test_a_borrowed_view_never_touches_the_value_once_its_lender_is_collected() -> None:
+def test_a_borrowed_view_refuses_every_call_once_its_lender_is_collected() -> None:
     """The same when the stdlib socket is garbage-collected (which closes it): the view holds
-    it only weakly, so it neither keeps the socket open nor outlives it as a live view."""
+    it only weakly, so it neither keeps the socket open nor outlives it as a live view. (The
+    value is not waited for here: whatever runs meanwhile, the collector's ResourceWarning
+    machinery included, may take it first.)"""
     with CompletionPort() as port:
-        lender, view, value = lent_socket(port)
+        lender, view, _ = lent_socket(port)
         collected = weakref.ref(lender)
-        del lender
-        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # (it was never closed)
+            del lender
+            gc.collect()
         assert collected() is None, "the view kept its lender alive"
-        new, tries = socket_with_value(value)
-        try:
-            print(f"\nvalue {value} handed out again after {tries} tries")
-            assert_refused_and_leaves_value_alone(view, new, value)
-        finally:
-            new.close()
+        assert view.closed
+        for call in (lambda: view.recv_into([bytearray(16)]), view.fileno,
+                     lambda: view.sendto(b"meant for the old socket", ("127.0.0.1", 9))):
+            with pytest.raises(ClosedHandleError):
+                call()
+        assert port.pending_count == 0
