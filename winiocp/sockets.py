@@ -115,12 +115,18 @@ class Socket(OverlappedOwner[int]):
         return cls._adopt(sock.detach(), family, type, proto)
 
     @classmethod
-    def borrow(cls, sock: _stdlib.socket) -> Socket:
+    def borrow(cls, sock: _stdlib.socket, *, listening: bool | None = None) -> Socket:
         """A view of a stdlib socket that stays the stdlib socket's: overlapped operations
         on it complete on a port as usual, ``close()`` of the view only lets go, and once the
         stdlib socket is closed the view refuses every call (``ClosedHandleError``) instead of
         touching a value Windows may have reused. For event loops that hand out stdlib
-        sockets (asyncio) but do their I/O through winiocp."""
+        sockets (asyncio) but do their I/O through winiocp.
+
+        ``listening`` says whether a stream socket listens, when the caller knows (a socket
+        it has just made, one it has connected or accepted): the view then refuses
+        ``recv``/``send`` or ``accept`` as it should without asking Windows, which costs a
+        getsockopt (a system call per borrow). ``None`` asks. A wrong answer cannot reach
+        the wrong socket: Windows itself then fails the call (WSAENOTCONN, WSAEINVAL)."""
         value = sock.fileno()
         if value == -1:
             raise ClosedHandleError("socket")
@@ -129,8 +135,9 @@ class Socket(OverlappedOwner[int]):
         view = cls._adopt(value, int(sock.family), int(sock.type), sock.proto)
         view._lend(value, weak_fileno(sock))  # (the view must not keep the socket alive)
         if sock.type == _stdlib.SOCK_STREAM:
-            view._listening = bool(view.getsockopt_int(SocketLevel.SOL_SOCKET,
-                                                       SocketOption.SO_ACCEPTCONN))
+            view._listening = bool(view.getsockopt_int(
+                SocketLevel.SOL_SOCKET, SocketOption.SO_ACCEPTCONN)
+                if listening is None else listening)
         return view
 
     def to_stdlib(self) -> _stdlib.socket:

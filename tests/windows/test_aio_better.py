@@ -429,6 +429,69 @@ def test_an_accept_pool_outrun_by_a_burst_grows_to_the_backlog() -> None:
     assert ACCEPTS_PER_LISTENER < grown_pool <= clients + 8
 
 
+def system_calls_per_accepted_connection(name: str, monkeypatch: pytest.MonkeyPatch,
+                                         clients: int = 12) -> tuple[float, float]:
+    """Clients connect one after another, each with one echo, to a server whose accepts are
+    posted already: per accepted connection, how often the loop asked Windows whether a
+    socket listens (getsockopt SO_ACCEPTCONN, winiocp's own) and switched a socket's
+    blocking mode (settimeout/setblocking: an ioctlsocket each)."""
+    from winiocp.constants import SocketLevel, SocketOption
+    from winiocp.sockets import Socket
+
+    counts = {"asks": 0, "switches": 0}
+    loop_thread = threading.get_ident()  # (the clients' own sockets are not counted)
+    getsockopt_int, settimeout, setblocking = (
+        Socket.getsockopt_int, socket.socket.settimeout, socket.socket.setblocking)
+
+    def counted_getsockopt_int(self: Socket, level: int, option: int) -> int:
+        if (level, option) == (SocketLevel.SOL_SOCKET, SocketOption.SO_ACCEPTCONN):
+            counts["asks"] += 1
+        return getsockopt_int(self, level, option)
+
+    def counted_settimeout(self: socket.socket, value: float | None) -> None:
+        counts["switches"] += threading.get_ident() == loop_thread
+        settimeout(self, value)
+
+    def counted_setblocking(self: socket.socket, flag: bool) -> None:
+        counts["switches"] += threading.get_ident() == loop_thread
+        setblocking(self, flag)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, LOOPBACK, 0)
+        address = server.sockets[0].getsockname()[:2]
+        await asyncio.to_thread(exchange, address, b"warm-up", WAIT)  # the accepts are posted
+        with monkeypatch.context() as patch:
+            patch.setattr(Socket, "getsockopt_int", counted_getsockopt_int)
+            patch.setattr(socket.socket, "settimeout", counted_settimeout)
+            patch.setattr(socket.socket, "setblocking", counted_setblocking)
+            for index in range(clients):
+                message = b"client %d" % index
+                assert await asyncio.to_thread(exchange, address, message, WAIT) == message
+            await asyncio.sleep(0.1)  # the last connection's close
+        server.close()
+        await server.wait_closed()
+
+    run_on(name, main)
+    return counts["asks"] / clients, counts["switches"] / clients
+
+
+def test_an_accepted_connection_costs_no_system_call_for_what_the_loop_knows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under Wine each such call is a wineserver round trip (section 1c of bench/RESULTS.md:
+    an accepted connection's life cost 37 requests before, 31 after). The accept socket is
+    made by the loop and the transport's socket is connected, so neither is asked whether it
+    listens; and the accept socket is non-blocking from the start, so it is not switched
+    again once accepted (the stock loop switches it twice)."""
+    stock_asks, stock_switches = system_calls_per_accepted_connection("stock", monkeypatch)
+    print(f"stock ProactorEventLoop: {stock_switches:.2f} blocking-mode switches per "
+          "accepted connection")
+    asks, switches = system_calls_per_accepted_connection("winiocp", monkeypatch)
+    assert asks == 0
+    assert switches == 1  # the next accept socket's, made non-blocking once
+    assert stock_switches > switches
+
+
 def factory_failure(name: str) -> tuple[list[str], bytes | str]:
     """A server whose protocol factory raises for the first client: what the second gets."""
     reported: list[str] = []

@@ -148,6 +148,55 @@ def test_to_stdlib_refused_while_an_operation_is_pending(port: CompletionPort, l
     assert receive_exactly(back, 9) == b"now yours"
 
 
+@pytest.mark.parametrize("listening", [None, True], ids=["asked", "told"])
+def test_a_borrowed_listener_accepts_and_refuses_receives(listening: bool | None,
+                                                          port: CompletionPort,
+                                                          stack: ExitStack) -> None:
+    """``Socket.borrow`` learns that a stdlib socket listens from Windows, or from the
+    caller's ``listening=True``; either way the view accepts and refuses stream I/O."""
+    lender = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+    view = Socket.borrow(lender, listening=listening)
+    port.associate(view)
+    with pytest.raises(ValueError, match="listening"):
+        view.recv(16)
+    accept = view.accept()
+    client = stack.enter_context(socket.create_connection(lender.getsockname()))
+    accepted = wait_for(port, accept).operation
+    assert accepted is accept and accept.accepted is not None
+    stack.enter_context(accept.accepted)
+    assert accept.remote_address == client.getsockname()
+
+
+@support.wine_deviation("AcceptEx on a socket that does not listen, and WSARecv on one that "
+                        "does, pend (nothing ever completes them) instead of failing at once")
+@pytest.mark.parametrize("told", ["listening", "connected"])
+def test_a_call_a_wrongly_told_view_lets_through_is_refused_by_windows(
+        told: str, port: CompletionPort, stack: ExitStack) -> None:
+    """Told wrongly, a view passes a call it should have refused, and Windows refuses it at
+    once: AcceptEx on a socket that does not listen fails with WSAEINVAL ("listen was not
+    invoked prior to AcceptEx"), WSARecv on a listener with WSAENOTCONN ("the socket is not
+    connected"); nothing is left pending."""
+    call: Callable[[], object]
+    if told == "listening":
+        lender = stack.enter_context(socket.socket())
+        view = Socket.borrow(lender, listening=True)
+        call, expected = view.accept, WinError.WSAEINVAL
+    else:
+        lender = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        view = Socket.borrow(lender, listening=False)
+        call, expected = (lambda: view.recv(16)), WinError.WSAENOTCONN
+    port.associate(view)
+    try:
+        with pytest.raises(OSError) as error:
+            call()
+        assert error.value.winerror == expected
+    finally:  # (under Wine the call pends: cancel it and take its completion)
+        view.cancel()
+        while port.pending_count and port.get(WAIT_S).outcome is not Outcome.TIMED_OUT:
+            pass
+    assert port.pending_count == 0
+
+
 def test_to_stdlib_gives_a_blocking_socket(stack: ExitStack, pool: ThreadPoolExecutor) -> None:
     """Regression (fixed in eaf820d): a stdlib socket with a time-out is non-blocking at the
     Winsock level; after from_stdlib/to_stdlib the new socket.socket says it is blocking, and

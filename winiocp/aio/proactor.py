@@ -254,7 +254,8 @@ class _AcceptAttempt:
             conn = self.conn = _accept_socket(self.listener.family)
             try:
                 self.future.operation = self.view.accept(
-                    Socket.borrow(conn), context=_Pending(self.future, self.finish, self.listener, self.proactor))
+                    Socket.borrow(conn, listening=False),  # (made just now: it cannot be)
+                    context=_Pending(self.future, self.finish, self.listener, self.proactor))
                 return
             except OSError as exc:
                 conn.close()
@@ -285,7 +286,9 @@ class _AcceptAttempt:
         # client has reset meanwhile; the transport then learns of the reset by reading.
         operation = completion.operation
         assert isinstance(operation, AcceptOperation)
-        conn.settimeout(self.listener.gettimeout())
+        timeout = self.listener.gettimeout()
+        if conn.gettimeout() != timeout:  # (each settimeout is a system call; asyncio's
+            conn.settimeout(timeout)      # listeners are non-blocking, as conn is already)
         self.conn = None  # the caller's now
         address = operation.remote_address
         return conn, address if address is not None else conn.getpeername()
@@ -415,13 +418,14 @@ class IocpProactor:
 
     # -- views of asyncio's objects ----------------------------------------------------------
 
-    def _register_with_iocp(self, obj: object) -> OverlappedOwner[object]:
+    def _register_with_iocp(self, obj: object, *, listening: bool | None = None
+                            ) -> OverlappedOwner[object]:
         """The borrowed view of ``obj`` (a stdlib socket or a PipeHandle), associated with
-        our port on first use."""
+        our port on first use (``listening``: as ``Socket.borrow`` takes it)."""
         port = self._check_closed()
         view = self._views.get(obj)
         if view is None:  # (once its owner closes it, the view refuses every call itself)
-            view = self._borrow(obj)
+            view = self._borrow(obj, listening)
             port.associate(view)
             if isinstance(view, Socket):
                 view.set_skip_on_success()  # (only where Windows allows it)
@@ -430,13 +434,14 @@ class IocpProactor:
 
     def stream_view(self, sock: socket.socket) -> Socket:
         """The borrowed, associated view of a connected stream socket, for a transport that
-        issues its own operations with completion handlers as their context."""
-        return _sock(self._register_with_iocp(sock))
+        issues its own operations with completion handlers as their context (asyncio makes
+        transports of connected sockets only: Windows is not asked whether it listens)."""
+        return _sock(self._register_with_iocp(sock, listening=False))
 
     @staticmethod
-    def _borrow(obj: object) -> OverlappedOwner[object]:
+    def _borrow(obj: object, listening: bool | None) -> OverlappedOwner[object]:
         if isinstance(obj, socket.socket):
-            return Socket.borrow(obj)  # type: ignore[return-value]
+            return Socket.borrow(obj, listening=listening)  # type: ignore[return-value]
         fileno = getattr(obj, "fileno", None)
         if fileno is None:
             raise TypeError(f"expected a socket or a pipe handle, not {type(obj).__name__}")
