@@ -126,7 +126,8 @@ class Socket(OverlappedOwner[int]):
         it has just made, one it has connected or accepted): the view then refuses
         ``recv``/``send`` or ``accept`` as it should without asking Windows, which costs a
         getsockopt (a system call per borrow). ``None`` asks. A wrong answer cannot reach
-        the wrong socket: Windows itself then fails the call (WSAENOTCONN, WSAEINVAL)."""
+        the wrong socket: Windows itself then fails the call (WSAENOTCONN, WSAEINVAL; Wine
+        leaves such a call pending instead)."""
         value = sock.fileno()
         if value == -1:
             raise ClosedHandleError("socket")
