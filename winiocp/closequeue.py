@@ -19,6 +19,8 @@ import heapq
 import itertools
 import threading
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -37,6 +39,10 @@ class CloseQueue(Generic[T]):
         self.timeout = timeout
         self._heap: list[tuple[float, int]] = []  # (deadline, ticket)
         self._items: dict[int, T] = {}  # ticket -> item, only while it is queued
+        #: The queued items by ticket, read-only and live: its truth value says whether
+        #: anything is queued at the cost of a C call (``len(queue)`` is a Python frame), for
+        #: a loop that checks its queues every turn.
+        self.queued: Mapping[int, T] = MappingProxyType(self._items)
         self._tickets: dict[int, int] = {}  # id(item) -> its current ticket
         self._next_ticket = itertools.count()
         self._lock = threading.Lock()

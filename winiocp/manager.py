@@ -44,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from .closequeue import CloseQueue
 from .connections import CloseReason, Connection, Handler
@@ -55,6 +56,8 @@ from .port import Completion, CompletionPort, Outcome
 from .sockets import AcceptOperation, Socket
 
 log: logging.Logger = logging.getLogger("winiocp")
+#: Stands for the idle queue of a manager that has none (``_queued``).
+_NOTHING: MappingProxyType[int, object] = MappingProxyType({})
 #: How many times in a row a synchronously failing AcceptEx is retried at once (each retry
 #: takes the next client from the backlog) before the slot backs off.
 ACCEPT_RETRIES = 16
@@ -161,6 +164,9 @@ class ConnectionManager:
         #: time.monotonic() when the current batch was dequeued (``run_once``, ``dispatch``):
         #: the clock connections record their activity with.
         self.now: float = time.monotonic()
+        # What run_once tests every turn: whether any deadline queue holds anything.
+        self._queued = (self.close_queue.queued, self.retry_queue.queued,
+                        self.idle_queue.queued if self.idle_queue is not None else _NOTHING)
         # Completions of a batch an interrupt cut short, routed first by the next run_once.
         self._undispatched: deque[Completion] = deque()
         self._lock = threading.Lock()
@@ -224,7 +230,8 @@ class ConnectionManager:
             self.expire()
             return True
         wait = 0.5 if timeout is None else timeout
-        if self.close_queue or self.idle_queue or self.retry_queue:
+        closing, retrying, idle = self._queued
+        if closing or retrying or idle:
             for queue in (self.close_queue, self.idle_queue, self.retry_queue):
                 due = queue.seconds_until_next() if queue is not None else None
                 if due is not None and due < wait:
@@ -236,7 +243,8 @@ class ConnectionManager:
         self.now = now = time.monotonic()
         if completions:
             self._route(completions)
-        self.expire(now)
+        if closing or retrying or idle:  # (live views: what the handlers just queued counts)
+            self.expire(now)
         return True
 
     def _route(self, completions: list[Completion]) -> None:
@@ -302,8 +310,9 @@ class ConnectionManager:
     def expire(self, now: float | None = None) -> int:
         """Force-close every connection whose close deadline passed, close those idle too
         long, and re-arm accept slots whose back-off ended; return how many were forced."""
-        if not self.close_queue and not self.idle_queue and not self.retry_queue:
-            return 0  # nothing has a deadline: the common case costs three length checks
+        closing, retrying, idle = self._queued
+        if not closing and not retrying and not idle:
+            return 0  # nothing has a deadline: the common case costs three C calls
         now = time.monotonic() if now is None else now
         for retry in self.retry_queue.expired(now):
             self._guarded(retry.post)

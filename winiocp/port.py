@@ -75,6 +75,7 @@ from .raw import INVALID_HANDLE, ffi, kernel32, ntdll
 #: Longest single wait when the caller asked for no time-out: Python sees Ctrl-C between waits.
 INTERRUPT_CHECK_SECONDS = 0.5
 MAX_WAIT_MS = INFINITE - 1
+_LONGEST_WAIT_SECONDS = MAX_WAIT_MS / 1000
 _WAIT_TIMEOUT = int(WinError.WAIT_TIMEOUT)  # a plain int: compared on every empty dequeue
 _PORT_CLOSED_ERRORS = frozenset({WinError.ERROR_ABANDONED_WAIT_0, WinError.ERROR_INVALID_HANDLE})
 # Operations of closed ports that may still be written by the kernel: never freed.
@@ -173,8 +174,11 @@ class Associable(Protocol):
         ...
 
 
-class _DequeueBuffers(threading.local):
-    """Per-thread out-parameters and entry array, allocated once (no per-call allocation)."""
+class _DequeueBuffers:
+    """One thread's out-parameters and entry array, allocated once (no per-call allocation)."""
+
+    __slots__ = ("bytes", "key", "address", "overlapped", "entries", "entries_view",
+                 "capacity", "removed", "dequeues", "kernel_due")
 
     def __init__(self) -> None:
         self.bytes = ffi.new("DWORD *")
@@ -191,6 +195,15 @@ class _DequeueBuffers(threading.local):
         self.dequeues = False
         #: The last dequeue of this thread served inline completions only: ask the kernel now.
         self.kernel_due = False
+
+
+class _PerThread(threading.local):
+    """Each thread's ``_DequeueBuffers``. A plain slotted object behind one thread-local
+    attribute: every read of a ``threading.local``'s attribute costs a per-thread lookup, and a
+    dequeue reads the buffers' fields several times."""
+
+    def __init__(self) -> None:
+        self.buffers = _DequeueBuffers()
 
 
 class CompletionPort:
@@ -225,7 +238,7 @@ class CompletionPort:
         self._ready: deque[Completion] = deque()
         #: Operations that completed at once with no packet (skip-on-success), and their keys.
         self._inline: deque[tuple[Operation, int]] = deque()
-        self._buffers = _DequeueBuffers()
+        self._threads = _PerThread()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -376,7 +389,7 @@ class CompletionPort:
         A thread that has never dequeued from this port may never come back for it, while
         others wait in the kernel: its completion is posted to the port as a packet instead.
         """
-        if self._buffers.dequeues:
+        if self._threads.buffers.dequeues:
             self._inline.append((operation, key))
             return
         # The status is success (the call returned it); the byte count is InternalHigh,
@@ -447,7 +460,7 @@ class CompletionPort:
                 return self._ready.popleft()
             except IndexError:  # another thread took it
                 pass
-        out = self._buffers
+        out = self._threads.buffers
         out.dequeues = True
         if self._inline:
             if out.kernel_due:  # the last call served inline only: the kernel's turn first
@@ -477,7 +490,7 @@ class CompletionPort:
         if handle is None:
             return Completion(Outcome.PORT_CLOSED)
         try:
-            out = self._buffers
+            out = self._threads.buffers
             out.address[0] = 0
             try:
                 ok = kernel32.GetQueuedCompletionStatus(handle, out.bytes, out.key,
@@ -540,7 +553,7 @@ class CompletionPort:
             count = max_entries
         if self._ready:
             return self._take_ready(count)
-        out = self._buffers
+        out = self._threads.buffers
         if out.capacity < batch:  # this thread's first get_many (or a bigger batch)
             out.dequeues = True
             out.entries = ffi.new("OVERLAPPED_ENTRY[]", batch)
@@ -562,7 +575,9 @@ class CompletionPort:
         if out.kernel_due:
             out.kernel_due = False
         if timeout is not None:
-            return self._get_many_once(out, count, 0 if not timeout else _milliseconds(timeout))
+            if 0 < timeout < _LONGEST_WAIT_SECONDS:  # _milliseconds()'s common case, inline
+                return self._get_many_once(out, count, int(timeout * 1000 + 0.999))
+            return self._get_many_once(out, count, 0 if timeout == 0 else _milliseconds(timeout))
         slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)  # sliced, as in get(), for Ctrl-C
         while True:
             completions = self._get_many_once(out, count, slice_ms)
@@ -573,10 +588,12 @@ class CompletionPort:
 
     def _get_many_once(self, out: _DequeueBuffers, count: int, milliseconds: int
                        ) -> list[Completion]:
-        handle = self._enter()
-        if handle is None:
-            raise PortClosedError(None, "completion port is closed", None,
-                                  WinError.ERROR_INVALID_HANDLE)
+        with self._lock:  # _enter(), inline: this runs once per loop turn
+            handle = self._handle
+            if handle is None:
+                raise PortClosedError(None, "completion port is closed", None,
+                                      WinError.ERROR_INVALID_HANDLE)
+            self._waiters += 1
         try:
             out.removed[0] = 0
             try:
@@ -765,7 +782,7 @@ def _entry_error(internal: int) -> int:
 def _milliseconds(timeout: float) -> int:
     if timeout != timeout or timeout < 0:  # NaN or negative
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
-    if timeout >= MAX_WAIT_MS / 1000:  # also infinity: the longest finite wait
+    if timeout >= _LONGEST_WAIT_SECONDS:  # also infinity: the longest finite wait
         return MAX_WAIT_MS
     return int(timeout * 1000 + 0.999)
 

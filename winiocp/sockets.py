@@ -417,9 +417,10 @@ class Socket(OverlappedOwner[int]):
         operation.set_buffers(buffers, writable=True)
         operation.flags[0] = flags
         wsabufs, count, winsock = operation.wsabufs, len(operation.buffers), ws2_32
-        self.issue(operation, "WSARecv", winsock.WSARecv, SOCKET_ERROR, context, args=(
-            wsabufs, count, ffi.NULL, operation.flags, operation.overlapped, ffi.NULL),
-            last_error=winsock.WSAGetLastError)
+        # (issue's arguments given by position: keywords cost a hot call more)
+        self.issue(operation, "WSARecv", winsock.WSARecv, SOCKET_ERROR, context, (), False,
+                   (wsabufs, count, ffi.NULL, operation.flags, operation.overlapped, ffi.NULL),
+                   winsock.WSAGetLastError)
         return operation
 
     def send(self, data: BufferLike | Sequence[BufferLike], flags: int = 0, *,
@@ -454,10 +455,10 @@ class Socket(OverlappedOwner[int]):
         operation.set_buffers((data,) if type(data) is bytes else _as_buffer_list(data),
                               writable=False)
         wsabufs, count, winsock = operation.wsabufs, len(operation.buffers), ws2_32
-        self.issue(operation, "WSASend", winsock.WSASend, SOCKET_ERROR, context,
-                   finish_inline=finish_inline,
-                   args=(wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
-                   last_error=winsock.WSAGetLastError)
+        self.issue(operation, "WSASend", winsock.WSASend, SOCKET_ERROR, context, (),
+                   finish_inline,
+                   (wsabufs, count, ffi.NULL, flags, operation.overlapped, ffi.NULL),
+                   winsock.WSAGetLastError)
         return operation
 
     def recvfrom_into(self, buffer: BufferLike, *, reuse: RecvFromOperation | None = None,
