@@ -928,9 +928,11 @@ def aio_cost_findings(results: dict[str, Any]) -> list[str]:
             "the core's per-operation Python alone is most of the stock loop's whole budget, "
             "so halving the stock loop's Python would need that per-operation work in "
             "compiled code, which an ABI-mode binding does not ship.")
+    where = ("" if len(dearer) == len(counts)
+             else " at " + ", ".join(f"{c} connection(s)" for c in dearer))
     return [
         "**With the kernel stubbed, winiocp.aio runs more Python per echoed message than the "
-        "stock loop** (winiocp.aio vs stock: " + cells + "). The system calls are what Wine "
+        "stock loop" + where + "** (winiocp.aio vs stock: " + cells + "). The system calls are what Wine "
         "charges for, so under Wine fewer calls can still win end to end; on Windows, where a "
         "call is cheap, the Python per message is what limits a loop." + why + calls]
 
