@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import pytest
 
 import winiocp.aio
-from winiocp.aio.transports import MAX_RECEIVE_BYTES, RECEIVE_BYTES, SocketTransport
+from winiocp.aio.transports import READ_BYTES, SocketTransport
 from winiocp.sockets import Socket
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -465,31 +465,25 @@ def test_a_close_after_the_peers_fin_loses_nothing_and_needs_no_drain(
 
 
 class Record(asyncio.Protocol):
-    """Keeps every chunk, and the transport's own receive buffer size at EOF."""
+    """Keeps every chunk."""
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
-        self.final_size = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, SocketTransport)
-        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
 
     def eof_received(self) -> bool:
-        self.final_size = len(self.transport._receive_buffer)
         self.done.set_result(None)
         return False
 
 
-def test_the_receive_buffer_grows_for_a_stream_and_shrinks_back() -> None:
-    """A receive that fills the transport's buffer doubles it (a bulk transfer then takes
-    a quarter of the receives: each costs the same system calls whatever it brings), up to
-    MAX_RECEIVE_BYTES; small receives shrink it back, so an idle connection pins no more than
-    it did. Every byte arrives, in order."""
+def test_a_stream_is_read_in_large_reads_into_the_loops_buffer() -> None:
+    """A plain Protocol's data is read into the loop's one read buffer (the connection holds
+    none of its own): a bulk transfer in reads of up to READ_BYTES, each costing one system
+    call whatever it brings; small messages after it arrive one by one. Every byte arrives,
+    in order."""
     bulk = os.urandom(16 << 20)
     tail = [b"small %d" % index for index in range(6)]
 
@@ -497,7 +491,7 @@ def test_the_receive_buffer_grows_for_a_stream_and_shrinks_back() -> None:
         with socket.create_connection(address, timeout=WAIT) as client:
             client.sendall(bulk)
             for message in tail:
-                threading.Event().wait(0.05)  # one small receive each
+                threading.Event().wait(0.05)  # one small read each
                 client.sendall(message)
             client.shutdown(socket.SHUT_WR)
             client.recv(1)
@@ -506,8 +500,8 @@ def test_the_receive_buffer_grows_for_a_stream_and_shrinks_back() -> None:
     received = b"".join(protocol.chunks)
     assert hashlib.sha256(received).digest() == hashlib.sha256(bulk + b"".join(tail)).digest()
     largest = max(map(len, protocol.chunks))
-    assert RECEIVE_BYTES < largest <= MAX_RECEIVE_BYTES
-    assert protocol.final_size == RECEIVE_BYTES
+    assert 65536 < largest <= READ_BYTES
+    assert protocol.chunks[-len(tail):] == tail
 
 
 # -- the contract in the corners: each case below broke on an earlier winiocp.aio and holds

@@ -8,6 +8,7 @@ to make every new loop of the default policy ours.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import sys
@@ -17,22 +18,32 @@ from typing import TypeVar, cast
 
 from ..addresses import Address
 from .proactor import HasFileno, IocpProactor
+from ..operations import RecvOperation
+from ..sockets import Socket
 from .serving import ACCEPTS_PER_LISTENER, Listener
-from .transports import OrderlyClose, SocketTransport
+from .transports import READ_BYTES, OrderlyClose, SocketTransport
 
 T = TypeVar("T")
+log: logging.Logger = logging.getLogger("winiocp.aio")
 
 
 class EventLoop(asyncio.ProactorEventLoop):
     """``asyncio.ProactorEventLoop`` on ``winiocp.aio.IocpProactor``, whose socket transports
     close without losing data (``transports.py``)."""
 
-    #: Seconds a closed connection may take to finish its orderly close (rule 4).
+    #: Seconds a closed connection may take to finish its orderly close (rule 4); ending the
+    #: loop waits for those still going on, at most this long.
     close_timeout: float = 5.0
 
     def __init__(self, proactor: IocpProactor | None = None) -> None:
         #: Connections whose orderly close is still going on (``transports.OrderlyClose``).
         self.closing_connections: set[OrderlyClose] = set()
+        #: The one buffer the loop's transports read into (a plain Protocol's data is copied
+        #: out of it before ``data_received``; a closing connection's is discarded): a
+        #: connection holds no receive buffer of its own.
+        self.read_buffer: memoryview = memoryview(bytearray(READ_BYTES))
+        #: Resolved once the orderly closes are done, while ``close()`` waits for them.
+        self._orderly_closes_done: asyncio.Future[None] | None = None
         #: The listening sockets being served, each with its pending accepts (``serving.py``).
         self.listeners: dict[socket.socket, Listener] = {}
         super().__init__(proactor if proactor is not None else IocpProactor())  # type: ignore[arg-type]
@@ -101,12 +112,21 @@ class EventLoop(asyncio.ProactorEventLoop):
                       super()._sendfile_native)  # type: ignore[misc]
         return await native(transp, file, offset, count)
 
-    def _close_orderly(self, sock: socket.socket) -> None:
-        """Finish closing ``sock`` after its transport is gone: see ``transports.py``."""
+    def _close_orderly(self, sock: socket.socket, view: Socket | None,
+                       receive: RecvOperation | None, ready: bool) -> None:
+        """Finish closing ``sock`` after its transport is gone (its zero-byte ``receive``
+        still pending, or completed and ``ready`` to read): see ``transports.py``."""
         if self.is_closed():
             sock.close()
             return
-        OrderlyClose(self, sock, self.close_timeout)
+        OrderlyClose(self, sock, view, receive, ready)
+
+    def closed_orderly(self, closing: OrderlyClose) -> None:
+        """``closing`` is over (its socket is closed)."""
+        self.closing_connections.discard(closing)
+        done = self._orderly_closes_done
+        if not self.closing_connections and done is not None and not done.done():
+            done.set_result(None)
 
     @property
     def proactor(self) -> IocpProactor | None:
@@ -123,11 +143,35 @@ class EventLoop(asyncio.ProactorEventLoop):
             proactor.wake()
 
     def close(self) -> None:
-        """Close the loop; connections still closing are closed at once."""
-        # Connections still closing when the loop closes are closed now.
-        for closing in list(self.closing_connections):
-            closing.finish()
-        super().close()
+        """Close the loop, once the connections still in their orderly close have finished
+        it: the loop runs until each has, or has reached its ``close_timeout`` deadline, so
+        what was written before ``transport.close()`` reaches the peer however the program
+        ends the loop (``run``, ``asyncio.Runner``, ``asyncio.run``, or this call). Only if
+        that run is cut short (an interrupt) are the rest closed at once, with a warning."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        try:
+            if self.closing_connections and not self.is_closed():
+                self._finish_orderly_closes()
+        finally:
+            left = list(self.closing_connections)
+            if left:
+                log.warning("%d connections had not finished their orderly close when the "
+                            "loop closed: closed at once, what they still had to send may be "
+                            "lost", len(left))
+            for closing in left:
+                closing.finish()
+            super().close()
+
+    def _finish_orderly_closes(self) -> None:
+        """Run the loop until ``closing_connections`` is empty (each has its deadline)."""
+        done = self._orderly_closes_done = self.create_future()
+        try:
+            self.run_until_complete(done)
+        except RuntimeError:  # another loop runs in this thread: this one cannot run now
+            log.debug("%r could not run to finish its orderly closes", self, exc_info=True)
+        finally:
+            self._orderly_closes_done = None
 
 
 def new_event_loop() -> EventLoop:

@@ -9,17 +9,18 @@ send handlers as their context: the proactor routes a completion straight to its
 which calls the protocol at once (in the context the transport was made in), with no future
 and no ``call_soon`` in between.
 
-* Receiving: one receive pending at a time, re-armed (the same OVERLAPPED and WSABUF) after
-  each completion. A plain ``Protocol`` gets a copy of the transport's own buffer (64 KiB,
-  doubled up to 256 KiB while receives fill it, halved back when they are small). A
-  ``BufferedProtocol``'s receive is a zero-byte one, which completes when data (or the FIN)
-  is there; the transport then reads straight into ``get_buffer()`` (zero copies) with
-  non-blocking reads, each followed at once by ``buffer_updated``, as libuv reads. So the
-  protocol's buffer is never lent to the kernel between callbacks: asyncio promises
-  nothing about a buffer once ``buffer_updated`` returned, and a protocol may move, resize
-  or reuse it (asyncio's own loops call ``get_buffer`` right before the read). While reading
-  is paused no receive is issued; one already in flight is held and delivered on
-  ``resume_reading``.
+* Receiving: one zero-byte receive pending at a time (re-armed after each completion),
+  which completes when data (or the FIN) is there without taking any and pins no buffer:
+  an idle connection holds a few KiB of objects, not a receive buffer (the stock loop pins
+  64 KiB per connection). Then the transport reads what is there with non-blocking reads,
+  as libuv reads: a ``BufferedProtocol`` straight into ``get_buffer()`` (zero copies), each
+  read followed at once by ``buffer_updated``; a plain ``Protocol`` into the loop's one read
+  buffer (``EventLoop.read_buffer``), from which ``data_received`` gets a copy. Reads go on
+  while they fill their buffer (a bulk transfer), at most ``MAX_READS`` per wake-up. So no
+  protocol's buffer is lent to the kernel between callbacks: asyncio promises nothing about
+  a buffer once ``buffer_updated`` returned, and a protocol may move, resize or reuse it
+  (asyncio's own loops call ``get_buffer`` right before the read). While reading is paused
+  no receive is issued; one already completed is held and read on ``resume_reading``.
 * Writing: ``write()`` sends at once when nothing is in flight; what is written meanwhile is
   queued as separate chunks (bytes are not copied; other buffers are, once) and goes out as
   one WSASend gathering all of them when the send in flight completes. ``writelines`` queues
@@ -39,12 +40,16 @@ peer still sending), ``closesocket`` resets the connection, and a reset discards
 still queued: the peer loses the end of the response.
 
 ``SocketTransport`` keeps asyncio's timing for the protocol (``connection_lost`` is called
-exactly when the stock transport calls it), then closes the socket the orderly way:
-``shutdown(SD_SEND)`` (Windows sends what is queued, then a FIN), read and discard until the
-peer's FIN, then ``closesocket``, bounded by a deadline (``EventLoop.close_timeout``, 5 s)
-after which the socket is closed anyway. ``abort()`` and fatal errors still close at once. So
-does a transport that read the peer's FIN already: nothing can arrive after it to be left
-unread, so ``closesocket`` cannot reset, and the queued bytes go out before our FIN.
+exactly when the stock transport calls it), then closes the socket the orderly way
+(``OrderlyClose``): ``shutdown(SD_SEND)`` (Windows sends what is queued, then a FIN), read and
+discard until the peer's FIN, then ``closesocket``, bounded by a deadline
+(``EventLoop.close_timeout``, 5 s) after which the socket is closed anyway, with a warning.
+The drain reads as the transport did (its zero-byte receive, then non-blocking reads into the
+loop's read buffer), so a closing connection holds no buffer either. The loop finishes these
+closes before it closes itself (``EventLoop.close``), however the program ends it.
+``abort()`` and fatal errors still close at once. So does a transport that read the peer's
+FIN already: nothing can arrive after it to be left unread, so ``closesocket`` cannot reset,
+and the queued bytes go out before our FIN.
 """
 
 from __future__ import annotations
@@ -68,21 +73,17 @@ if TYPE_CHECKING:
     from .loop import EventLoop
 
 log: logging.Logger = logging.getLogger("winiocp.aio")
-#: Read size while draining a closing connection.
-_DRAIN_BYTES = 65536
-#: The receive buffer of a transport whose protocol is not a BufferedProtocol, to start with.
-RECEIVE_BYTES = 65536
-#: The most it grows to while receives keep filling it (a bulk transfer): every receive costs
-#: the same system calls whatever it brings, so a stream moves in fewer of them.
-MAX_RECEIVE_BYTES = 262144
+#: The size of a loop's read buffer (``EventLoop.read_buffer``): the most one read of a plain
+#: Protocol's data (or of a closing connection's drain) takes. Every read costs the same
+#: system call whatever it brings, so a bulk transfer moves in few of them.
+READ_BYTES = 262144
 #: The most chunks one WSASend gathers (the rest wait for the next one).
 MAX_GATHER = 64
-#: The most reads into a BufferedProtocol's buffer per zero-byte receive, while they fill it.
+#: The most reads per completed zero-byte receive, while they fill their buffer (then the
+#: other connections' turn).
 MAX_READS = 32
 #: The zero-byte receive's one (empty) buffer: nothing is received into it.
 _PROBE_LIST: list[bytearray] = [bytearray()]
-#: A held zero-byte receive (``_held``): data is waiting to be read.
-_READY = -1
 # asyncio.Server._detach takes the transport from 3.12 on (3.11.? too: ask, don't guess).
 _DETACH_TAKES_TRANSPORT = len(inspect.signature(
     asyncio.base_events.Server._detach).parameters) > 1  # type: ignore[attr-defined]
@@ -131,15 +132,12 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         #: turn wait for its end (``_flush``) to leave together.
         self._sent_in_turn = -1
         self._flush_due = False
-        self._receive_buffer = bytearray(RECEIVE_BYTES)
-        self._receive: RecvOperation | None = None  # re-armed for each receive
+        #: The zero-byte receive, re-armed for each wait for data.
+        self._receive: RecvOperation | None = None
         self._receiving = False
-        #: Whether the receive in flight is a BufferedProtocol's zero-byte one.
-        self._probing = False
-        self._receive_list: list[Writable] = [self._receive_buffer]
-        #: A receive completed while reading is paused: the byte count in the transport's
-        #: buffer, or _READY (a zero-byte receive: data is waiting to be read).
-        self._held: int | None = None
+        #: The zero-byte receive completed while reading was paused (or after ``close()``):
+        #: data, the FIN or an error is waiting to be read.
+        self._held = False
         self._sending: SendOperation | None = None
         #: The last send, finished, re-armed for the next one (one send in flight at a time).
         self._spare_send: SendOperation | None = None
@@ -150,6 +148,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         if sock.gettimeout() != 0:  # (asyncio's own calls make it so) a BufferedProtocol's
             sock.setblocking(False)  # reads must never block the loop
         super().__init__(loop, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
+        # asyncio's own reading state (3.12+: a 64 KiB buffer per transport), never used here.
+        self._data = None
 
     def _socket_view(self) -> Socket:
         """The proactor's view of our socket (associated with its port on first use).
@@ -161,13 +161,6 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 raise ConnectionAbortedError("the event loop is closed")
             view = self._view = proactor.stream_view(self._sock)
         return view
-
-    def _buffer_list(self, buffer: Writable) -> list[Writable]:
-        """``[buffer]``, the same list while the buffer is the same (no list per receive)."""
-        listed = self._receive_list
-        if listed[0] is not buffer:
-            listed = self._receive_list = [buffer]
-        return listed
 
     def _drop_handlers(self, sends_too: bool) -> None:
         """What is still in flight reports to nobody: the transport (its protocol, an SSL
@@ -182,26 +175,20 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     # -- reading -------------------------------------------------------------------------------
 
     def _loop_reading(self, fut: object = None) -> None:
-        """Post the one receive, if the transport should be reading now. (Scheduled by
+        """Post the zero-byte receive, if the transport should be reading now. (Scheduled by
         asyncio's own ``__init__``, after ``connection_made``: reading starts there.)"""
-        if not self._receiving and self._held is None and not self._closing \
+        if not self._receiving and not self._held and not self._closing \
                 and not self._paused and not self.peer_finished:
             self._issue_receive()
 
     def _issue_receive(self) -> None:
-        """A plain Protocol's receive goes into the transport's own buffer. A
-        BufferedProtocol's is a zero-byte receive, which completes once data (or the FIN) is
-        there without taking any: its data is then read into ``get_buffer()`` at once
-        (``_read_ready``), so the protocol's buffer is asked for right before the read that
-        fills it, as every asyncio loop does, and never lent to the kernel between callbacks
-        (the protocol may move, resize or drop it; after ``close()`` nothing writes to it)."""
-        probe = isinstance(self._protocol, protocols.BufferedProtocol)
-        self._probing = probe
+        """Wait for data with a zero-byte receive: it completes once data (or the FIN) is
+        there without taking any, so nothing is pinned while the connection is idle, and the
+        data is then read by ``_read_ready`` into the buffer it is for at that moment."""
         try:
             view = self._view or self._socket_view()
-            self._receive = view.recv_into(
-                _PROBE_LIST if probe else self._buffer_list(self._receive_buffer),
-                reuse=self._receive, context=self._on_received)
+            self._receive = view.recv_into(_PROBE_LIST, reuse=self._receive,
+                                           context=self._on_received)
         except ConnectionResetError as exc:
             self._force_close(exc)
         except OSError as exc:
@@ -210,22 +197,18 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._receiving = True
 
     def _received(self, completion: Completion) -> None:
-        """A receive completed (called by the proactor, in the transport's context)."""
+        """The zero-byte receive completed (called by the proactor, in the transport's
+        context): read what is there, or hold it while reading is paused. After ``close()``
+        it is held for the orderly close, which reads (and discards) it."""
         self._receiving = False
-        if self._closing:
-            return  # after close() or abort(): nothing more is delivered
+        if self._closing or (self._paused and completion.outcome is not Outcome.FAILED):
+            self._held = True  # read by resume_reading, or by the orderly close's drain
+            return
         try:
             if completion.outcome is Outcome.FAILED:
                 self._failed(completion, "Fatal read error on pipe transport")
-                return
-            count = _READY if self._probing else completion.bytes_transferred
-            if self._paused:  # delivered by resume_reading
-                self._held = count
-                return
-            if count == _READY:
-                self._read_ready()
             else:
-                self._deliver(count)
+                self._read_ready()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -239,50 +222,38 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         else:
             self._fatal_error(exc, message)
 
-    def _deliver(self, count: int) -> None:
-        """Hand the ``count`` bytes received into the transport's buffer to the protocol."""
-        if count == 0:
-            self.peer_finished = True
-            self._eof_received()
-            return
-        data = bytes(memoryview(self._receive_buffer)[:count])
-        size = len(self._receive_buffer)
-        if count == size or (size > RECEIVE_BYTES and count < size >> 3):
-            self._fit_receive_buffer(count)
-        self._loop_reading()  # the buffer is free again: receive on meanwhile
-        protocol = self._protocol
-        if isinstance(protocol, protocols.BufferedProtocol):  # set_protocol switched to one
-            protocols._feed_data_to_buffered_proto(protocol, data)  # type: ignore[attr-defined]
-        else:
-            protocol.data_received(data)  # type: ignore[attr-defined]
-
     def _read_ready(self) -> None:
-        """Data (or the FIN) is waiting: read it into the BufferedProtocol's buffer now, as
-        long as reads fill it (at most MAX_READS, then the other connections' turn); then
-        the next zero-byte receive. A plain Protocol (set_protocol switched) gets a receive
-        into the transport's buffer instead."""
+        """Data (or the FIN) is waiting: read it now, as long as reads fill their buffer (at
+        most MAX_READS, then the other connections' turn); then the next zero-byte receive."""
         protocol = self._protocol
         try:
-            if isinstance(protocol, protocols.BufferedProtocol):
-                for _ in range(MAX_READS):
-                    if not self._read_into(protocol):
-                        break
+            for _ in range(MAX_READS):
+                if not self._read_into(protocol):
+                    break
         finally:
             self._loop_reading()  # (also after an interrupt: reading never stops for good)
 
-    def _read_into(self, protocol: protocols.BufferedProtocol) -> bool:
-        """One non-blocking read into ``get_buffer()``, then ``buffer_updated``; whether to
-        read again at once (the read filled the buffer: more may be waiting)."""
-        try:
-            buffer = protocol.get_buffer(-1)
-            size = memoryview(buffer).nbytes
-            if not size:
-                raise RuntimeError("get_buffer() returned an empty buffer")
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
-            return False
+    def _read_into(self, protocol: asyncio.BaseProtocol) -> bool:
+        """One non-blocking read, handed to the protocol at once: into a BufferedProtocol's
+        ``get_buffer()``, or into the loop's read buffer, of which a plain Protocol's
+        ``data_received`` gets a copy. Whether to read again at once (the read filled the
+        buffer: more may be waiting)."""
+        buffered = isinstance(protocol, protocols.BufferedProtocol)
+        buffer: Writable
+        if buffered:
+            try:
+                buffer = protocol.get_buffer(-1)  # type: ignore[attr-defined]
+                size = memoryview(buffer).nbytes
+                if not size:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return False
+        else:
+            buffer = self._loop.read_buffer
+            size = READ_BYTES
         try:
             count = self._sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
@@ -300,25 +271,19 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._eof_received()
             return False
         try:
-            protocol.buffer_updated(count)
+            if buffered:
+                protocol.buffer_updated(count)  # type: ignore[attr-defined]
+            else:
+                protocol.data_received(bytes(buffer[:count]))  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed."
+                              if buffered else
+                              "Fatal error: protocol.data_received() call failed.")
             return False
         return (count == size and not self._closing and not self._paused
                 and self._protocol is protocol)
-
-    def _fit_receive_buffer(self, count: int) -> None:
-        """Double the transport's own receive buffer when a receive filled it, halve it when
-        one brought less than an eighth, within RECEIVE_BYTES..MAX_RECEIVE_BYTES (called
-        once its bytes are copied out, before the next receive pins it)."""
-        size = len(self._receive_buffer)
-        if count == size:
-            if size < MAX_RECEIVE_BYTES:
-                self._receive_buffer = bytearray(size * 2)
-        elif size > RECEIVE_BYTES and count < size >> 3:
-            self._receive_buffer = bytearray(size >> 1)
 
     def pause_reading(self) -> None:
         """As asyncio's: no receive is issued until ``resume_reading`` (one in flight is
@@ -337,14 +302,12 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     def _resume(self) -> None:
         if self._paused or self._closing:
             return
-        held, self._held = self._held, None
+        held, self._held = self._held, False
         try:
-            if held is None:
-                self._loop_reading()
-            elif held == _READY:
+            if held:
                 self._read_ready()
             else:
-                self._deliver(held)
+                self._loop_reading()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -527,13 +490,13 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
 
     def close(self) -> None:
         """As asyncio's: ``connection_lost`` once everything written is sent, then the
-        orderly close. The receive in flight is not cancelled; what it brings is dropped."""
+        orderly close. Nothing more is read for the protocol: what arrives is discarded by
+        the orderly close's drain."""
         state: Any = self
         if state._closing:
             return
         state._closing = True
         state._conn_lost += 1
-        self._drop_handlers(sends_too=False)  # the send in flight still has to finish
         if self._sending is None and not self._queue:
             self._loop.call_soon(self._call_connection_lost, None)
 
@@ -568,12 +531,16 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                     server._detach()
                 state._server = None
             state._called_connection_lost = True
+            # The zero-byte receive still pending, or completed and held: the orderly
+            # close's drain goes on from it.
+            receive = self._receive if self._receiving else None
+            ready = self._held
             self._drop_handlers(sends_too=True)
             # No cycle through the transport is left (asyncio's SSL tests check that a
             # closed connection is freed by reference counting alone).
             self._on_received = self._on_sent = _ignore
             self._on_flush = _nothing
-            self._held = None
+            self._held = False
             self._receive = None  # (if still pending, the port owns it until it completes)
             self._spare_send = None
             if sock is not None:
@@ -581,7 +548,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 if exc is None and not self._abortive and self.wrote \
                         and not self.peer_finished and sock.fileno() != -1 \
                         and hasattr(loop, "_close_orderly"):
-                    loop._close_orderly(sock)
+                    loop._close_orderly(sock, self._view, receive, ready)
                 else:
                     _close_at_once(sock)
 
@@ -627,11 +594,22 @@ def _close_at_once(sock: socket.socket) -> None:
 
 
 class OrderlyClose:
-    """shutdown(SD_SEND), drain until the peer's FIN (or the deadline), then close."""
+    """The end of a connection that wrote: ``shutdown(SD_SEND)``, then read and discard until
+    the peer's FIN, then ``closesocket``; at the loop's ``close_timeout`` deadline the socket
+    is closed anyway, with a warning.
 
-    def __init__(self, loop: EventLoop, sock: socket.socket, timeout: float) -> None:
+    It reads as the transport did, from the transport's own zero-byte receive (still pending,
+    or completed and ``ready``): when that completes, non-blocking reads into the loop's read
+    buffer until nothing is left, then the next zero-byte receive. So a closing connection
+    pins no buffer of its own, and one receive at most is pending for it.
+    """
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, view: Socket | None,
+                 receive: RecvOperation | None, ready: bool) -> None:
         self.loop = loop
         self.sock: socket.socket | None = sock
+        self.view = view
+        self.receive = receive
         self.timer: asyncio.TimerHandle | None = None
         loop.closing_connections.add(self)
         try:
@@ -639,11 +617,16 @@ class OrderlyClose:
         except OSError:  # already reset, or not connected: nothing to wait for
             self.finish()
             return
-        self.timer = loop.call_later(timeout, self.finish)
-        self.read()
+        self.timer = loop.call_later(loop.close_timeout, self.expire)
+        if receive is not None:
+            receive.context = self._probed  # (its completion may be dequeued already)
+        elif ready:
+            self._drain()
+        else:
+            self._probe()
 
-    def read(self) -> None:
-        """Post the next receive of the drain."""
+    def _probe(self) -> None:
+        """Wait for more with a zero-byte receive."""
         sock = self.sock
         if sock is None:
             return
@@ -651,25 +634,58 @@ class OrderlyClose:
         try:
             if proactor is None:
                 raise RuntimeError("the loop is closed")
-            future = proactor.recv(sock, _DRAIN_BYTES)
+            view = self.view
+            if view is None:
+                view = self.view = proactor.stream_view(sock)
+            self.receive = view.recv_into(_PROBE_LIST, reuse=self.receive, context=self._probed)
         except (OSError, RuntimeError):
             self.finish()
-            return
-        future.add_done_callback(self.step)
 
-    def step(self, future: asyncio.Future[bytes]) -> None:
-        """One drain receive ended: the peer's FIN, a failure, or more data to discard."""
-        if future.cancelled() or future.exception() is not None or not future.result():
-            self.finish()  # the peer's FIN (b""), a reset, or the loop is closing
+    def _probed(self, completion: Completion) -> None:
+        if completion.outcome is Outcome.FAILED:
+            self.finish()  # a reset, or the socket was closed: nothing left to wait for
         else:
-            self.read()  # the peer is still sending: discard it, wait for its FIN
+            self._drain()
+
+    def _drain(self) -> None:
+        """Read and discard what is there; the peer's FIN (or an error) ends the close."""
+        sock = self.sock
+        if sock is None:
+            return
+        buffer = self.loop.read_buffer
+        for _ in range(MAX_READS):
+            try:
+                count = sock.recv_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.finish()
+                return
+            if not count:
+                self.finish()  # the peer's FIN: nothing can arrive to be left unread
+                return
+            if count < READ_BYTES:
+                break
+        self._probe()
+
+    def expire(self) -> None:
+        """The deadline: close now, although the peer may still send (a reset may follow)."""
+        sock = self.sock
+        if sock is not None:
+            log.warning("The peer of %r sent no FIN within %.1f s of the orderly close; "
+                        "closing the socket anyway", sock, self.loop.close_timeout)
+        self.finish()
 
     def finish(self) -> None:
-        """Close the socket now (idempotent); the deadline, the FIN or the loop's close."""
+        """Close the socket now (idempotent); the peer's FIN, the deadline or the loop's
+        close. A zero-byte receive still pending stays owned by the port until its packet."""
         sock, self.sock = self.sock, None
         if sock is None:
             return
         if self.timer is not None:
             self.timer.cancel()
-        self.loop.closing_connections.discard(self)
+        receive, self.receive = self.receive, None
+        if receive is not None:
+            receive.context = None  # nobody listens any more (no cycle through this object)
+        self.loop.closed_orderly(self)
         sock.close()
