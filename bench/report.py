@@ -119,11 +119,18 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 add(f"core echo turn through the Server's loop (stubbed; {label}) <= "
                     f"{TARGET_ECHO_TURN_US:g} us (issue 10)", f"{cost[key]:.2f} us",
                     cost[key] <= TARGET_ECHO_TURN_US, "python")
-    for row in results.get("memory", {}).get("rows", []):
+    memory_rows = {row["variant"]: row for row in results.get("memory", {}).get("rows", [])}
+    for row in memory_rows.values():
         if row["variant"] == "zero_byte_reads":
             add(f"idle connection <= 4 KiB with zero-byte reads ({row['connections']} conns)",
                 f"{row['bytes_per_connection'] / 1024:.1f} KiB",
                 row["bytes_per_connection"] <= TARGET_IDLE_BYTES, "memory")
+    ours, stock = memory_rows.get("aio_winiocp"), memory_rows.get("aio_stock")
+    if ours and stock:
+        add(f"winiocp.aio: idle connection at most the stock loop's ({ours['connections']} "
+            "conns)", f"{ours['bytes_per_connection'] / 1024:.1f} KiB vs "
+            f"{stock['bytes_per_connection'] / 1024:.1f} KiB",
+            ours["bytes_per_connection"] <= stock["bytes_per_connection"], "memory")
     return targets
 
 

@@ -635,20 +635,25 @@ def rss_anon(pid: int) -> int:
 
 
 def bench_memory(settings: Settings) -> dict[str, Any]:
+    core = ["-m", "bench.servers.winiocp_echo", "--workers", str(settings.workers)]
+    aio = ["-m", "bench.servers.aio_echo", "--api", "protocol", "--loop"]
     variants = [
-        ("zero_byte_reads", "zero-byte reads (recv_size 64 KiB, the default)",
-         ["--zero-byte-reads"]),
-        ("pinned_64k", "pinned 64 KiB receive buffer", []),
-        ("zero_byte_reads_4k", "diagnostic: zero-byte reads, recv_size 4 KiB",
-         ["--zero-byte-reads", "--recv-size", "4096"]),
+        ("zero_byte_reads", "winiocp server, zero-byte reads (recv_size 64 KiB, the default)",
+         [*core, "--zero-byte-reads"]),
+        ("pinned_64k", "winiocp server, pinned 64 KiB receive buffer", core),
+        ("zero_byte_reads_4k", "diagnostic: winiocp server, zero-byte reads, recv_size 4 KiB",
+         [*core, "--zero-byte-reads", "--recv-size", "4096"]),
+        ("aio_winiocp", "asyncio Protocol echo on winiocp.aio", [*aio, "winiocp"]),
+        ("aio_stock", "asyncio Protocol echo on the stock ProactorEventLoop", [*aio, "stock"]),
+        ("aio_winloop", "asyncio Protocol echo on winloop", [*aio, "winloop"]),
     ]
     rows = []
     notes: list[str] = []
-    for key, title, flags in variants:
+    for key, title, arguments in variants:
         target = settings.memory_connections
         while True:
             try:
-                rows.append(measure_memory(key, title, flags, target, settings))
+                rows.append(measure_memory(key, title, arguments, target, settings))
                 break
             except (RuntimeError, TimeoutError) as error:
                 if target <= 500:
@@ -663,7 +668,8 @@ def bench_memory(settings: Settings) -> dict[str, Any]:
     return {
         "rows": rows,
         "notes": notes,
-        "note": (f"The server (bench/servers/winiocp_echo.py, {settings.workers} workers) is "
+        "note": (f"Each server (bench/servers/winiocp_echo.py with {settings.workers} workers; "
+                 "bench/servers/aio_echo.py on each event loop) is "
                  f"given {settings.memory_base} connections (the base), then more up to N, each "
                  "after one 64-byte exchange so its receive is re-posted, then idle. Per "
                  "connection = (private bytes at N - at the base) / (N - base). Private bytes "
@@ -675,10 +681,9 @@ def bench_memory(settings: Settings) -> dict[str, Any]:
     }
 
 
-def measure_memory(key: str, title: str, flags: list[str], target: int,
+def measure_memory(key: str, title: str, arguments: list[str], target: int,
                    settings: Settings) -> dict[str, Any]:
-    command = python_command("-m", "bench.servers.winiocp_echo", "--workers",
-                             str(settings.workers), *flags)
+    command = python_command(*arguments)
     extra = target - settings.memory_base
     with WindowsProcess(command, f"memory {key}") as process:
         port = process.listening_port()
