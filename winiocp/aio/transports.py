@@ -274,7 +274,10 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             if buffered:
                 protocol.buffer_updated(count)  # type: ignore[attr-defined]
             else:
-                protocol.data_received(bytes(buffer[:count]))  # type: ignore[attr-defined]
+                data = bytes(buffer[:count])
+                if count < size:  # all there was: wait for more before the protocol runs
+                    self._loop_reading()  # (as the stock transport re-posts its read first)
+                protocol.data_received(data)  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
