@@ -553,7 +553,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                         and hasattr(loop, "_close_orderly"):
                     loop._close_orderly(sock, self._view, receive, ready)
                 else:
-                    _close_at_once(sock)
+                    _close_at_once(sock, self._view)
 
 
 def _writable(data: object) -> bool:
@@ -587,11 +587,28 @@ def _release_buffers(completion: Completion) -> None:
         operation.release()
 
 
-def _close_at_once(sock: socket.socket) -> None:
+def _close_at_once(sock: socket.socket, view: Socket | None) -> None:
     if sock.fileno() != -1:
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
+            pass
+    _close_socket(sock, view)
+
+
+def _close_socket(sock: socket.socket, view: Socket | None) -> None:
+    """Close ``sock``, our operations still pending on it (through ``view``) cancelled first.
+
+    On Windows ``closesocket`` cancels them itself ("any pending overlapped send and receive
+    operations ... are canceled", closesocket's documentation), and the connection is reset
+    if data was left unread. Wine 8 leaves them pending instead, and the socket open with
+    them: a peer still sending is then neither read nor reset, and waits for good. Cancelling
+    first (as the stock transport cancels its read future) ends them on both; their memory
+    stays owned by the port until their packets are dequeued."""
+    if view is not None and sock.fileno() != -1:
+        try:
+            view.cancel()
+        except OSError:  # nothing pending, or the view refuses (its socket is closed)
             pass
     sock.close()
 
@@ -691,4 +708,4 @@ class OrderlyClose:
         if receive is not None:
             receive.context = None  # nobody listens any more (no cycle through this object)
         self.loop.closed_orderly(self)
-        sock.close()
+        _close_socket(sock, self.view)

@@ -204,3 +204,4 @@ def test_a_close_past_the_deadline_is_cut_when_the_loop_ends_and_reported(
     assert not loop.closing_connections
     assert took < WAIT
     assert any("orderly close" in record.getMessage() for record in caplog.records)
+
