@@ -451,9 +451,9 @@ def test_a_close_after_the_peers_fin_loses_nothing_and_needs_no_drain(
         orderly: list[socket.socket] = []
         close_orderly = loop._close_orderly
 
-        def counting(sock: socket.socket) -> None:
+        def counting(sock: socket.socket, *rest: Any) -> None:
             orderly.append(sock)
-            close_orderly(sock)
+            close_orderly(sock, *rest)
 
         monkeypatch.setattr(loop, "_close_orderly", counting)
         await serve_one(lambda: RespondOnEof(response), peer)
