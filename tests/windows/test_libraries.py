@@ -1,0 +1,615 @@
+"""The libraries users run, unchanged, on ``winiocp.aio``: aiohttp (server and client), uvicorn
+serving a Starlette app, a ``websockets`` echo, anyio on the asyncio backend (TCP echo and
+``run_process``), and asyncio's own TLS server with a self-signed certificate.
+
+Every test runs the same scenario on the stock ``asyncio.ProactorEventLoop`` and on
+``winiocp.aio.new_event_loop``, so a failure says whether it is ours. Each checks the bytes
+(or messages) exactly, by hash, that every connection closes cleanly, and that nothing
+reached the loop's exception handler, a logger (WARNING and above), ``sys.unraisablehook``
+or the warnings machinery.
+
+Sizes are scaled down from what one would run natively (Wine is slow, and the suite runs on
+four Pythons): each docstring says by how much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hashlib
+import io
+import logging
+import random
+import socket
+import ssl
+import subprocess
+import sys
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import anyio
+import pytest
+import uvicorn
+import websockets.asyncio.client
+import websockets.asyncio.server
+from aiohttp import web
+from anyio.abc import SocketAttribute, SocketStream
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+import winiocp.aio
+
+T = TypeVar("T")
+LOOPBACK = "127.0.0.1"
+#: The bound on each scenario (seconds): far above what it takes, so only a hang reaches it.
+WAIT = 120.0
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "stock": asyncio.ProactorEventLoop,
+    "winiocp": winiocp.aio.new_event_loop,
+}
+DATA = Path(__file__).resolve().parent / "data"
+#: A self-signed certificate (valid until 2126) for localhost, 127.0.0.1 and ::1, and its key.
+CERTIFICATE = DATA / "selfsigned.pem"
+KEY = DATA / "selfsigned.key"
+MiB = 1 << 20
+
+
+class Trouble:
+    """What went wrong outside the test's own checks while a scenario ran: contexts given to
+    the loop's exception handler, log records at WARNING and above, unraisable exceptions
+    (errors in ``__del__`` and callbacks nobody awaits) and warnings."""
+
+    def __init__(self) -> None:
+        self.loop_errors: list[dict[str, Any]] = []
+        self.records: list[logging.LogRecord] = []
+        self.unraisable: list[str] = []
+        self.warnings: list[warnings.WarningMessage] = []
+
+    def loop_handler(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.loop_errors.append(context)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        loop.set_exception_handler(self.loop_handler)
+        return loop
+
+    def assert_none(self) -> None:
+        assert [context.get("message") for context in self.loop_errors] == []
+        assert [record.getMessage() for record in self.records] == []
+        assert self.unraisable == []
+        assert [f"{w.category.__name__}: {w.message}" for w in self.warnings] == []
+
+
+class Recording(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.WARNING)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def watching() -> Iterator[Trouble]:
+    """Collect a scenario's trouble; the garbage of its end is collected inside."""
+    trouble = Trouble()
+    handler = Recording(trouble.records)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        trouble.unraisable.append(f"{info.exc_type.__name__}: {info.exc_value} in {info.object!r}")
+
+    sys.unraisablehook = unraisable
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield trouble
+            gc.collect()
+        trouble.warnings.extend(caught)
+    finally:
+        sys.unraisablehook = hook
+        root.removeHandler(handler)
+
+
+def run(name: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main()`` on a new loop of kind ``name`` as ``asyncio.run`` would, bounded by
+    ``WAIT``; fail if it left a task behind or anything went wrong outside its own checks."""
+    with watching() as trouble:
+        loop = trouble.watch(LOOPS[name]())
+        try:
+            result = loop.run_until_complete(asyncio.wait_for(main(), WAIT))
+            left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            if left:
+                for task in left:
+                    task.cancel()
+                loop.run_until_complete(asyncio.wait(left))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+    assert [repr(task) for task in left] == []
+    trouble.assert_none()
+    return result
+
+
+def pattern(size: int, seed: int) -> bytes:
+    """``size`` pseudo-random bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(size)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- aiohttp ---------------------------------------------------------------------------------
+
+#: The streamed response: STREAM_CHUNKS chunks of STREAM_CHUNK bytes, each a block of one
+#: pattern with the chunk's index in its first 8 bytes (so a lost, repeated or reordered chunk
+#: changes the hash).
+STREAM_CHUNK = 256 * 1024
+STREAM_BLOCK = pattern(STREAM_CHUNK, 64)
+
+
+def stream_chunks(count: int) -> Iterator[bytes]:
+    for index in range(count):
+        yield index.to_bytes(8, "little") + STREAM_BLOCK[8:]
+
+
+def stream_hash(count: int) -> str:
+    digest = hashlib.sha256()
+    for chunk in stream_chunks(count):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+class AiohttpServer:
+    """An ``aiohttp.web`` application on 127.0.0.1, port 0: ``/`` (a small body), ``/echo``
+    (POST: the request's body back), ``/stream?chunks=N`` (a chunked streamed response); it
+    records the transport each request came on."""
+
+    def __init__(self) -> None:
+        self.transports: set[int] = set()
+        self.requests = 0
+        app = web.Application(client_max_size=64 * MiB)
+        app.router.add_get("/", self.small)
+        app.router.add_post("/echo", self.echo)
+        app.router.add_get("/stream", self.stream)
+        self.runner = web.AppRunner(app, handle_signals=False)
+        self.url = ""
+
+    def seen(self, request: web.Request) -> None:
+        self.requests += 1
+        self.transports.add(id(request.transport))
+
+    async def small(self, request: web.Request) -> web.Response:
+        self.seen(request)
+        return web.Response(body=b"hello from aiohttp")
+
+    async def echo(self, request: web.Request) -> web.Response:
+        self.seen(request)
+        return web.Response(body=await request.read())
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        self.seen(request)
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for chunk in stream_chunks(int(request.query["chunks"])):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def __aenter__(self) -> AiohttpServer:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, LOOPBACK, 0)
+        await site.start()
+        server = site._server  # the asyncio.Server: aiohttp has no public getter for the port
+        assert server is not None and server.sockets
+        self.url = "http://%s:%d" % server.sockets[0].getsockname()[:2]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_small_get(name: str) -> None:
+    async def main() -> None:
+        async with AiohttpServer() as server, aiohttp.ClientSession() as session:
+            async with session.get(server.url + "/") as response:
+                assert response.status == 200
+                assert await response.read() == b"hello from aiohttp"
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_post_echo_4_mib(name: str) -> None:
+    body = pattern(4 * MiB, 4)
+
+    async def main() -> None:
+        async with AiohttpServer() as server, aiohttp.ClientSession() as session:
+            async with session.post(server.url + "/echo", data=io.BytesIO(body)) as response:
+                assert response.status == 200
+                assert sha(await response.read()) == sha(body)
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_streamed_response(name: str) -> None:
+    """A chunked response of 16 MiB (64 MiB natively), read as it streams in."""
+    chunks = 64
+
+    async def main() -> None:
+        async with AiohttpServer() as server, aiohttp.ClientSession() as session:
+            async with session.get(server.url + "/stream", params={"chunks": str(chunks)}
+                                   ) as response:
+                assert response.status == 200
+                digest = hashlib.sha256()
+                received = 0
+                async for piece in response.content.iter_chunked(64 * 1024):
+                    digest.update(piece)
+                    received += len(piece)
+        assert received == chunks * STREAM_CHUNK
+        assert digest.hexdigest() == stream_hash(chunks)
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_keep_alive_load(name: str) -> None:
+    """400 requests (GETs and small POSTs) from 16 tasks over a pool of at most 4 kept-alive
+    connections: every answer right, and no more connections than the pool allows."""
+    requests, tasks, pool = 400, 16, 4
+
+    async def main() -> None:
+        async with AiohttpServer() as server, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=pool)) as session:
+            async def worker(first: int) -> None:
+                for index in range(first, requests, tasks):
+                    if index % 2:
+                        async with session.get(server.url + "/") as response:
+                            assert await response.read() == b"hello from aiohttp"
+                    else:
+                        body = pattern(100 + index, index)
+                        async with session.post(server.url + "/echo", data=body) as response:
+                            assert await response.read() == body
+
+            await asyncio.gather(*(worker(first) for first in range(tasks)))
+            assert server.requests == requests
+            assert 1 <= len(server.transports) <= pool
+
+    run(name, main)
+
+
+# --- uvicorn with a Starlette app ------------------------------------------------------------
+
+def starlette_app(lifespan_events: list[str]) -> Starlette:
+    async def small(request: Request) -> Response:
+        return PlainTextResponse("hello from starlette")
+
+    async def echo(request: Request) -> Response:
+        return Response(await request.body(), media_type="application/octet-stream")
+
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in stream_chunks(int(request.query_params["chunks"])):
+                yield chunk
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        lifespan_events.append("startup")
+        yield
+        lifespan_events.append("shutdown")
+
+    return Starlette(routes=[Route("/", small), Route("/echo", echo, methods=["POST"]),
+                             Route("/stream", stream)], lifespan=lifespan)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_uvicorn_starlette(name: str) -> None:
+    """uvicorn (h11) serving Starlette in-process on the loop under test, with its lifespan:
+    a small GET, a 4 MiB POST echo, a streamed 8 MiB response and 100 kept-alive requests,
+    then a graceful shutdown."""
+    events: list[str] = []
+    body = pattern(4 * MiB, 5)
+    chunks = 32
+
+    async def main() -> None:
+        config = uvicorn.Config(starlette_app(events), host=LOOPBACK, port=0, loop="none",
+                                http="h11", ws="none", lifespan="on", log_config=None,
+                                access_log=False)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            assert not serving.done()
+            await asyncio.sleep(0.01)
+        url = "http://%s:%d" % server.servers[0].sockets[0].getsockname()[:2]
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2)) as session:
+            async with session.get(url + "/") as response:
+                assert response.status == 200
+                assert await response.text() == "hello from starlette"
+            async with session.post(url + "/echo", data=io.BytesIO(body)) as response:
+                assert response.status == 200
+                assert sha(await response.read()) == sha(body)
+            async with session.get(url + "/stream", params={"chunks": str(chunks)}) as response:
+                assert response.status == 200
+                digest = hashlib.sha256()
+                async for piece in response.content.iter_chunked(64 * 1024):
+                    digest.update(piece)
+                assert digest.hexdigest() == stream_hash(chunks)
+
+            async def get(index: int) -> None:
+                async with session.get(url + "/") as response:
+                    assert await response.text() == "hello from starlette"
+
+            await asyncio.gather(*(get(index) for index in range(100)))
+        server.should_exit = True
+        await serving
+        assert events == ["startup", "shutdown"]
+
+    run(name, main)
+
+
+# --- websockets ------------------------------------------------------------------------------
+
+def websocket_messages(count: int) -> list[str | bytes]:
+    """``count`` messages, text and binary, of 0 to 2,000 bytes, and three of 1 MiB."""
+    rng = random.Random(count)
+    messages: list[str | bytes] = []
+    for index in range(count):
+        size = rng.randrange(2000)
+        if index % 3 == 0:
+            messages.append("".join(rng.choice("abcdé€🙂") for _ in range(size // 4)))
+        else:
+            messages.append(rng.randbytes(size))
+    for index in (count // 4, count // 2, count - 1):
+        messages[index] = rng.randbytes(MiB)
+    return messages
+
+
+def messages_hash(messages: list[str | bytes]) -> str:
+    digest = hashlib.sha256()
+    for message in messages:
+        raw = message.encode() if isinstance(message, str) else message
+        digest.update(b"T" if isinstance(message, str) else b"B")
+        digest.update(len(raw).to_bytes(8, "little") + raw)
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_websockets_echo(name: str) -> None:
+    """3,000 messages (10,000 natively) of up to 2 KB and three of 1 MiB echoed, sent while
+    the echoes are read; one connection closed by the client, one by the server, each with a
+    complete close handshake (code 1000 and its reason seen by both sides)."""
+    messages = websocket_messages(3000)
+    limit = MiB + 1024
+
+    async def main() -> None:
+        server_closes: list[tuple[int | None, str | None]] = []
+
+        async def handler(connection: websockets.asyncio.server.ServerConnection) -> None:
+            async for message in connection:
+                if message == "close, please":
+                    await connection.close(1000, "server done")
+                    break
+                await connection.send(message)
+            await connection.wait_closed()
+            server_closes.append((connection.close_code, connection.close_reason))
+
+        async with websockets.asyncio.server.serve(handler, LOOPBACK, 0, max_size=limit,
+                                                   compression=None) as server:
+            uri = "ws://%s:%d" % next(iter(server.sockets)).getsockname()[:2]
+            async with websockets.asyncio.client.connect(uri, max_size=limit,
+                                                         compression=None) as client:
+                async def send_all() -> None:
+                    for message in messages:
+                        await client.send(message)
+
+                sending = asyncio.create_task(send_all())
+                echoed = [await client.recv() for _ in messages]
+                await sending
+                await client.close(1000, "client done")
+            assert (client.close_code, client.close_reason) == (1000, "client done")
+            assert messages_hash(echoed) == messages_hash(messages)
+
+            async with websockets.asyncio.client.connect(uri) as client:
+                await client.send("ping")
+                assert await client.recv() == "ping"
+                await client.send("close, please")
+                with pytest.raises(websockets.ConnectionClosedOK):
+                    await client.recv()
+            assert (client.close_code, client.close_reason) == (1000, "server done")
+            while len(server_closes) < 2:
+                await asyncio.sleep(0.01)
+        assert server_closes == [(1000, "client done"), (1000, "server done")]
+
+    run(name, main)
+
+
+# --- anyio on the asyncio backend ------------------------------------------------------------
+
+def run_anyio(name: str, main: Callable[[], Awaitable[T]]) -> T:
+    """``anyio.run(main)`` on the asyncio backend with the loop factory under test (anyio
+    takes a ``loop_factory`` on every Python, with its own Runner before 3.11)."""
+    with watching() as trouble:
+        def factory() -> asyncio.AbstractEventLoop:
+            return trouble.watch(LOOPS[name]())
+
+        result = anyio.run(main, backend="asyncio", backend_options={"loop_factory": factory})
+    trouble.assert_none()
+    return result
+
+
+def assert_loop_under_test(name: str) -> None:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, winiocp.aio.EventLoop) == (name == "winiocp")
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_anyio_tcp_echo(name: str) -> None:
+    """anyio's TCP listener and ``connect_tcp``: 8 clients at once each send 1 MiB in pieces
+    and half-close; the server echoes until end of stream and closes; each client reads the
+    echo to its end."""
+    clients = 8
+
+    async def main() -> None:
+        assert_loop_under_test(name)
+        served: list[int] = []
+
+        async def echo(stream: SocketStream) -> None:
+            async with stream:
+                total = 0
+                async for data in stream:
+                    total += len(data)
+                    await stream.send(data)
+                served.append(total)
+
+        async def client(port: int, seed: int) -> None:
+            payload = pattern(MiB, seed)
+            async with await anyio.connect_tcp(LOOPBACK, port) as stream:
+                async def send() -> None:
+                    for offset in range(0, len(payload), 48 * 1024):
+                        await stream.send(payload[offset:offset + 48 * 1024])
+                    await stream.send_eof()
+
+                chunks: list[bytes] = []
+                async with anyio.create_task_group() as group:
+                    group.start_soon(send)
+                    async for data in stream:
+                        chunks.append(data)
+            assert sha(b"".join(chunks)) == sha(payload)
+
+        listener = await anyio.create_tcp_listener(local_host=LOOPBACK)
+        port = listener.extra(SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as serving:
+            serving.start_soon(listener.serve, echo)
+            async with anyio.create_task_group() as group:
+                for index in range(clients):
+                    group.start_soon(client, port, 100 + index)
+            with anyio.fail_after(WAIT):
+                while len(served) < clients:
+                    await anyio.sleep(0.01)
+            serving.cancel_scope.cancel()
+        assert served == [MiB] * clients
+
+    run_anyio(name, main)
+
+
+CHILD = """
+import sys
+data = sys.stdin.buffer.read()
+sys.stdout.buffer.write(data[::-1])
+sys.stderr.write("child read %d bytes" % len(data))
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_anyio_run_process(name: str) -> None:
+    """``anyio.run_process`` runs this Python: 1 MiB through its stdin, the reversed bytes back
+    on its stdout, a line on its stderr, its exit status; a failing child raises
+    ``CalledProcessError`` with its output."""
+    data = pattern(MiB, 7)
+
+    async def main() -> None:
+        assert_loop_under_test(name)
+        result = await anyio.run_process([sys.executable, "-c", CHILD, "0"], input=data)
+        assert result.returncode == 0
+        assert sha(result.stdout) == sha(data[::-1])
+        assert result.stderr == b"child read %d bytes" % len(data)
+        with pytest.raises(subprocess.CalledProcessError) as failed:
+            await anyio.run_process([sys.executable, "-c", CHILD, "3"], input=b"abc")
+        assert failed.value.returncode == 3
+        assert failed.value.stdout == b"cba"
+
+    run_anyio(name, main)
+
+
+# --- asyncio's TLS server with a self-signed certificate -------------------------------------
+
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The server's context (the self-signed certificate) and a client's that trusts it."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(CERTIFICATE, KEY)
+    client = ssl.create_default_context(cafile=str(CERTIFICATE))
+    return server, client
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_asyncio_tls_server(name: str) -> None:
+    """asyncio's TLS server and client (``ssl=``): the client verifies the certificate
+    against 127.0.0.1 and against localhost; 4 MiB echoed in pieces plus 500 small
+    request/response turns; one connection closed by the client, one by the server, each
+    with TLS close_notify (the other side reads a clean end of stream, no error)."""
+    server_context, client_context = tls_contexts()
+    payload = pattern(4 * MiB, 9)
+
+    async def main() -> None:
+        assert_loop_under_test(name)
+        ends: list[str] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            assert writer.get_extra_info("ssl_object") is not None
+            try:
+                while data := await reader.read(64 * 1024):
+                    if data == b"close, please":
+                        ends.append("server closed")
+                        break
+                    writer.write(data)
+                    await writer.drain()
+                else:
+                    ends.append("client closed")
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+        server = await asyncio.start_server(serve, LOOPBACK, 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+
+        reader, writer = await asyncio.open_connection(LOOPBACK, port, ssl=client_context)
+        assert writer.get_extra_info("peercert")["subject"] == ((("commonName", "localhost"),),)
+
+        async def send() -> None:
+            for offset in range(0, len(payload), 100_000):
+                writer.write(payload[offset:offset + 100_000])
+                await writer.drain()
+
+        sending = asyncio.create_task(send())
+        echoed = await reader.readexactly(len(payload))
+        await sending
+        assert sha(echoed) == sha(payload)
+        for turn in range(500):
+            message = b"turn %d" % turn
+            writer.write(message)
+            assert await reader.readexactly(len(message)) == message
+        writer.close()
+        await writer.wait_closed()
+
+        reader, writer = await asyncio.open_connection(
+            LOOPBACK, port, ssl=client_context, server_hostname="localhost")
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        writer.write(b"close, please")
+        assert await reader.read() == b""  # close_notify, then the end of the stream
+        assert reader.at_eof()
+        writer.close()
+        await writer.wait_closed()
+
+        while len(ends) < 2:  # the server's side of the first connection may still be closing
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+        assert sorted(ends) == ["client closed", "server closed"]
+
+    run(name, main)
