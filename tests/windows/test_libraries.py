@@ -172,15 +172,21 @@ def stream_hash(count: int) -> str:
 class AiohttpServer:
     """An ``aiohttp.web`` application on 127.0.0.1, port 0: ``/`` (a small body), ``/echo``
     (POST: the request's body back), ``/stream?chunks=N`` (a chunked streamed response); it
-    records the transport each request came on."""
+    records the transport each request came on. ``/file`` sends ``file`` (``FileResponse``:
+    ``loop.sendfile``). With ``ssl_context``, HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
         self.transports: set[int] = set()
         self.requests = 0
+        #: How each streamed response ended: "complete", or the exception its write raised.
+        self.streams: list[str] = []
+        self.file: Path | None = None
         app = web.Application(client_max_size=64 * MiB)
         app.router.add_get("/", self.small)
         app.router.add_post("/echo", self.echo)
         app.router.add_get("/stream", self.stream)
+        app.router.add_get("/file", self.send_file)
         self.runner = web.AppRunner(app, handle_signals=False)
         self.url = ""
 
@@ -201,17 +207,27 @@ class AiohttpServer:
         response = web.StreamResponse()
         response.enable_chunked_encoding()
         await response.prepare(request)
-        for chunk in stream_chunks(int(request.query["chunks"])):
-            await response.write(chunk)
-        await response.write_eof()
+        try:
+            for chunk in stream_chunks(int(request.query["chunks"])):
+                await response.write(chunk)
+            await response.write_eof()
+        except ConnectionError as error:  # the client went away
+            self.streams.append(type(error).__name__)
+        else:
+            self.streams.append("complete")
         return response
+
+    async def send_file(self, request: web.Request) -> web.FileResponse:
+        self.seen(request)
+        assert self.file is not None
+        return web.FileResponse(self.file)
 
     async def __aenter__(self) -> AiohttpServer:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, LOOPBACK, 0)
+        site = web.TCPSite(self.runner, LOOPBACK, 0, ssl_context=self.ssl_context)
         await site.start()
         host, port = self.runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if self.ssl_context else 'http'}://{host}:{port}"
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -289,6 +305,83 @@ def test_aiohttp_keep_alive_load(name: str) -> None:
     run(name, main)
 
 
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_client_leaves_mid_stream(name: str) -> None:
+    """A client that reads 1 MiB of a 64 MiB streamed response and drops the connection: the
+    server's write fails with a connection error (its handler ends), and the server goes on
+    serving the next client."""
+    async def main() -> None:
+        async with AiohttpServer() as server:
+            async with aiohttp.ClientSession() as session:
+                response = await session.get(server.url + "/stream", params={"chunks": "256"})
+                assert response.status == 200
+                assert len(await response.content.readexactly(MiB)) == MiB
+                response.close()  # drops the connection: the body is not read to its end
+            while not server.streams:
+                await asyncio.sleep(0.01)
+            assert len(server.streams) == 1 and server.streams != ["complete"]
+            async with aiohttp.ClientSession() as session, session.get(server.url + "/") as ok:
+                assert await ok.read() == b"hello from aiohttp"
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_file_response(name: str, tmp_path: Path) -> None:
+    """``web.FileResponse`` (``loop.sendfile``: TransmitFile on a proactor loop) sends an
+    8 MiB file whole, then a range of it, on a kept-alive connection."""
+    content = pattern(8 * MiB, 8)
+    (tmp_path / "file.bin").write_bytes(content)
+
+    async def main() -> None:
+        async with AiohttpServer() as server, aiohttp.ClientSession() as session:
+            server.file = tmp_path / "file.bin"
+            async with session.get(server.url + "/file") as response:
+                assert response.status == 200
+                assert sha(await response.read()) == sha(content)
+            async with session.get(server.url + "/file",
+                                   headers={"Range": "bytes=1000-1999999"}) as response:
+                assert response.status == 206
+                assert sha(await response.read()) == sha(content[1000:2000000])
+            assert len(server.transports) == 1
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_https(name: str) -> None:
+    """aiohttp over TLS with the self-signed certificate: a small GET, a 4 MiB POST echo and a
+    16 MiB streamed response."""
+    server_context, client_context = tls_contexts()
+    body = pattern(4 * MiB, 6)
+
+    async def main() -> None:
+        async with AiohttpServer(server_context) as server, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=client_context)) as session:
+            async with session.get(server.url + "/") as response:
+                assert await response.read() == b"hello from aiohttp"
+            async with session.post(server.url + "/echo", data=io.BytesIO(body)) as response:
+                assert sha(await response.read()) == sha(body)
+            async with session.get(server.url + "/stream", params={"chunks": "64"}) as response:
+                assert sha(await response.read()) == stream_hash(64)
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_client_to_localhost(name: str) -> None:
+    """The client given "localhost" while the server listens on 127.0.0.1 only: whatever the
+    name resolves to first (::1 is refused), happy eyeballs reaches the server."""
+    async def main() -> None:
+        async with AiohttpServer() as server, aiohttp.ClientSession() as session:
+            url = server.url.replace(LOOPBACK, "localhost")
+            for _ in range(3):
+                async with session.get(url + "/", headers={"Connection": "close"}) as response:
+                    assert await response.read() == b"hello from aiohttp"
+
+    run(name, main)
+
+
 # --- uvicorn with a Starlette app ------------------------------------------------------------
 
 def starlette_app(lifespan_events: list[str]) -> Starlette:
@@ -355,6 +448,37 @@ def test_uvicorn_starlette(name: str) -> None:
             await asyncio.gather(*(get(index) for index in range(100)))
         server.should_exit = True
         await serving
+        assert events == ["startup", "shutdown"]
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_uvicorn_shutdown_closes_idle_keep_alive(name: str) -> None:
+    """uvicorn asked to exit while a client holds an idle kept-alive connection: the server
+    closes it and finishes its shutdown; the client sees the connection end cleanly."""
+    events: list[str] = []
+
+    async def main() -> None:
+        config = uvicorn.Config(starlette_app(events), host=LOOPBACK, port=0, loop="none",
+                                http="h11", ws="none", lifespan="on", log_config=None,
+                                access_log=False, timeout_keep_alive=60)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            assert not serving.done()
+            await asyncio.sleep(0.01)
+        host, port = server.servers[0].sockets[0].getsockname()[:2]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert await reader.readexactly(len("hello from starlette")) == b"hello from starlette"
+        server.should_exit = True
+        await serving
+        assert await reader.read() == b""  # the server closed the idle connection
+        writer.close()
+        await writer.wait_closed()
         assert events == ["startup", "shutdown"]
 
     run(name, main)
@@ -436,6 +560,57 @@ def test_websockets_echo(name: str) -> None:
     run(name, main)
 
 
+@pytest.mark.parametrize("name", LOOPS)
+def test_websockets_both_ways_with_pings(name: str) -> None:
+    """Both sides send at once: the server pushes 2,000 messages (every 500th of 1 MiB) while
+    the client sends 2,000 of its own and pings; every ping is answered, every message
+    arrives in order, and the close handshake completes."""
+    count = 2000
+    limit = MiB + 1024
+
+    def stream(seed: int) -> list[bytes]:
+        rng = random.Random(seed)
+        return [rng.randbytes(MiB if index % 500 == 250 else rng.randrange(4000))
+                for index in range(count)]
+
+    pushed, sent = stream(1), stream(2)
+
+    async def main() -> None:
+        got_by_server: list[bytes] = []
+
+        async def handler(connection: websockets.asyncio.server.ServerConnection) -> None:
+            async def push() -> None:
+                for message in pushed:
+                    await connection.send(message)
+
+            pushing = asyncio.create_task(push())
+            async for message in connection:
+                assert isinstance(message, bytes)
+                got_by_server.append(message)
+            await pushing
+
+        async with websockets.asyncio.server.serve(handler, LOOPBACK, 0, max_size=limit,
+                                                   compression=None) as server:
+            uri = "ws://%s:%d" % next(iter(server.sockets)).getsockname()[:2]
+            async with websockets.asyncio.client.connect(uri, max_size=limit,
+                                                         compression=None) as client:
+                async def send_and_ping() -> None:
+                    for index, message in enumerate(sent):
+                        await client.send(message)
+                        if index % 200 == 0:
+                            await asyncio.wait_for(await client.ping(), WAIT)
+
+                sending = asyncio.create_task(send_and_ping())
+                received = [await client.recv() for _ in pushed]
+                await sending
+                await client.close()
+            assert client.close_code == 1000
+            assert messages_hash(list(received)) == messages_hash(list(pushed))
+        assert messages_hash(list(got_by_server)) == messages_hash(list(sent))
+
+    run(name, main)
+
+
 # --- anyio on the asyncio backend ------------------------------------------------------------
 
 def run_anyio(name: str, main: Callable[[], Awaitable[T]]) -> T:
@@ -501,6 +676,33 @@ def test_anyio_tcp_echo(name: str) -> None:
                     await anyio.sleep(0.01)
             serving.cancel_scope.cancel()
         assert served == [MiB] * clients
+
+    run_anyio(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_anyio_connect_tcp_to_localhost(name: str) -> None:
+    """``anyio.connect_tcp("localhost", ...)`` to a listener on 127.0.0.1 only: its happy
+    eyeballs gets past a refused ::1 (where localhost resolves to it) and reaches the server;
+    bytes go both ways and the stream ends cleanly."""
+    async def main() -> None:
+        assert_loop_under_test(name)
+
+        async def greet(stream: SocketStream) -> None:
+            async with stream:
+                await stream.send(b"hello " + await stream.receive())
+
+        listener = await anyio.create_tcp_listener(local_host=LOOPBACK)
+        port = listener.extra(SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as serving:
+            serving.start_soon(listener.serve, greet)
+            for _ in range(3):
+                async with await anyio.connect_tcp("localhost", port) as stream:
+                    await stream.send(b"anyio")
+                    assert await stream.receive() == b"hello anyio"
+                    with pytest.raises(anyio.EndOfStream):
+                        await stream.receive()
+            serving.cancel_scope.cancel()
 
     run_anyio(name, main)
 
@@ -610,5 +812,54 @@ def test_asyncio_tls_server(name: str) -> None:
         server.close()
         await server.wait_closed()
         assert sorted(ends) == ["client closed", "server closed"]
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_asyncio_start_tls(name: str) -> None:
+    """A plain connection upgraded to TLS on both sides (``StreamWriter.start_tls`` against
+    ``loop.start_tls`` on the server, as SMTP's STARTTLS does): the plain greeting, then 1 MiB
+    echoed under TLS, then close_notify."""
+    server_context, client_context = tls_contexts()
+    payload = pattern(MiB, 10)
+    if sys.version_info < (3, 11):
+        pytest.skip("StreamWriter.start_tls is new in Python 3.11")
+
+    async def main() -> None:
+        assert_loop_under_test(name)
+        finished = asyncio.get_running_loop().create_future()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                assert await reader.readline() == b"STARTTLS\r\n"
+                writer.write(b"220 go ahead\r\n")
+                await writer.drain()
+                await writer.start_tls(server_context)  # type: ignore[attr-defined,unused-ignore]
+                assert writer.get_extra_info("ssl_object") is not None
+                while data := await reader.read(64 * 1024):
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+                finished.set_result(None)
+            except BaseException as error:
+                finished.set_exception(error)
+                raise
+
+        server = await asyncio.start_server(serve, LOOPBACK, 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(b"STARTTLS\r\n")
+        assert await reader.readline() == b"220 go ahead\r\n"
+        await writer.start_tls(client_context,  # type: ignore[attr-defined,unused-ignore]
+                               server_hostname="localhost")
+        writer.write(payload)
+        assert sha(await reader.readexactly(len(payload))) == sha(payload)
+        writer.close()
+        await writer.wait_closed()
+        await finished
+        server.close()
+        await server.wait_closed()
 
     run(name, main)
