@@ -148,6 +148,14 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (it was bound a moment ago, then closed)."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 # --- aiohttp ---------------------------------------------------------------------------------
 
 #: The streamed response: STREAM_CHUNKS chunks of STREAM_CHUNK bytes, each a block of one
@@ -371,13 +379,16 @@ def test_aiohttp_https(name: str) -> None:
 @pytest.mark.parametrize("name", LOOPS)
 def test_aiohttp_client_to_localhost(name: str) -> None:
     """The client given "localhost" while the server listens on 127.0.0.1 only: whatever the
-    name resolves to first (::1 is refused), happy eyeballs reaches the server."""
+    name resolves to (::1 and 127.0.0.1 on Windows, where ::1 is refused; only 127.0.0.1
+    under Wine), happy eyeballs reaches the server. A refused connection is an error."""
     async def main() -> None:
         async with AiohttpServer() as server, aiohttp.ClientSession() as session:
             url = server.url.replace(LOOPBACK, "localhost")
             for _ in range(3):
                 async with session.get(url + "/", headers={"Connection": "close"}) as response:
                     assert await response.read() == b"hello from aiohttp"
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await session.get(f"http://{LOOPBACK}:{closed_port()}/")
 
     run(name, main)
 
@@ -683,8 +694,9 @@ def test_anyio_tcp_echo(name: str) -> None:
 @pytest.mark.parametrize("name", LOOPS)
 def test_anyio_connect_tcp_to_localhost(name: str) -> None:
     """``anyio.connect_tcp("localhost", ...)`` to a listener on 127.0.0.1 only: its happy
-    eyeballs gets past a refused ::1 (where localhost resolves to it) and reaches the server;
-    bytes go both ways and the stream ends cleanly."""
+    eyeballs gets past a refused ::1 (where localhost resolves to it: Windows, not Wine) and
+    reaches the server; bytes go both ways and the stream ends cleanly. A refused connection
+    is an ``OSError``."""
     async def main() -> None:
         assert_loop_under_test(name)
 
@@ -702,6 +714,8 @@ def test_anyio_connect_tcp_to_localhost(name: str) -> None:
                     assert await stream.receive() == b"hello anyio"
                     with pytest.raises(anyio.EndOfStream):
                         await stream.receive()
+            with pytest.raises(OSError):
+                await anyio.connect_tcp(LOOPBACK, closed_port())
             serving.cancel_scope.cancel()
 
     run_anyio(name, main)
