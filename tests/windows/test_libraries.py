@@ -181,9 +181,11 @@ class AiohttpServer:
     """An ``aiohttp.web`` application on 127.0.0.1, port 0: ``/`` (a small body), ``/echo``
     (POST: the request's body back), ``/stream?chunks=N`` (a chunked streamed response); it
     records the transport each request came on. ``/file`` sends ``file`` (``FileResponse``:
-    ``loop.sendfile``). With ``ssl_context``, HTTPS."""
+    ``loop.sendfile``); ``/slow`` answers after a minute. With ``ssl_context``, HTTPS; with
+    ``handler_cancellation``, a handler whose client goes away is cancelled."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None,
+                 handler_cancellation: bool = False) -> None:
         self.ssl_context = ssl_context
         self.transports: set[int] = set()
         self.requests = 0
@@ -195,7 +197,9 @@ class AiohttpServer:
         app.router.add_post("/echo", self.echo)
         app.router.add_get("/stream", self.stream)
         app.router.add_get("/file", self.send_file)
-        self.runner = web.AppRunner(app, handle_signals=False)
+        app.router.add_get("/slow", self.slow)
+        self.runner = web.AppRunner(app, handle_signals=False,
+                                    handler_cancellation=handler_cancellation)
         self.url = ""
 
     def seen(self, request: web.Request) -> None:
@@ -224,6 +228,16 @@ class AiohttpServer:
         else:
             self.streams.append("complete")
         return response
+
+    async def slow(self, request: web.Request) -> web.Response:
+        """Answers after a minute (a client's timeout ends the request before then)."""
+        self.seen(request)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.streams.append("slow request cancelled")
+            raise
+        return web.Response(body=b"too late")
 
     async def send_file(self, request: web.Request) -> web.FileResponse:
         self.seen(request)
@@ -309,6 +323,49 @@ def test_aiohttp_keep_alive_load(name: str) -> None:
             await asyncio.gather(*(worker(first) for first in range(tasks)))
             assert server.requests == requests
             assert 1 <= len(server.transports) <= pool
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_connection_churn(name: str) -> None:
+    """600 requests, each on a connection of its own (``Connection: close``), 50 at a time:
+    the server accepts and closes them all, and every answer is right."""
+    requests, tasks = 600, 50
+
+    async def main() -> None:
+        async with AiohttpServer() as server, aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=tasks, force_close=True)) as session:
+            async def worker(first: int) -> None:
+                for index in range(first, requests, tasks):
+                    body = pattern(index, index)
+                    async with session.post(server.url + "/echo", data=body) as response:
+                        assert await response.read() == body
+
+            await asyncio.gather(*(worker(first) for first in range(tasks)))
+            assert server.requests == requests
+            assert len(server.transports) > tasks  # not kept alive
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_client_timeout(name: str) -> None:
+    """A request whose answer takes longer than the client's timeout: the client gets
+    ``TimeoutError`` and drops the connection, the server (``handler_cancellation``) cancels
+    the handler, and both go on serving on new connections."""
+    async def main() -> None:
+        async with AiohttpServer(handler_cancellation=True) as server, \
+                aiohttp.ClientSession() as session:
+            with pytest.raises(asyncio.TimeoutError):
+                async with session.get(server.url + "/slow",
+                                       timeout=aiohttp.ClientTimeout(total=0.5)):
+                    pass
+            while not server.streams:
+                await asyncio.sleep(0.01)
+            assert server.streams == ["slow request cancelled"]
+            async with session.get(server.url + "/") as response:
+                assert await response.read() == b"hello from aiohttp"
 
     run(name, main)
 
