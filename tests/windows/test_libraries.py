@@ -679,6 +679,52 @@ def test_websockets_both_ways_with_pings(name: str) -> None:
     run(name, main)
 
 
+@pytest.mark.parametrize("name", LOOPS)
+def test_websockets_peer_vanishes(name: str) -> None:
+    """A client that aborts its TCP connection (no close frame) in the middle of the server's
+    1 MiB messages: the server's connection ends with ``ConnectionClosedError`` (code 1006,
+    no close frame received), its handler ends, and the server serves the next client."""
+    limit = MiB + 1024
+    big = pattern(MiB, 11)
+
+    async def main() -> None:
+        ended: list[tuple[str, int | None]] = []
+
+        async def handler(connection: websockets.asyncio.server.ServerConnection) -> None:
+            try:
+                if await connection.recv() == "flood":
+                    while True:
+                        await connection.send(big)
+                await connection.send("hi")
+                await connection.wait_closed()
+            except websockets.ConnectionClosed as closed:
+                ended.append((type(closed).__name__, connection.close_code))
+            else:
+                ended.append(("wait_closed", connection.close_code))
+
+        async with websockets.asyncio.server.serve(handler, LOOPBACK, 0, max_size=limit,
+                                                   compression=None) as server:
+            uri = "ws://%s:%d" % next(iter(server.sockets)).getsockname()[:2]
+            client = await websockets.asyncio.client.connect(uri, max_size=limit,
+                                                             compression=None)
+            await client.send("flood")
+            assert await client.recv() == big
+            client.transport.abort()
+            await client.wait_closed()
+            assert client.close_code == 1006
+            while not ended:
+                await asyncio.sleep(0.01)
+            assert ended == [("ConnectionClosedError", 1006)]
+            async with websockets.asyncio.client.connect(uri) as client:
+                await client.send("hello")
+                assert await client.recv() == "hi"
+            while len(ended) < 2:
+                await asyncio.sleep(0.01)
+            assert ended[1] == ("wait_closed", 1000)
+
+    run(name, main)
+
+
 # --- anyio on the asyncio backend ------------------------------------------------------------
 
 def run_anyio(name: str, main: Callable[[], Awaitable[T]]) -> T:
@@ -808,6 +854,40 @@ def test_anyio_run_process(name: str) -> None:
     run_anyio(name, main)
 
 
+DIALOG = """
+import sys
+for line in sys.stdin.buffer:
+    sys.stdout.buffer.write(line.upper())
+    sys.stdout.buffer.flush()
+sys.stderr.write("bye")
+"""
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_anyio_process_dialog(name: str) -> None:
+    """``anyio.open_process``: a dialog with a child, one line written and its answer read
+    before the next is written (pipes read as data comes, not at exit), then end of input,
+    the child's stderr and its exit status."""
+    async def main() -> None:
+        assert_loop_under_test(name)
+        async with await anyio.open_process([sys.executable, "-u", "-c", DIALOG]) as process:
+            assert process.stdin is not None and process.stdout is not None
+            assert process.stderr is not None
+            for turn in range(20):
+                await process.stdin.send(b"line %d\n" % turn)
+                answer = b""
+                while not answer.endswith(b"\n"):
+                    answer += await process.stdout.receive()
+                assert answer == b"LINE %d\n" % turn
+            await process.stdin.aclose()
+            assert await process.wait() == 0
+            with pytest.raises(anyio.EndOfStream):
+                await process.stdout.receive()
+            assert await process.stderr.receive() == b"bye"
+
+    run_anyio(name, main)
+
+
 # --- asyncio's TLS server with a self-signed certificate -------------------------------------
 
 def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -930,6 +1010,58 @@ def test_asyncio_start_tls(name: str) -> None:
         writer.close()
         await writer.wait_closed()
         await finished
+        server.close()
+        await server.wait_closed()
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_asyncio_tls_peer_aborts(name: str) -> None:
+    """A TLS client that aborts its connection (no close_notify) while the server streams to
+    it: the server's write or read fails with a connection error or ends the stream, nothing
+    reaches the loop's exception handler, and the server serves the next client."""
+    server_context, client_context = tls_contexts()
+    block = pattern(256 * 1024, 12)
+
+    async def main() -> None:
+        assert_loop_under_test(name)
+        ended: list[str] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                if await reader.readexactly(5) == b"flood":
+                    while True:
+                        writer.write(block)
+                        await writer.drain()
+                writer.write(b"hello")
+                await writer.drain()
+                await reader.read()
+                ended.append("clean")
+            except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+                ended.append("failed")
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError, ssl.SSLError):
+                    await writer.wait_closed()
+
+        server = await asyncio.start_server(serve, LOOPBACK, 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(LOOPBACK, port, ssl=client_context)
+        writer.write(b"flood")
+        assert await reader.readexactly(len(block)) == block
+        writer.transport.abort()
+        while not ended:
+            await asyncio.sleep(0.01)
+        assert ended == ["failed"]
+        reader, writer = await asyncio.open_connection(LOOPBACK, port, ssl=client_context)
+        writer.write(b"hello")
+        assert await reader.readexactly(5) == b"hello"
+        writer.close()
+        await writer.wait_closed()
+        while len(ended) < 2:
+            await asyncio.sleep(0.01)
+        assert ended == ["failed", "clean"]
         server.close()
         await server.wait_closed()
 
