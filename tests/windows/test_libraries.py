@@ -1018,9 +1018,10 @@ def test_asyncio_start_tls(name: str) -> None:
 
 @pytest.mark.parametrize("name", LOOPS)
 def test_asyncio_tls_peer_aborts(name: str) -> None:
-    """A TLS client that aborts its connection (no close_notify) while the server streams to
-    it: the server's write or read fails with a connection error or ends the stream, nothing
-    reaches the loop's exception handler, and the server serves the next client."""
+    """A TLS client that aborts its connection (no close_notify) while the server streams
+    to it: the server's write fails with a connection error (or, before 3.12, its
+    reading side is told the connection is lost), nothing reaches the loop's exception
+    handler or a logger, and the server serves the next client."""
     server_context, client_context = tls_contexts()
     block = pattern(256 * 1024, 12)
 
@@ -1031,9 +1032,19 @@ def test_asyncio_tls_peer_aborts(name: str) -> None:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 if await reader.readexactly(5) == b"flood":
-                    while True:
+                    for _ in range(1024):  # 256 MiB: far more than the client reads
+                        # Before 3.12, drain() does not raise once the connection is lost
+                        # and returns at once (asyncio's TLS layer takes the writes and
+                        # drops them), on any loop: give the loop a turn and stop on what
+                        # the reading side was told, as a careful server does.
+                        await asyncio.sleep(0)
+                        if reader.at_eof() or reader.exception() is not None:
+                            ended.append("connection lost")
+                            return
                         writer.write(block)
                         await writer.drain()
+                    ended.append("all written")
+                    return
                 writer.write(b"hello")
                 await writer.drain()
                 await reader.read()
@@ -1053,7 +1064,7 @@ def test_asyncio_tls_peer_aborts(name: str) -> None:
         writer.transport.abort()
         while not ended:
             await asyncio.sleep(0.01)
-        assert ended == ["failed"]
+        assert ended in (["failed"], ["connection lost"])
         reader, writer = await asyncio.open_connection(LOOPBACK, port, ssl=client_context)
         writer.write(b"hello")
         assert await reader.readexactly(5) == b"hello"
@@ -1061,7 +1072,7 @@ def test_asyncio_tls_peer_aborts(name: str) -> None:
         await writer.wait_closed()
         while len(ended) < 2:
             await asyncio.sleep(0.01)
-        assert ended == ["failed", "clean"]
+        assert ended[1:] == ["clean"]
         server.close()
         await server.wait_closed()
 
