@@ -303,9 +303,9 @@ def test_aiohttp_streamed_response(name: str) -> None:
 
 @pytest.mark.parametrize("name", LOOPS)
 def test_aiohttp_keep_alive_load(name: str) -> None:
-    """2,000 requests (GETs and small POSTs) from 32 tasks over a pool of at most 8 kept-alive
+    """1,000 requests (GETs and small POSTs) from 32 tasks over a pool of at most 8 kept-alive
     connections: every answer right, and no more connections than the pool allows."""
-    requests, tasks, pool = 2000, 32, 8
+    requests, tasks, pool = 1000, 32, 8
 
     async def main() -> None:
         async with AiohttpServer() as server, aiohttp.ClientSession(
@@ -329,9 +329,9 @@ def test_aiohttp_keep_alive_load(name: str) -> None:
 
 @pytest.mark.parametrize("name", LOOPS)
 def test_aiohttp_connection_churn(name: str) -> None:
-    """600 requests, each on a connection of its own (``Connection: close``), 50 at a time:
+    """300 requests, each on a connection of its own (``Connection: close``), 50 at a time:
     the server accepts and closes them all, and every answer is right."""
-    requests, tasks = 600, 50
+    requests, tasks = 300, 50
 
     async def main() -> None:
         async with AiohttpServer() as server, aiohttp.ClientSession(
