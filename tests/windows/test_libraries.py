@@ -41,7 +41,8 @@ from anyio.abc import SocketAttribute, SocketStream
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import winiocp.aio
 
@@ -198,6 +199,7 @@ class AiohttpServer:
         app.router.add_get("/stream", self.stream)
         app.router.add_get("/file", self.send_file)
         app.router.add_get("/slow", self.slow)
+        app.router.add_get("/ws", self.websocket)
         self.runner = web.AppRunner(app, handle_signals=False,
                                     handler_cancellation=handler_cancellation)
         self.url = ""
@@ -238,6 +240,19 @@ class AiohttpServer:
             self.streams.append("slow request cancelled")
             raise
         return web.Response(body=b"too late")
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """Echoes each message; records the close code the client sent."""
+        self.seen(request)
+        socket = web.WebSocketResponse(max_msg_size=2 * MiB)
+        await socket.prepare(request)
+        async for message in socket:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                await socket.send_str(message.data)
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                await socket.send_bytes(message.data)
+        self.streams.append(f"websocket closed {socket.close_code}")
+        return socket
 
     async def send_file(self, request: web.Request) -> web.FileResponse:
         self.seen(request)
@@ -323,6 +338,40 @@ def test_aiohttp_keep_alive_load(name: str) -> None:
             await asyncio.gather(*(worker(first) for first in range(tasks)))
             assert server.requests == requests
             assert 1 <= len(server.transports) <= pool
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_aiohttp_websocket_echo(name: str) -> None:
+    """aiohttp's own websockets, server and client: 2,000 text and binary messages (three of
+    1 MiB) echoed while more are sent, then the client's close handshake (1000 on both
+    sides)."""
+    messages = websocket_messages(2000)
+
+    async def main() -> None:
+        async with AiohttpServer() as server, aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.url + "/ws", max_msg_size=2 * MiB) as socket:
+                async def send_all() -> None:
+                    for message in messages:
+                        if isinstance(message, str):
+                            await socket.send_str(message)
+                        else:
+                            await socket.send_bytes(message)
+
+                sending = asyncio.create_task(send_all())
+                echoed: list[str | bytes] = []
+                for _ in messages:
+                    reply = await socket.receive()
+                    assert reply.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY)
+                    echoed.append(reply.data)
+                await sending
+                assert await socket.close()
+                assert socket.close_code == 1000
+            while not server.streams:
+                await asyncio.sleep(0.01)
+            assert server.streams == ["websocket closed 1000"]
+            assert messages_hash(echoed) == messages_hash(messages)
 
     run(name, main)
 
@@ -472,8 +521,24 @@ def starlette_app(lifespan_events: list[str]) -> Starlette:
         yield
         lifespan_events.append("shutdown")
 
+    async def websocket(socket: WebSocket) -> None:
+        await socket.accept()
+        try:
+            while True:
+                message = await socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    lifespan_events.append(f"websocket closed {message['code']}")
+                    return
+                if message.get("text") is not None:
+                    await socket.send_text(message["text"])
+                else:
+                    await socket.send_bytes(message["bytes"])
+        except WebSocketDisconnect as disconnect:  # a send after the peer went away
+            lifespan_events.append(f"websocket lost {disconnect.code}")
+
     return Starlette(routes=[Route("/", small), Route("/echo", echo, methods=["POST"]),
-                             Route("/stream", stream)], lifespan=lifespan)
+                             Route("/stream", stream), WebSocketRoute("/ws", websocket)],
+                     lifespan=lifespan)
 
 
 @pytest.mark.parametrize("name", LOOPS)
@@ -548,6 +613,44 @@ def test_uvicorn_shutdown_closes_idle_keep_alive(name: str) -> None:
         writer.close()
         await writer.wait_closed()
         assert events == ["startup", "shutdown"]
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_uvicorn_starlette_websocket(name: str) -> None:
+    """A Starlette websocket endpoint under uvicorn (its websockets sans-I/O protocol): 1,000
+    text and binary messages (three of 1 MiB) echoed, then the client's close handshake."""
+    events: list[str] = []
+    messages = websocket_messages(1000)
+
+    async def main() -> None:
+        config = uvicorn.Config(starlette_app(events), host=LOOPBACK, port=0, loop="none",
+                                http="h11", ws="websockets-sansio", ws_max_size=2 * MiB,
+                                lifespan="on", log_config=None, access_log=False)
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            assert not serving.done()
+            await asyncio.sleep(0.01)
+        uri = "ws://%s:%d/ws" % server.servers[0].sockets[0].getsockname()[:2]
+        async with websockets.asyncio.client.connect(uri, max_size=2 * MiB,
+                                                     compression=None) as client:
+            async def send_all() -> None:
+                for message in messages:
+                    await client.send(message)
+
+            sending = asyncio.create_task(send_all())
+            echoed = [await client.recv() for _ in messages]
+            await sending
+            await client.close(1000, "client done")
+        assert client.close_code == 1000
+        assert messages_hash(echoed) == messages_hash(messages)
+        while len(events) < 2:
+            await asyncio.sleep(0.01)
+        server.should_exit = True
+        await serving
+        assert events == ["startup", "websocket closed 1000", "shutdown"]
 
     run(name, main)
 
@@ -824,6 +927,36 @@ def test_anyio_connect_tcp_to_localhost(name: str) -> None:
     run_anyio(name, main)
 
 
+@pytest.mark.parametrize("name", LOOPS)
+def test_anyio_threads(name: str) -> None:
+    """``anyio.to_thread.run_sync`` and, from those threads, ``anyio.from_thread.run`` back
+    into the loop (``call_soon_threadsafe`` waking a loop that has no I/O pending): 50 round
+    trips, then 10 at once."""
+    async def main() -> None:
+        assert_loop_under_test(name)
+
+        async def double(value: int) -> int:
+            await anyio.sleep(0)
+            return value * 2
+
+        def in_thread(value: int) -> int:
+            return anyio.from_thread.run(double, value) + 1
+
+        for value in range(50):
+            assert await anyio.to_thread.run_sync(in_thread, value) == value * 2 + 1
+        results: dict[int, int] = {}
+
+        async def one(value: int) -> None:
+            results[value] = await anyio.to_thread.run_sync(in_thread, value)
+
+        async with anyio.create_task_group() as group:
+            for value in range(10):
+                group.start_soon(one, value)
+        assert results == {value: value * 2 + 1 for value in range(10)}
+
+    run_anyio(name, main)
+
+
 CHILD = """
 import sys
 data = sys.stdin.buffer.read()
@@ -1073,6 +1206,49 @@ def test_asyncio_tls_peer_aborts(name: str) -> None:
         while len(ended) < 2:
             await asyncio.sleep(0.01)
         assert ended[1:] == ["clean"]
+        server.close()
+        await server.wait_closed()
+
+    run(name, main)
+
+
+@pytest.mark.parametrize("name", LOOPS)
+def test_asyncio_tls_many_clients(name: str) -> None:
+    """40 TLS clients at once (handshakes racing on the accepting server), each echoing
+    256 KiB and closing with close_notify."""
+    server_context, client_context = tls_contexts()
+    clients = 40
+
+    async def main() -> None:
+        assert_loop_under_test(name)
+        served: list[int] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            total = 0
+            while data := await reader.read(64 * 1024):
+                total += len(data)
+                writer.write(data)
+                await writer.drain()
+            served.append(total)
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(serve, LOOPBACK, 0, ssl=server_context,
+                                            backlog=clients)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client(seed: int) -> None:
+            payload = pattern(256 * 1024, seed)
+            reader, writer = await asyncio.open_connection(LOOPBACK, port, ssl=client_context)
+            writer.write(payload)
+            assert sha(await reader.readexactly(len(payload))) == sha(payload)
+            writer.close()
+            await writer.wait_closed()
+
+        await asyncio.gather(*(client(seed) for seed in range(clients)))
+        while len(served) < clients:
+            await asyncio.sleep(0.01)
+        assert served == [256 * 1024] * clients
         server.close()
         await server.wait_closed()
 
