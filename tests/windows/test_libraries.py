@@ -12,7 +12,7 @@ Every test runs the same scenario on the stock ``asyncio.ProactorEventLoop`` and
 reached the loop's exception handler, a logger (WARNING and above), ``sys.unraisablehook``
 or the warnings machinery, and that no task was left behind.
 
-The whole file takes about 30 s per Python under Wine on two cores.
+The whole file takes 30 to 50 s per Python under Wine on two shared cores.
 """
 
 from __future__ import annotations
