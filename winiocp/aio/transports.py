@@ -24,7 +24,8 @@ and no ``call_soon`` in between.
   queued as separate chunks (bytes are not copied; other buffers are, once) and goes out as
   one WSASend gathering all of them when the send in flight completes. ``writelines`` queues
   its chunks the same way. A partial send puts the unsent rest back in front. One
-  SendOperation per transport is re-armed for each send.
+  SendOperation per transport is re-armed for each send; it lets go of what it sent as soon
+  as the send completes (the OVERLAPPED is kept, the data is not).
 * The sockets are in skip-on-success mode where Windows allows it (see ``proactor.py``): a
   send that completes at once is finished during the call (``finish_inline``), with nothing
   to dequeue. The turn's later writes are then held back and leave in one gathering send at
@@ -433,6 +434,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                                         sending.failure, sending.address),
                              "Fatal write error on pipe transport")
                 return
+            sending.buffers = ()  # sent: the spare keeps its OVERLAPPED, not the data
             self._spare_send = sending  # (finished inline: the port cleared its context)
             if self._loop_proactor is not None:
                 self._sent_in_turn = self._loop_proactor.turn
@@ -447,7 +449,10 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     def _sent(self, completion: Completion) -> None:
         """A send completed (called by the proactor, in the transport's context)."""
         state: Any = self
-        self._spare_send, self._sending = self._sending, None
+        sent_by = self._sending
+        if sent_by is not None:
+            sent_by.buffers = ()  # sent: the spare keeps its OVERLAPPED, not the data
+        self._spare_send, self._sending = sent_by, None
         chunks, self._in_flight = self._in_flight, []
         size, self._in_flight_size = self._in_flight_size, 0
         if self._abortive or state._sock is None:
