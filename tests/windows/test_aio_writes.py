@@ -100,3 +100,137 @@ def test_data_written_is_not_kept_once_it_is_sent(name: str) -> None:
 
     after = run(LOOPS[name](), main())
     assert after == before, "written objects still referenced after they were sent"
+
+
+# -- many small writes ---------------------------------------------------------------------------
+
+class SendCounter:
+    """Counts the sends a loop issues: WSASend calls, each with the list of buffers it
+    gathers (the stock loop's proactor sends one buffer per call)."""
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[list[object]] = []
+        if name == "winiocp":
+            original = Socket.send
+
+            def counting(sock: Socket, data: Any, *args: Any, **kwargs: Any) -> Any:
+                self.calls.append(list(data) if isinstance(data, (list, tuple)) else [data])
+                return original(sock, data, *args, **kwargs)
+
+            monkeypatch.setattr(Socket, "send", counting)
+        else:
+            proactor: Any = getattr(loop, "_proactor")
+            send = proactor.send
+
+            def counting_stock(conn: Any, buf: Any, *args: Any, **kwargs: Any) -> Any:
+                self.calls.append([buf])
+                return send(conn, buf, *args, **kwargs)
+
+            monkeypatch.setattr(proactor, "send", counting_stock)
+
+
+class Flow(asyncio.Protocol):
+    """Records pause_writing / resume_writing."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+
+
+async def flow_pair() -> tuple[asyncio.WriteTransport, Flow, socket.socket]:
+    loop = asyncio.get_running_loop()
+    with socket.create_server((LOOPBACK, 0)) as listener:
+        client = socket.create_connection(listener.getsockname()[:2])
+        peer, _ = listener.accept()
+    peer.settimeout(WAIT)
+    transport, protocol = await loop.create_connection(Flow, sock=client)
+    return cast(asyncio.WriteTransport, transport), protocol, peer
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_many_small_writes_in_one_turn_make_two_sends(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first write goes out at once; the 9,999 written while it is out leave together
+    # in one send (they were gathered 64 buffers a send: 157 sends). Flow control stays
+    # exact: paused once the queue passes the high-water mark, resumed once it drained.
+    pieces = [b"%023d\n" % index for index in range(10_000)]
+    loop = LOOPS[name]()
+    counter = SendCounter(name, loop, monkeypatch)
+
+    async def main() -> tuple[bytes, list[str], int]:
+        transport, protocol, peer = await flow_pair()
+        with peer:
+            transport.set_write_buffer_limits(high=1000)
+            del counter.calls[:]
+            done = loop.create_future()
+
+            def write_all() -> None:  # one callback: one turn of the loop
+                for piece in pieces:
+                    transport.write(piece)
+                done.set_result(None)
+
+            loop.call_soon(write_all)
+            await done
+            received = await read_exactly(peer, 240_000)
+            await until(lambda: transport.get_write_buffer_size() == 0
+                        and "resume" in protocol.events)
+            size = transport.get_write_buffer_size()
+            transport.close()
+            return received, protocol.events, size
+
+    received, events, size = run(loop, main())
+    assert received == b"".join(pieces)
+    assert events == ["pause", "resume"] and size == 0
+    assert len(counter.calls) == 2, [len(call) for call in counter.calls]
+
+
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_writelines_of_small_pieces_makes_one_send(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pieces = [b"%023d\n" % index for index in range(1000)]
+    loop = LOOPS[name]()
+    counter = SendCounter(name, loop, monkeypatch)
+
+    async def main() -> bytes:
+        transport, peer = await connected_pair()
+        with peer:
+            del counter.calls[:]
+            transport.writelines(pieces)
+            received = await read_exactly(peer, 24_000)
+            transport.close()
+            return received
+
+    assert run(loop, main()) == b"".join(pieces)
+    assert len(counter.calls) == 1, [len(call) for call in counter.calls]
+
+
+def test_large_writes_are_sent_without_a_copy_between_small_ones_joined(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small pieces are copied together; a large one is handed to WSASend as it is.
+    large = [bytes([65 + index]) * 100_000 for index in range(3)]
+    small = [b"%07d\n" % index for index in range(30)]
+    loop = winiocp.aio.new_event_loop()
+    counter = SendCounter("winiocp", loop, monkeypatch)
+
+    async def main() -> bytes:
+        transport, peer = await connected_pair()
+        with peer:
+            del counter.calls[:]
+            transport.writelines([*small[:10], large[0], *small[10:20], large[1], large[2],
+                                  *small[20:]])
+            received = await read_exactly(peer, 300_240)
+            transport.close()
+            return received
+
+    assert run(loop, main()) == b"".join(
+        [*small[:10], large[0], *small[10:20], large[1], large[2], *small[20:]])
+    sent = [buffer for call in counter.calls for buffer in call]
+    for buffer in large:  # the very objects written, each once
+        assert sum(1 for other in sent if other is buffer) == 1
+    assert len(sent) <= 6 and len(counter.calls) <= 2, [len(call) for call in counter.calls]
