@@ -151,8 +151,8 @@ def test_a_high_water_mark_of_zero_pauses_and_resumes_writing(name: str,
     assert size == 0
 
 
-@loops(stock_fails=True, reason="asyncio's proactor datagram transport stops writing once "
-       "closing: what was queued is never sent, and connection_lost never comes")
+@loops(stock_fails=True, reason="CPython gh-156920: asyncio's proactor datagram transport "
+       "stops writing once closing: what was queued is never sent, connection_lost never comes")
 @pytest.mark.parametrize("connected", [False, True], ids=["unconnected", "connected"])
 def test_close_sends_what_is_queued_then_calls_connection_lost(name: str,
                                                                connected: bool) -> None:
@@ -208,6 +208,27 @@ def test_a_failed_sendto_is_error_received_and_the_next_ones_still_go(name: str)
     received, errors = run(LOOPS[name](), main())
     assert received == [b"first", b"after"]
     assert len(errors) == 1 and isinstance(errors[0], OSError)
+
+
+@loops(stock_fails=True, reason="CPython gh-156698: a failed send leaves a paused protocol "
+       "paused for good")
+def test_a_paused_protocol_is_resumed_after_a_failed_send(name: str) -> None:
+    async def main() -> tuple[list[str], list[OSError], int]:
+        with receiver() as target:
+            transport, protocol = await endpoint(False, target)
+            transport.set_write_buffer_limits(high=0)
+            transport.sendto(b"first", target.getsockname())
+            transport.sendto(b"x" * 70000, target.getsockname())  # fails when its turn comes
+            await receive(target, 1)
+            await until(lambda: bool(protocol.errors) and protocol.events[-1:] == ["resume"])
+            size = transport.get_write_buffer_size()
+            transport.close()
+            await asyncio.wait_for(protocol.lost, 5)
+            return protocol.events, protocol.errors, size
+
+    events, errors, size = run(LOOPS[name](), main())
+    assert len(errors) == 1
+    assert events == ["pause", "resume"] and size == 0
 
 
 @loops()

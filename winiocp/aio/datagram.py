@@ -4,7 +4,7 @@ right.
 ``EventLoop.create_datagram_endpoint`` makes one (``EventLoop._make_datagram_transport``).
 Receiving is asyncio's (one WSARecvFrom, or WSARecv when connected, through the loop's
 proactor); what changes is the write side, where asyncio's ``_ProactorDatagramTransport``
-goes wrong in three ways this class does not:
+goes wrong in ways this class does not:
 
 * **Flow control.** From CPython 3.13.0 to 3.13.5, ``sendto`` adds each datagram's size plus
   8 bytes (its UDP header) to the write buffer size, and sending it subtracts only its size
@@ -14,14 +14,17 @@ goes wrong in three ways this class does not:
   ``resume_writing`` comes once the queue is back under the low-water mark.
 * **Closing.** asyncio's write loop stops as soon as the transport is closing: what was still
   queued when ``close()`` was called is never sent, and ``connection_lost`` (with the close
-  of the socket) never happens. Here ``close()`` sends what is queued first, then calls
-  ``connection_lost``, as asyncio's selector transport does.
+  of the socket) never happens (CPython gh-156920). Here ``close()`` sends what is queued
+  first, then calls ``connection_lost``, as asyncio's selector transport does.
+* **A failed send.** asyncio reports it to ``error_received`` and stops: the datagrams
+  queued behind it wait for the next ``sendto``, and a paused protocol is never resumed
+  (CPython gh-156698). Here the next datagram goes on, and the protocol is resumed once the
+  queue drained.
 * **After the end.** A ``sendto`` on a closed or aborted transport is dropped (and counted,
   with asyncio's warning past ``LOG_THRESHOLD_FOR_CONNLOST_WRITES``), connected or not; asyncio
   queued it forever on an unconnected transport (or, once aborted, raised AttributeError).
 
-A send that fails is reported to ``error_received`` (as asyncio does), and the datagrams
-queued behind it are still sent. What a version of asyncio accepts is accepted the same:
+What a version of asyncio accepts is accepted the same:
 an empty datagram is sent from 3.13 on and ignored before, and the write buffer counts 8
 bytes per queued datagram from 3.13 on, as asyncio counts it there.
 """
