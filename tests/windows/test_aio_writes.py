@@ -234,3 +234,28 @@ def test_large_writes_are_sent_without_a_copy_between_small_ones_joined(
     for buffer in large:  # the very objects written, each once
         assert sum(1 for other in sent if other is buffer) == 1
     assert len(sent) <= 6 and len(counter.calls) <= 2, [len(call) for call in counter.calls]
+
+
+class Queue:
+    """Stand-in for the transport's queue state (``_enqueue`` uses nothing else)."""
+
+    def __init__(self) -> None:
+        from collections import deque
+        self._queue: Any = deque()
+        self._joining: bytearray | None = None
+
+
+def test_small_chunks_are_joined_in_order_and_a_sent_buffer_is_never_added_to() -> None:
+    state = Queue()
+    large = b"L" * 5000
+    SocketTransport._enqueue(state, [b"a", b"b", large, b"c"])  # type: ignore[arg-type]
+    SocketTransport._enqueue(state, [b"d"])  # type: ignore[arg-type]
+    assert list(state._queue) == [b"ab", large, b"cd"] and state._queue[1] is large
+    taken = list(state._queue)  # a send takes all of it...
+    state._queue.clear()
+    SocketTransport._enqueue(state, [b"e", b"f"])  # type: ignore[arg-type]
+    assert taken == [b"ab", large, b"cd"]  # ...and what it took stays as it was
+    assert list(state._queue) == [b"ef"]
+    state._queue.appendleft(memoryview(b"xyz")[1:])  # a partial send's rest, put back
+    SocketTransport._enqueue(state, [b"g"])  # type: ignore[arg-type]
+    assert [bytes(chunk) for chunk in state._queue] == [b"yz", b"efg"]
