@@ -80,12 +80,6 @@ RECEIVE_BYTES = 65536
 MAX_RECEIVE_BYTES = 262144
 #: The most chunks one WSASend gathers (the rest wait for the next one).
 MAX_GATHER = 64
-#: Writes shorter than this are copied together while they wait to be sent: a WSABUF per
-#: small piece costs the sender more than the copy (and fills MAX_GATHER). Longer writes are
-#: sent as they are, with no copy.
-COPY_BELOW = 4096
-#: The most bytes small writes are joined into, in one buffer (then the next one starts).
-JOIN_BYTES = 65536
 #: The most reads into a BufferedProtocol's buffer per zero-byte receive, while they fill it.
 MAX_READS = 32
 #: The zero-byte receive's one (empty) buffer: nothing is received into it.
@@ -97,6 +91,12 @@ _DETACH_TAKES_TRANSPORT = len(inspect.signature(
     asyncio.base_events.Server._detach).parameters) > 1  # type: ignore[attr-defined]
 Chunk = Union[bytes, bytearray, memoryview]
 Writable = Union[bytes, bytearray, memoryview]
+#: Writes shorter than this are copied together while they wait to be sent: a WSABUF per
+#: small piece costs the sender more than the copy (and fills MAX_GATHER). Longer writes are
+#: sent as they are, with no copy.
+COPY_BELOW = 4096
+#: The most bytes small writes are joined into, in one buffer (then the next one starts).
+JOIN_BYTES = 65536
 
 
 # asyncio's transport is subclassed for its contract (extra info, the empty waiter sendfile
