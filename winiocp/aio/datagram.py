@@ -20,6 +20,9 @@ goes wrong in ways this class does not:
   queued behind it wait for the next ``sendto``, and a paused protocol is never resumed
   (CPython gh-156698). Here the next datagram goes on, and the protocol is resumed once the
   queue drained.
+* **Reading.** Each datagram is received into the transport's own buffer, reused by the
+  next receive, where asyncio's allocates a new 256 KiB buffer per datagram; a receive that
+  fails is ``error_received`` and reading goes on (asyncio stopped reading for good).
 * **After the end.** A ``sendto`` on a closed or aborted transport is dropped (and counted,
   with asyncio's warning past ``LOG_THRESHOLD_FOR_CONNLOST_WRITES``), connected or not; asyncio
   queued it forever on an unconnected transport (or, once aborted, raised AttributeError).
@@ -66,6 +69,7 @@ class DatagramTransport(_Base):
         _protocol: asyncio.DatagramProtocol
         _closing: bool
         _sock: socket.socket | None
+        max_size: int
 
         def _fatal_error(self, exc: BaseException, message: str = ...) -> None: ...
 
@@ -80,6 +84,8 @@ class DatagramTransport(_Base):
                  waiter: asyncio.Future[None] | None = None,
                  extra: dict[str, object] | None = None) -> None:
         self._buffer_size = 0  # (asyncio's has no count before 3.11)
+        #: What each datagram is received into, one receive at a time.
+        self._read_buffer = bytearray(self.max_size)
         base: Any = super()
         base.__init__(loop, sock, protocol, address, waiter, extra)
 
@@ -157,6 +163,51 @@ class DatagramTransport(_Base):
             sending.add_done_callback(self._loop_writing)
             self._maybe_resume_protocol()
             return
+
+    def _loop_reading(self, fut: asyncio.Future[Any] | None = None) -> None:
+        """Deliver the datagram a receive brought, once the next receive is posted. Each
+        is received into the transport's own buffer (``_read_buffer``), which the next
+        receive reuses: asyncio's allocates a new 256 KiB buffer per datagram (for winiocp's
+        proactor, a zeroed one). A receive that fails is the protocol's ``error_received``,
+        and reading goes on (asyncio's stopped reading for good)."""
+        state: Any = self
+        if state._conn_lost:
+            return  # closing: what a receive brings now is dropped
+        if fut is not state._read_fut:
+            return  # (not the receive in flight)
+        state._read_fut = None
+        data: bytes | None = None
+        addr: Address | None = None
+        if fut is not None:
+            if fut.cancelled():
+                return  # (cancelled by a close, which ends reading)
+            exc = fut.exception()
+            if exc is None:
+                if state._address is not None:
+                    count, addr = fut.result(), state._address
+                else:
+                    count, addr = fut.result()
+                data = bytes(memoryview(self._read_buffer)[:count])  # before it is reused
+            elif isinstance(exc, OSError):
+                self._protocol.error_received(exc)
+            else:
+                self._fatal_error(exc, "Fatal read error on datagram transport")
+                return
+        try:
+            proactor: Any = self._loop.proactor
+            if proactor is None:
+                raise ConnectionAbortedError("the event loop is closed")
+            if state._address is not None:
+                receiving = proactor.recv_into(state._sock, self._read_buffer)
+            else:
+                receiving = proactor.recvfrom_into(state._sock, self._read_buffer)
+        except OSError as exc:
+            self._protocol.error_received(exc)  # (as asyncio: a socket that cannot receive)
+        else:
+            state._read_fut = receiving
+            receiving.add_done_callback(self._loop_reading)
+        if data:
+            self._protocol.datagram_received(data, addr)  # type: ignore[arg-type]
 
     def _force_close(self, exc: BaseException | None) -> None:
         state: Any = self
