@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TypeVar, cast
 
 from ..addresses import Address
+from .datagram import DatagramTransport
 from .proactor import HasFileno, IocpProactor
 from ..operations import RecvOperation
 from ..sockets import Socket
@@ -88,6 +89,12 @@ class EventLoop(asyncio.ProactorEventLoop):
                                server: asyncio.base_events.Server | None = None
                                ) -> SocketTransport:
         return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_datagram_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                                 address: Address | None = None,
+                                 waiter: asyncio.Future[None] | None = None,
+                                 extra: dict[str, object] | None = None) -> DatagramTransport:
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_ssl_transport(self, rawsock: socket.socket, protocol: asyncio.BaseProtocol,
                             sslcontext: ssl.SSLContext,

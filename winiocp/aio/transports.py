@@ -22,10 +22,13 @@ and no ``call_soon`` in between.
   (asyncio's own loops call ``get_buffer`` right before the read). While reading is paused
   no receive is issued; one already completed is held and read on ``resume_reading``.
 * Writing: ``write()`` sends at once when nothing is in flight; what is written meanwhile is
-  queued as separate chunks (bytes are not copied; other buffers are, once) and goes out as
-  one WSASend gathering all of them when the send in flight completes. ``writelines`` queues
-  its chunks the same way. A partial send puts the unsent rest back in front. One
-  SendOperation per transport is re-armed for each send.
+  queued and goes out as one WSASend gathering all of it when the send in flight completes.
+  Large writes are queued as they are (bytes are not copied; other buffers are, once); small
+  ones (under ``COPY_BELOW``) are copied together into one buffer, as the stock transport
+  copies every write: many small writes make one send, not one WSABUF each. ``writelines``
+  queues its chunks the same way. A partial send puts the unsent rest back in front. One
+  SendOperation per transport is re-armed for each send; it lets go of what it sent as soon
+  as the send completes (the OVERLAPPED is kept, the data is not).
 * The sockets are in skip-on-success mode where Windows allows it (see ``proactor.py``): a
   send that completes at once is finished during the call (``finish_inline``), with nothing
   to dequeue. The turn's later writes are then held back and leave in one gathering send at
@@ -61,7 +64,7 @@ import logging
 import socket
 from asyncio import constants, proactor_events, protocols
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Union
 
 from ..operations import RecvOperation, SendOperation
@@ -87,8 +90,14 @@ _PROBE_LIST: list[bytearray] = [bytearray()]
 # asyncio.Server._detach takes the transport from 3.12 on (3.11.? too: ask, don't guess).
 _DETACH_TAKES_TRANSPORT = len(inspect.signature(
     asyncio.base_events.Server._detach).parameters) > 1  # type: ignore[attr-defined]
-Chunk = Union[bytes, memoryview]
+Chunk = Union[bytes, bytearray, memoryview]
 Writable = Union[bytes, bytearray, memoryview]
+#: Writes shorter than this are copied together while they wait to be sent: a WSABUF per
+#: small piece costs the sender more than the copy (and fills MAX_GATHER). Longer writes are
+#: sent as they are, with no copy.
+COPY_BELOW = 4096
+#: The most bytes small writes are joined into, in one buffer (then the next one starts).
+JOIN_BYTES = 65536
 
 
 # asyncio's transport is subclassed for its contract (extra info, the empty waiter sendfile
@@ -145,6 +154,9 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._in_flight_size = 0
         self._queue: deque[Chunk] = deque()
         self._queued = 0
+        #: The queue's last chunk while small writes are being joined into it (ours, never
+        #: handed to a send yet): the next small write is copied onto its end.
+        self._joining: bytearray | None = None
         if sock.gettimeout() != 0:  # (asyncio's own calls make it so) a BufferedProtocol's
             sock.setblocking(False)  # reads must never block the loop
         super().__init__(loop, sock, protocol, waiter, extra, server)  # type: ignore[arg-type]
@@ -336,7 +348,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         chunks = [chunk for chunk in chunks if chunk]
         self._write_chunks(chunks, sum(len(chunk) for chunk in chunks))
 
-    def _write_chunks(self, chunks: Iterable[bytes], size: int) -> None:
+    def _write_chunks(self, chunks: Sequence[bytes], size: int) -> None:
         """Queue ``chunks`` (``size`` bytes in all; none for an empty write, which is
         checked as asyncio checks it and then ignored) and send them, or hold them back
         to the end of the turn."""
@@ -353,7 +365,10 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             state._conn_lost += 1
             return
         self.wrote = True
-        self._queue.extend(chunks)
+        if self._queue or len(chunks) > 1:
+            self._enqueue(chunks)
+        else:  # (the common case: one write with nothing waiting, sent as it is)
+            self._queue.extend(chunks)
         self._queued += size
         if self._sending is None and not self._flush_due:
             proactor = self._loop_proactor
@@ -363,6 +378,31 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 self._flush_due = True  # leave in one gathering send at its end
                 proactor.call_before_wait(self._on_flush)
         self._maybe_pause_protocol()  # type: ignore[attr-defined]
+
+    def _enqueue(self, chunks: Iterable[Chunk]) -> None:
+        """Queue ``chunks`` in order: a large one as it is; a small one is copied onto the
+        end of the queue's last chunk if that is small too (or already joins small ones), so
+        that many small writes wait as one buffer. A chunk handed to a send is never added
+        to: it leaves the queue when it is sent (``_send_queued``)."""
+        queue = self._queue
+        joining = self._joining
+        if joining is not None and (not queue or queue[-1] is not joining):
+            joining = None  # (the queue was emptied meanwhile)
+        for chunk in chunks:
+            size = len(chunk)
+            if size >= COPY_BELOW:
+                queue.append(chunk)
+                joining = None
+            elif joining is not None and len(joining) + size <= JOIN_BYTES:
+                joining += chunk
+            elif queue and len(queue[-1]) < COPY_BELOW:
+                joining = bytearray(queue[-1])
+                joining += chunk
+                queue[-1] = joining
+            else:
+                queue.append(chunk)
+                joining = None
+        self._joining = joining
 
     def _send_queued(self) -> None:
         """Send what is queued, one gathering WSASend at a time, until one is left in flight
@@ -374,6 +414,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             if len(queue) <= MAX_GATHER:  # all of it (``_queued`` is the queue's byte count)
                 chunks = list(queue)
                 queue.clear()
+                self._joining = None  # (handed to the send: nothing is added to it now)
                 size, self._queued = self._queued, 0
             else:
                 chunks = [queue.popleft() for _ in range(MAX_GATHER)]
@@ -399,6 +440,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                                         sending.failure, sending.address),
                              "Fatal write error on pipe transport")
                 return
+            sending.buffers = ()  # sent: the spare keeps its OVERLAPPED, not the data
             self._spare_send = sending  # (finished inline: the port cleared its context)
             if self._loop_proactor is not None:
                 self._sent_in_turn = self._loop_proactor.turn
@@ -413,7 +455,10 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     def _sent(self, completion: Completion) -> None:
         """A send completed (called by the proactor, in the transport's context)."""
         state: Any = self
-        self._spare_send, self._sending = self._sending, None
+        sent_by = self._sending
+        if sent_by is not None:
+            sent_by.buffers = ()  # sent: the spare keeps its OVERLAPPED, not the data
+        self._spare_send, self._sending = sent_by, None
         chunks, self._in_flight = self._in_flight, []
         size, self._in_flight_size = self._in_flight_size, 0
         if self._abortive or state._sock is None:
