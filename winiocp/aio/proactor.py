@@ -190,6 +190,12 @@ class _Pending(Generic[T]):
             else:
                 future.set_result(value)
             proactor._results.append(cast("asyncio.Future[object]", future))  # pyright: ignore[reportPrivateUsage]
+        operation = completion.operation
+        if isinstance(operation, BufferOperation):
+            # The caller's buffer is the caller's again once the await returns: no export
+            # (it may be resized) and no reference (a socket's cached receive would keep
+            # it alive). The result was taken from it above.
+            operation.let_go()
 
 
 def failure_of(completion: Completion) -> OSError:
@@ -200,6 +206,11 @@ def failure_of(completion: Completion) -> OSError:
     what = operation.kind.value if operation is not None else "operation"
     if error in _RESET_LIKE:
         return ConnectionResetError(None, exception_for(error, what).strerror, None, error)
+    if error == WinError.ERROR_MORE_DATA and isinstance(operation, AddressedOperation):
+        # A datagram larger than the buffer: the port reports the NTSTATUS warning as
+        # ERROR_MORE_DATA; Winsock's name for it is WSAEMSGSIZE, what the stock proactor
+        # raises (WSARecvFrom documents it for a truncated message).
+        error = WinError.WSAEMSGSIZE
     return exception_for(error, what)
 
 
@@ -488,9 +499,14 @@ class IocpProactor:
     def _receive_into(self, conn: socket.socket, view: Socket, buf: WriteableBuffer, flags: int,
                       pending: _Pending[int]) -> RecvOperation:
         last = self._receives.get(conn)
-        operation = view.recv_into(
-            [buf], flags=flags, context=pending,  # type: ignore[list-item]
-            reuse=last if last is not None and not last.pending else None)
+        reuse = last if last is not None and not last.pending else None
+        try:
+            operation = view.recv_into([buf], flags=flags, context=pending,  # type: ignore[list-item]
+                                       reuse=reuse)
+        except BaseException:
+            if reuse is not None and not reuse.pending:  # (failed at once: not issued)
+                reuse.let_go()
+            raise
         self._receives[conn] = operation
         return operation
 
@@ -504,12 +520,18 @@ class IocpProactor:
         except BrokenPipeError:
             return self._result((b"", None))
 
-    def recvfrom_into(self, conn: socket.socket, buf: WriteableBuffer, flags: int = 0
-                      ) -> asyncio.Future[tuple[int, Address | None]]:
-        """WSARecvFrom into ``buf``: a future of ``(count, address)``."""
+    def recvfrom_into(self, conn: socket.socket, buf: WriteableBuffer, nbytes: int = 0,
+                      flags: int = 0) -> asyncio.Future[tuple[int, Address | None]]:
+        """WSARecvFrom into the first ``nbytes`` bytes of ``buf`` (0: all of it): a future of
+        ``(count, address)``. A larger datagram fails with WSAEMSGSIZE and nothing is written
+        past ``nbytes`` (asyncio's ``sock_recvfrom_into`` passes ``nbytes`` third, as to the
+        stock proactor). ``flags`` must be 0, as WSARecvFrom's in the stock proactor."""
+        target = _first_bytes(buf, nbytes)
+        if flags:
+            raise ValueError(f"recvfrom_into() takes no flags, got {flags!r}")
         try:
             return self._issue(conn, lambda view, pending: _sock(view).recvfrom_into(
-                buf, context=pending), _datagram_count)  # type: ignore[arg-type]
+                target, context=pending), _datagram_count)  # type: ignore[arg-type]
         except BrokenPipeError:
             return self._result((0, None))
 
@@ -750,6 +772,22 @@ def _accept_socket(family: int) -> socket.socket:
     sock = socket.socket(family)
     sock.settimeout(0)
     return sock
+
+
+def _first_bytes(buf: WriteableBuffer, nbytes: int) -> WriteableBuffer:
+    """The first ``nbytes`` bytes of ``buf`` (all of it for 0); ValueError for a negative
+    ``nbytes`` or one beyond the buffer, as ``socket.recvfrom_into`` says it."""
+    if nbytes < 0:
+        raise ValueError("negative buffersize in recvfrom_into")
+    if not nbytes:
+        return buf
+    view = memoryview(buf)
+    size = view.nbytes
+    if nbytes > size:
+        raise ValueError("nbytes is greater than the length of the buffer")
+    if nbytes == size:
+        return buf
+    return (view if view.format == "B" and view.ndim == 1 else view.cast("B"))[:nbytes]
 
 
 def _sock(view: OverlappedOwner[object]) -> Socket:
