@@ -48,7 +48,7 @@ from ..errors import ClosedHandleError, exception_for
 from ..handles import Handle
 from ..operations import AddressedOperation, BufferOperation, Operation, RecvOperation
 from ..owner import Lender, OverlappedOwner, weak_fileno
-from ..port import MAX_WAIT_MS, Completion, CompletionPort, Outcome
+from ..port import MAX_WAIT_MS, Completion, CompletionPort, Outcome, Wakeup
 from ..raw import INVALID_HANDLE, ffi, kernel32
 from ..sockets import AcceptOperation, Socket
 from ..waits import WaitOperation, wait_for_handle
@@ -326,6 +326,8 @@ class IocpProactor:
         #: Completions dequeued but not yet routed (an interrupt struck in a handler).
         self._unfinished: deque[Completion] = deque()
         self._port: CompletionPort | None = CompletionPort(concurrency)
+        #: ``wake()``'s packet: at most one in flight, however many threads call it.
+        self.wakeup: Wakeup = Wakeup(self._port)
         self._views: weakref.WeakKeyDictionary[object, OverlappedOwner[object]] = (
             weakref.WeakKeyDictionary())
         self._stopped_serving: weakref.WeakSet[object] = weakref.WeakSet()
@@ -404,12 +406,13 @@ class IocpProactor:
         unfinished = self._unfinished
         if unfinished:  # an interrupt cut the last batch short: finish it first
             timeout = 0
+        wakeup = self.wakeup
         completions = port.get_many(timeout)
         while True:
             if completions or unfinished:
                 unfinished.extend(completions)
                 while unfinished:
-                    _finish(unfinished.popleft())
+                    _finish(unfinished.popleft(), wakeup)
             if len(completions) < port.batch_size:
                 break
             completions = port.get_many(0)
@@ -420,7 +423,7 @@ class IocpProactor:
         if inline:
             unfinished.extend(inline)
             while unfinished:
-                _finish(unfinished.popleft())
+                _finish(unfinished.popleft(), wakeup)
 
     def _result(self, value: T) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._get_loop().create_future()
@@ -639,15 +642,12 @@ class IocpProactor:
     # -- handles -----------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Make a ``select`` waiting in another thread return (one posted packet); a no-op
-        once closed."""
-        port = self._port
-        if port is None:
-            return
-        try:
-            port.post()
-        except OSError:  # closed meanwhile
-            pass
+        """Make a ``select`` waiting in another thread return, from any thread; a no-op once
+        closed. Coalesced (``winiocp.port.Wakeup``): at most one packet is in flight, and it
+        is consumed when ``select`` dequeues it, before the loop reads its ready callbacks
+        (asyncio's ``call_soon_threadsafe`` adds the callback first, then wakes)."""
+        if self._port is not None:
+            self.wakeup.wake()
 
     def wait_for_handle(self, handle: int, timeout: float | None = None
                         ) -> asyncio.Future[bool]:
@@ -756,10 +756,12 @@ def _pending_of(operation: Operation | None) -> _Pending[object] | None:
 _LONGEST_TIMEOUT = MAX_WAIT_MS / 1e3
 
 
-def _finish(completion: Completion) -> None:
-    """Route ``completion`` to its operation's handler (none: a wake-up or a raw post)."""
+def _finish(completion: Completion, wakeup: Wakeup) -> None:
+    """Route ``completion`` to its operation's handler (none: a wake-up, consumed here, or a
+    raw post)."""
     operation = completion.operation
     if operation is None:
+        wakeup.consume(completion)
         return
     handler: CompletionHandler | None = operation.context  # type: ignore[assignment]
     if handler is not None:
