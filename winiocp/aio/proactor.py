@@ -46,6 +46,7 @@ from ..addresses import Address
 from ..constants import INFINITE, FileAccess, FileCreation, FileFlags, WinError
 from ..errors import ClosedHandleError, exception_for
 from ..handles import Handle
+from ..manager import ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX, ACCEPT_RETRIES
 from ..operations import AddressedOperation, BufferOperation, Operation, RecvOperation
 from ..owner import Lender, OverlappedOwner, weak_fileno
 from ..port import MAX_WAIT_MS, Completion, CompletionPort, Outcome, Wakeup
@@ -244,11 +245,18 @@ class _Reissued(Exception):
 
 
 class _AcceptAttempt:
-    """One ``accept()`` future and the AcceptEx currently serving it."""
+    """One ``accept()`` future and the AcceptEx currently serving it.
 
-    #: How many AcceptEx in a row may fail at once (each takes the next dead client from the
-    #: backlog) before the error is the future's.
-    RETRIES_AT_ONCE = 64
+    A client that went away fails only the AcceptEx that took it, never the future: a
+    failed completion posts the next AcceptEx, however many come; an AcceptEx that fails at
+    once (it took a client that had reset in the backlog) is posted again at once, up to
+    ``RETRIES_AT_ONCE`` times in a row, then after a back-off from the loop (doubling from
+    ``ACCEPT_BACKOFF`` to ``ACCEPT_BACKOFF_MAX``, as the core's ``AcceptPool``), so a
+    listener that keeps failing so cannot hold the loop. Any other error (the listener's,
+    or a shortage: no socket could be made) is the future's."""
+
+    #: How many AcceptEx in a row may fail at once before the next waits out a back-off.
+    RETRIES_AT_ONCE = ACCEPT_RETRIES
 
     def __init__(self, proactor: IocpProactor, listener: socket.socket, view: Socket,
                  future: _IocpFuture[tuple[socket.socket, Address]]) -> None:
@@ -257,24 +265,43 @@ class _AcceptAttempt:
         self.view = view
         self.future = future
         self.conn: socket.socket | None = None
-        self.failures = 0  # completions failed in a row for this future
+        self.backoff = ACCEPT_BACKOFF  # the next back-off, if AcceptEx keeps failing at once
+        self.timer: asyncio.TimerHandle | None = None
 
     def post(self) -> None:
-        """Post an AcceptEx for the future on a fresh accept socket."""
+        """Post an AcceptEx for the future on a fresh accept socket (or, after
+        ``RETRIES_AT_ONCE`` failures at once, later: see the class)."""
+        proactor = self.proactor
         for _ in range(self.RETRIES_AT_ONCE):
-            conn = self.conn = _accept_socket(self.listener.family)
+            conn = self.conn = proactor._get_accept_socket(  # pyright: ignore[reportPrivateUsage]
+                self.listener.family)
             try:
                 self.future.operation = self.view.accept(
                     Socket.borrow(conn, listening=False),  # (made just now: it cannot be)
-                    context=_Pending(self.future, self.finish, self.listener, self.proactor))
+                    context=_Pending(self.future, self.finish, self.listener, proactor))
+                self.backoff = ACCEPT_BACKOFF
                 return
             except OSError as exc:
                 conn.close()
                 self.conn = None
                 if exc.winerror not in _CLIENT_GONE:
                     raise
-        raise ConnectionAbortedError(None, "AcceptEx kept failing", None,
-                                     WinError.ERROR_CONNECTION_ABORTED)
+        delay, self.backoff = self.backoff, min(2 * self.backoff, ACCEPT_BACKOFF_MAX)
+        log.debug("AcceptEx on %r keeps failing at once: again in %.2f s", self.listener, delay)
+        self.timer = proactor._get_loop().call_later(delay, self._retry)  # pyright: ignore[reportPrivateUsage]
+
+    def _retry(self) -> None:
+        self.timer = None
+        future = self.future
+        if future.done():
+            return
+        if self.listener in self.proactor._stopped_serving:  # pyright: ignore[reportPrivateUsage]
+            future.cancel()
+            return
+        try:
+            self.post()
+        except OSError as exc:
+            future.set_exception(exc)
 
     def finish(self, completion: Completion) -> tuple[socket.socket, Address]:
         conn = self.conn
@@ -286,9 +313,9 @@ class _AcceptAttempt:
             operation = completion.operation
             cancelled = completion.error == WinError.ERROR_OPERATION_ABORTED or (
                 operation is not None and operation.cancel_requested)
-            if not cancelled and self.listener.fileno() != -1 and self.failures < 1000:
-                self.failures += 1
+            if not cancelled and self.listener.fileno() != -1:
                 conn.close()
+                self.conn = None
                 self.post()  # the same future, a new AcceptEx
                 raise _Reissued
             raise failure_of(completion)
@@ -305,6 +332,9 @@ class _AcceptAttempt:
         return conn, address if address is not None else conn.getpeername()
 
     def done(self, future: asyncio.Future[tuple[socket.socket, Address]]) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
         conn, self.conn = self.conn, None
         if conn is not None:  # cancelled or failed: the accept socket was never handed out
             conn.close()
