@@ -366,6 +366,9 @@ class IocpProactor:
         # are made once per socket rather than once per read.
         self._receives: weakref.WeakKeyDictionary[object, RecvOperation] = (
             weakref.WeakKeyDictionary())
+        #: Each socket's pending sendfile (``connection_closing``).
+        self._transmits: weakref.WeakKeyDictionary[socket.socket, _IocpFuture[int]] = (
+            weakref.WeakKeyDictionary())
         #: The loop's turn: each ``select`` starts the next one. A transport whose send went
         #: out at once holds later writes of the same turn back, so they leave gathered.
         self.turn: int = 0
@@ -631,8 +634,26 @@ class IocpProactor:
             return -1 if owner is None else msvcrt.get_osfhandle(owner.fileno())
 
         source = Handle.borrow(value, repr(file), file_value)
-        return self._issue(sock, lambda view, pending: _sock(view).transmit_file(
+        future = self._issue(sock, lambda view, pending: _sock(view).transmit_file(
             source, count, offset=offset, context=pending), _count)
+        transmits = self._transmits
+        transmits[sock] = future
+        future.add_done_callback(
+            lambda done: transmits.pop(sock, None) if transmits.get(sock) is done else None)
+        return future
+
+    def connection_closing(self, sock: socket.socket) -> None:
+        """``sock``'s connection is being closed under a pending ``sendfile`` (a transport
+        calls this before it closes its socket): the sendfile fails now, with the
+        ConnectionResetError closesocket gives it on Windows, and its TransmitFile is
+        cancelled while the socket is still open, so its completion comes (Wine leaves a
+        TransmitFile pending when its socket is closed). The port keeps the operation's
+        memory until then."""
+        future = self._transmits.pop(sock, None)
+        if future is not None and not future.done():
+            future.set_exception(ConnectionResetError(
+                None, "the connection was closed during sendfile", None,
+                WinError.ERROR_OPERATION_ABORTED))
 
     def accept_pipe(self, pipe: windows_utils.PipeHandle
                     ) -> asyncio.Future[windows_utils.PipeHandle]:
