@@ -67,7 +67,13 @@ CONNECT_PIPE_INIT_DELAY = 0.001
 CONNECT_PIPE_MAX_DELAY = 0.100
 #: A receive that ends like this failed because the connection went away (as CPython's
 #: proactor reports it).
-_RESET_LIKE = frozenset({WinError.ERROR_NETNAME_DELETED, WinError.ERROR_OPERATION_ABORTED})
+_RESET_LIKE = frozenset({
+    WinError.ERROR_NETNAME_DELETED, WinError.ERROR_OPERATION_ABORTED,
+    # An operation whose handle was closed under it: Windows ends it with
+    # ERROR_OPERATION_ABORTED (closesocket cancels pending overlapped operations); Wine
+    # may end it with ERROR_INVALID_HANDLE (a TransmitFile, long after the close).
+    WinError.ERROR_INVALID_HANDLE, WinError.ERROR_HANDLES_CLOSED,
+})
 _ERROR_PORT_UNREACHABLE = 1234
 _ERROR_PIPE_BUSY = 231
 _ERROR_BROKEN_PIPE = 109
@@ -636,10 +642,8 @@ class IocpProactor:
         source = Handle.borrow(value, repr(file), file_value)
         future = self._issue(sock, lambda view, pending: _sock(view).transmit_file(
             source, count, offset=offset, context=pending), _count)
-        transmits = self._transmits
-        transmits[sock] = future
-        future.add_done_callback(
-            lambda done: transmits.pop(sock, None) if transmits.get(sock) is done else None)
+        self._transmits[sock] = future
+        _TransmitWatch(self, sock, _sock(self._register_with_iocp(sock)), future)
         return future
 
     def connection_closing(self, sock: socket.socket) -> None:
@@ -795,6 +799,72 @@ class IocpProactor:
     def __del__(self) -> None:
         if getattr(self, "_port", None) is not None:
             self.close()
+
+
+#: How often the connection under a pending sendfile is checked, in seconds (``_TransmitWatch``).
+TRANSMIT_CHECK_SECONDS = 1.0
+
+
+class _TransmitWatch:
+    """Ends a pending sendfile whose connection is gone, where the TransmitFile itself does
+    not say so.
+
+    Windows documents that TransmitFile "completes when it has sent the specified number of
+    bytes, or when an error occurs" (Microsoft Learn, TransmitFile function), and that
+    closesocket cancels a socket's pending overlapped operations. Wine does neither when the
+    peer closed and then reset the connection, or when the socket is closed under it while
+    the peer is connected: the TransmitFile stays pending, and the sendfile would wait for
+    ever. So every ``TRANSMIT_CHECK_SECONDS`` while it is pending, the connection is looked
+    at (one getpeername, which fails with WSAENOTCONN once it was reset): if it is gone, or
+    the socket was closed, the future fails with ConnectionResetError and the TransmitFile is
+    cancelled; its memory stays the port's until its completion comes (or, if it never
+    does, until the port's close leaves it to the orphans). On Windows the TransmitFile
+    fails first, and the check never finds anything."""
+
+    __slots__ = ("proactor", "sock", "view", "future", "timer")
+
+    def __init__(self, proactor: IocpProactor, sock: socket.socket, view: Socket,
+                 future: _IocpFuture[int]) -> None:
+        self.proactor = proactor
+        self.sock = sock
+        self.view = view
+        self.future = future
+        self.timer: asyncio.TimerHandle | None = None
+        if future.done():
+            self.done(future)
+            return
+        future.add_done_callback(self.done)
+        self.schedule()
+
+    def schedule(self) -> None:
+        self.timer = self.future.get_loop().call_later(TRANSMIT_CHECK_SECONDS, self.check)
+
+    def check(self) -> None:
+        self.timer = None
+        future = self.future
+        if future.done():
+            return
+        try:
+            self.view.getpeername()
+        except ClosedHandleError:
+            error, what = WinError.ERROR_OPERATION_ABORTED, "the socket was closed"
+        except OSError as exc:
+            if exc.winerror != WinError.WSAENOTCONN:
+                self.schedule()
+                return
+            error, what = WinError.WSAECONNRESET, "the connection was reset"
+        else:
+            self.schedule()
+            return
+        future.set_exception(ConnectionResetError(None, f"{what} during sendfile", None, error))
+
+    def done(self, future: asyncio.Future[int]) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
+        transmits = self.proactor._transmits  # pyright: ignore[reportPrivateUsage]
+        if transmits.get(self.sock) is future:
+            del transmits[self.sock]
 
 
 def _pending_of(operation: Operation | None) -> _Pending[object] | None:
