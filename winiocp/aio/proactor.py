@@ -22,7 +22,14 @@ callback; this one lets winiocp do what it already does for every operation:
   leaves anything the kernel still holds to the port's orphan list instead of freeing it;
 * AcceptEx always gets SO_UPDATE_ACCEPT_CONTEXT and ConnectEx SO_UPDATE_CONNECT_CONTEXT
   (winiocp's rule 7), and completions come classified (rule 2);
-* ``wait_for_handle`` is ``winiocp.waits``: a thread-pool wait that posts a packet.
+* ``wait_for_handle`` is ``winiocp.waits``: a thread-pool wait that posts a packet;
+* ``wake()`` (the loop's ``call_soon_threadsafe``) is a ``winiocp.port.Wakeup``: at most one
+  packet in flight, however many threads call it while the loop is busy;
+* a caller's buffer is pinned only while its operation is pending: once the completion is
+  handled the operation lets it go (``BufferOperation.let_go``), so the caller may resize it;
+* ``accept()`` never fails for clients that went away, and backs off from the loop when
+  AcceptEx keeps failing at once; a pending ``sendfile()`` whose connection is gone ends
+  even where the TransmitFile itself never does (``_TransmitWatch``).
 
 The results asyncio sees are the stock proactor's: the same values, the same exceptions
 (ConnectionResetError for a reset or aborted receive, BrokenPipeError at once for a closed
@@ -65,8 +72,8 @@ Conn = Union[socket.socket, windows_utils.PipeHandle]
 CLOSE_WAIT_SECONDS = 30.0
 CONNECT_PIPE_INIT_DELAY = 0.001
 CONNECT_PIPE_MAX_DELAY = 0.100
-#: A receive that ends like this failed because the connection went away (as CPython's
-#: proactor reports it).
+#: An operation that ends like this failed because the connection went away, or its socket
+#: was closed under it: ConnectionResetError (as CPython's proactor reports it).
 _RESET_LIKE = frozenset({
     WinError.ERROR_NETNAME_DELETED, WinError.ERROR_OPERATION_ABORTED,
     # An operation whose handle was closed under it: Windows ends it with
