@@ -311,6 +311,20 @@ class BufferOperation(Operation):
         self._keepalive = ()  # Operation.release, inline: this runs once per completion
         self.wsabufs = ffi.NULL
 
+    def let_go(self) -> None:
+        """Let go of the buffers altogether once the completion is handled: the pins, the
+        WSABUF array and the references, so a caller's buffer is neither exported (it may
+        be resized again) nor kept alive by this operation, which may still be re-armed on
+        other buffers (``data`` is empty then). Raises ``OperationPendingError`` while the
+        kernel may still write them."""
+        if self.state is _PENDING:
+            raise OperationPendingError(
+                f"{self!r} is still pending: the kernel owns its buffers until its "
+                "completion is dequeued")
+        self._keepalive = ()
+        self.wsabufs = ffi.NULL
+        self.buffers = ()
+
 
 class RecvOperation(BufferOperation):
     """WSARecv (or a Handle's ReadFile): ``data`` is what arrived (a copy of the filled part

@@ -790,3 +790,75 @@ def _milliseconds(timeout: float) -> int:
 def orphaned_operation_count() -> int:
     """Operations of closed ports kept alive because the kernel might still write them."""
     return sum(len(registry) for registry in _ORPHANED)
+
+
+class Wakeup:
+    """Wake-ups of a thread that waits on ``port``, coalesced as libuv's ``uv_async_send``
+    does it: however many threads call ``wake()``, and however often, at most one wake-up
+    packet is queued at a time, so a burst of calls while the waiter is busy costs one
+    packet, not one each (each would hold kernel memory until dequeued).
+
+    The waiter hands every posted completion it dequeues to ``consume()``, which frees the
+    flag for the next ``wake()``. No wake-up is ever lost, provided each side keeps its order:
+
+    * a waker *publishes* its work (appends it to a queue the waiter reads) and then calls
+      ``wake()``;
+    * the waiter calls ``consume()`` on the dequeued packet and then *reads* the queue.
+
+    The flag is a lock (an atomic test-and-set: ``acquire(blocking=False)``; ``release()``
+    from the waiter's thread), and lock operations order memory on every CPython build.
+    If ``wake()`` finds the flag taken, a packet is queued that the waiter has not
+    consumed: the waker published before its failed acquire, which comes before the
+    waiter's release in ``consume()``, which comes before the waiter reads the queue, so
+    the waiter sees the work. If ``wake()`` takes the flag, it posts a packet that the
+    waiter will dequeue. The worst case is a spare wake-up (a packet posted after the
+    waiter already read the work it was for): one extra, empty turn.
+    """
+
+    __slots__ = ("port", "key", "posted", "_in_flight")
+
+    def __init__(self, port: CompletionPort) -> None:
+        self.port: CompletionPort = port
+        #: The packet's completion key: from the keys ``associate`` hands out, so no handle
+        #: associated with any port ever completes with it.
+        self.key: int = next(_keys)
+        #: Packets posted so far (a counter, for tests and diagnostics).
+        self.posted: int = 0
+        self._in_flight = threading.Lock()  # held while a packet is queued, not consumed
+
+    def __repr__(self) -> str:
+        state = "in flight" if self._in_flight.locked() else "idle"
+        return f"<Wakeup key={self.key} {state} posted={self.posted}>"
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether a wake-up packet is queued and not yet consumed."""
+        return self._in_flight.locked()
+
+    def wake(self) -> bool:
+        """Make the waiter return from its dequeue, from any thread: post the packet
+        unless one is in flight already. Whether this call posted it (False also once the
+        port is closed: nothing waits on it any more)."""
+        if not self._in_flight.acquire(False):
+            return False
+        try:
+            self.port.post(self.key)
+        except OSError:  # closed (ClosedHandleError), or the post failed: nothing queued
+            self._in_flight.release()
+            return False
+        except BaseException:
+            self._in_flight.release()
+            raise
+        self.posted += 1
+        return True
+
+    def consume(self, completion: Completion) -> bool:
+        """Whether ``completion`` is this wake-up's packet; if so, the next ``wake()`` posts
+        again. The waiter calls it before it reads the work the wakers published."""
+        if completion.key != self.key or completion.operation is not None:
+            return False
+        try:
+            self._in_flight.release()
+        except RuntimeError:  # not held: someone else posted our key; harmless
+            pass
+        return True

@@ -142,9 +142,10 @@ class EventLoop(asyncio.ProactorEventLoop):
         return proactor
 
     def _write_to_self(self) -> None:
-        """Wake the loop from another thread (``call_soon_threadsafe``): one packet posted to
+        """Wake the loop from another thread (``call_soon_threadsafe``): a packet posted to
         the port, where the stock loop sends a byte through a socket pair (whose receive it
-        then has to re-post). Signals still arrive through the socket pair."""
+        then has to re-post); at most one is in flight however many calls come meanwhile
+        (``IocpProactor.wake``). Signals still arrive through the socket pair."""
         proactor = self.proactor
         if proactor is not None:
             proactor.wake()

@@ -22,7 +22,14 @@ callback; this one lets winiocp do what it already does for every operation:
   leaves anything the kernel still holds to the port's orphan list instead of freeing it;
 * AcceptEx always gets SO_UPDATE_ACCEPT_CONTEXT and ConnectEx SO_UPDATE_CONNECT_CONTEXT
   (winiocp's rule 7), and completions come classified (rule 2);
-* ``wait_for_handle`` is ``winiocp.waits``: a thread-pool wait that posts a packet.
+* ``wait_for_handle`` is ``winiocp.waits``: a thread-pool wait that posts a packet;
+* ``wake()`` (the loop's ``call_soon_threadsafe``) is a ``winiocp.port.Wakeup``: at most one
+  packet in flight, however many threads call it while the loop is busy;
+* a caller's buffer is pinned only while its operation is pending: once the completion is
+  handled the operation lets it go (``BufferOperation.let_go``), so the caller may resize it;
+* ``accept()`` never fails for clients that went away, and backs off from the loop when
+  AcceptEx keeps failing at once; a pending ``sendfile()`` whose connection is gone ends
+  even where the TransmitFile itself never does (``_TransmitWatch``).
 
 The results asyncio sees are the stock proactor's: the same values, the same exceptions
 (ConnectionResetError for a reset or aborted receive, BrokenPipeError at once for a closed
@@ -46,9 +53,10 @@ from ..addresses import Address
 from ..constants import INFINITE, FileAccess, FileCreation, FileFlags, WinError
 from ..errors import ClosedHandleError, exception_for
 from ..handles import Handle
+from ..manager import ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX, ACCEPT_RETRIES
 from ..operations import AddressedOperation, BufferOperation, Operation, RecvOperation
 from ..owner import Lender, OverlappedOwner, weak_fileno
-from ..port import MAX_WAIT_MS, Completion, CompletionPort, Outcome
+from ..port import MAX_WAIT_MS, Completion, CompletionPort, Outcome, Wakeup
 from ..raw import INVALID_HANDLE, ffi, kernel32
 from ..sockets import AcceptOperation, Socket
 from ..waits import WaitOperation, wait_for_handle
@@ -64,9 +72,15 @@ Conn = Union[socket.socket, windows_utils.PipeHandle]
 CLOSE_WAIT_SECONDS = 30.0
 CONNECT_PIPE_INIT_DELAY = 0.001
 CONNECT_PIPE_MAX_DELAY = 0.100
-#: A receive that ends like this failed because the connection went away (as CPython's
-#: proactor reports it).
-_RESET_LIKE = frozenset({WinError.ERROR_NETNAME_DELETED, WinError.ERROR_OPERATION_ABORTED})
+#: An operation that ends like this failed because the connection went away, or its socket
+#: was closed under it: ConnectionResetError (as CPython's proactor reports it).
+_RESET_LIKE = frozenset({
+    WinError.ERROR_NETNAME_DELETED, WinError.ERROR_OPERATION_ABORTED,
+    # An operation whose handle was closed under it: Windows ends it with
+    # ERROR_OPERATION_ABORTED (closesocket cancels pending overlapped operations); Wine
+    # may end it with ERROR_INVALID_HANDLE (a TransmitFile, long after the close).
+    WinError.ERROR_INVALID_HANDLE, WinError.ERROR_HANDLES_CLOSED,
+})
 _ERROR_PORT_UNREACHABLE = 1234
 _ERROR_PIPE_BUSY = 231
 _ERROR_BROKEN_PIPE = 109
@@ -190,6 +204,12 @@ class _Pending(Generic[T]):
             else:
                 future.set_result(value)
             proactor._results.append(cast("asyncio.Future[object]", future))  # pyright: ignore[reportPrivateUsage]
+        operation = completion.operation
+        if isinstance(operation, BufferOperation):
+            # The caller's buffer is the caller's again once the await returns: no export
+            # (it may be resized) and no reference (a socket's cached receive would keep
+            # it alive). The result was taken from it above.
+            operation.let_go()
 
 
 def failure_of(completion: Completion) -> OSError:
@@ -200,6 +220,11 @@ def failure_of(completion: Completion) -> OSError:
     what = operation.kind.value if operation is not None else "operation"
     if error in _RESET_LIKE:
         return ConnectionResetError(None, exception_for(error, what).strerror, None, error)
+    if error == WinError.ERROR_MORE_DATA and isinstance(operation, AddressedOperation):
+        # A datagram larger than the buffer: the port reports the NTSTATUS warning as
+        # ERROR_MORE_DATA; Winsock's name for it is WSAEMSGSIZE, what the stock proactor
+        # raises (WSARecvFrom documents it for a truncated message).
+        error = WinError.WSAEMSGSIZE
     return exception_for(error, what)
 
 
@@ -233,11 +258,18 @@ class _Reissued(Exception):
 
 
 class _AcceptAttempt:
-    """One ``accept()`` future and the AcceptEx currently serving it."""
+    """One ``accept()`` future and the AcceptEx currently serving it.
 
-    #: How many AcceptEx in a row may fail at once (each takes the next dead client from the
-    #: backlog) before the error is the future's.
-    RETRIES_AT_ONCE = 64
+    A client that went away fails only the AcceptEx that took it, never the future: a
+    failed completion posts the next AcceptEx, however many come; an AcceptEx that fails at
+    once (it took a client that had reset in the backlog) is posted again at once, up to
+    ``RETRIES_AT_ONCE`` times in a row, then after a back-off from the loop (doubling from
+    ``ACCEPT_BACKOFF`` to ``ACCEPT_BACKOFF_MAX``, as the core's ``AcceptPool``), so a
+    listener that keeps failing so cannot hold the loop. Any other error (the listener's,
+    or a shortage: no socket could be made) is the future's."""
+
+    #: How many AcceptEx in a row may fail at once before the next waits out a back-off.
+    RETRIES_AT_ONCE = ACCEPT_RETRIES
 
     def __init__(self, proactor: IocpProactor, listener: socket.socket, view: Socket,
                  future: _IocpFuture[tuple[socket.socket, Address]]) -> None:
@@ -246,24 +278,43 @@ class _AcceptAttempt:
         self.view = view
         self.future = future
         self.conn: socket.socket | None = None
-        self.failures = 0  # completions failed in a row for this future
+        self.backoff = ACCEPT_BACKOFF  # the next back-off, if AcceptEx keeps failing at once
+        self.timer: asyncio.TimerHandle | None = None
 
     def post(self) -> None:
-        """Post an AcceptEx for the future on a fresh accept socket."""
+        """Post an AcceptEx for the future on a fresh accept socket (or, after
+        ``RETRIES_AT_ONCE`` failures at once, later: see the class)."""
+        proactor = self.proactor
         for _ in range(self.RETRIES_AT_ONCE):
-            conn = self.conn = _accept_socket(self.listener.family)
+            conn = self.conn = proactor._get_accept_socket(  # pyright: ignore[reportPrivateUsage]
+                self.listener.family)
             try:
                 self.future.operation = self.view.accept(
                     Socket.borrow(conn, listening=False),  # (made just now: it cannot be)
-                    context=_Pending(self.future, self.finish, self.listener, self.proactor))
+                    context=_Pending(self.future, self.finish, self.listener, proactor))
+                self.backoff = ACCEPT_BACKOFF
                 return
             except OSError as exc:
                 conn.close()
                 self.conn = None
                 if exc.winerror not in _CLIENT_GONE:
                     raise
-        raise ConnectionAbortedError(None, "AcceptEx kept failing", None,
-                                     WinError.ERROR_CONNECTION_ABORTED)
+        delay, self.backoff = self.backoff, min(2 * self.backoff, ACCEPT_BACKOFF_MAX)
+        log.debug("AcceptEx on %r keeps failing at once: again in %.2f s", self.listener, delay)
+        self.timer = proactor._get_loop().call_later(delay, self._retry)  # pyright: ignore[reportPrivateUsage]
+
+    def _retry(self) -> None:
+        self.timer = None
+        future = self.future
+        if future.done():
+            return
+        if self.listener in self.proactor._stopped_serving:  # pyright: ignore[reportPrivateUsage]
+            future.cancel()
+            return
+        try:
+            self.post()
+        except OSError as exc:
+            future.set_exception(exc)
 
     def finish(self, completion: Completion) -> tuple[socket.socket, Address]:
         conn = self.conn
@@ -275,9 +326,9 @@ class _AcceptAttempt:
             operation = completion.operation
             cancelled = completion.error == WinError.ERROR_OPERATION_ABORTED or (
                 operation is not None and operation.cancel_requested)
-            if not cancelled and self.listener.fileno() != -1 and self.failures < 1000:
-                self.failures += 1
+            if not cancelled and self.listener.fileno() != -1:
                 conn.close()
+                self.conn = None
                 self.post()  # the same future, a new AcceptEx
                 raise _Reissued
             raise failure_of(completion)
@@ -294,6 +345,9 @@ class _AcceptAttempt:
         return conn, address if address is not None else conn.getpeername()
 
     def done(self, future: asyncio.Future[tuple[socket.socket, Address]]) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
         conn, self.conn = self.conn, None
         if conn is not None:  # cancelled or failed: the accept socket was never handed out
             conn.close()
@@ -315,6 +369,8 @@ class IocpProactor:
         #: Completions dequeued but not yet routed (an interrupt struck in a handler).
         self._unfinished: deque[Completion] = deque()
         self._port: CompletionPort | None = CompletionPort(concurrency)
+        #: ``wake()``'s packet: at most one in flight, however many threads call it.
+        self.wakeup: Wakeup = Wakeup(self._port)
         self._views: weakref.WeakKeyDictionary[object, OverlappedOwner[object]] = (
             weakref.WeakKeyDictionary())
         self._stopped_serving: weakref.WeakSet[object] = weakref.WeakSet()
@@ -322,6 +378,9 @@ class IocpProactor:
         # socket serially, into the same buffer, so the OVERLAPPED, flags, WSABUF and pin
         # are made once per socket rather than once per read.
         self._receives: weakref.WeakKeyDictionary[object, RecvOperation] = (
+            weakref.WeakKeyDictionary())
+        #: Each socket's pending sendfile (``connection_closing``).
+        self._transmits: weakref.WeakKeyDictionary[socket.socket, _IocpFuture[int]] = (
             weakref.WeakKeyDictionary())
         #: The loop's turn: each ``select`` starts the next one. A transport whose send went
         #: out at once holds later writes of the same turn back, so they leave gathered.
@@ -393,12 +452,13 @@ class IocpProactor:
         unfinished = self._unfinished
         if unfinished:  # an interrupt cut the last batch short: finish it first
             timeout = 0
+        wakeup = self.wakeup
         completions = port.get_many(timeout)
         while True:
             if completions or unfinished:
                 unfinished.extend(completions)
                 while unfinished:
-                    _finish(unfinished.popleft())
+                    _finish(unfinished.popleft(), wakeup)
             if len(completions) < port.batch_size:
                 break
             completions = port.get_many(0)
@@ -409,7 +469,7 @@ class IocpProactor:
         if inline:
             unfinished.extend(inline)
             while unfinished:
-                _finish(unfinished.popleft())
+                _finish(unfinished.popleft(), wakeup)
 
     def _result(self, value: T) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._get_loop().create_future()
@@ -488,9 +548,14 @@ class IocpProactor:
     def _receive_into(self, conn: socket.socket, view: Socket, buf: WriteableBuffer, flags: int,
                       pending: _Pending[int]) -> RecvOperation:
         last = self._receives.get(conn)
-        operation = view.recv_into(
-            [buf], flags=flags, context=pending,  # type: ignore[list-item]
-            reuse=last if last is not None and not last.pending else None)
+        reuse = last if last is not None and not last.pending else None
+        try:
+            operation = view.recv_into([buf], flags=flags, context=pending,  # type: ignore[list-item]
+                                       reuse=reuse)
+        except BaseException:
+            if reuse is not None and not reuse.pending:  # (failed at once: not issued)
+                reuse.let_go()
+            raise
         self._receives[conn] = operation
         return operation
 
@@ -504,12 +569,18 @@ class IocpProactor:
         except BrokenPipeError:
             return self._result((b"", None))
 
-    def recvfrom_into(self, conn: socket.socket, buf: WriteableBuffer, flags: int = 0
-                      ) -> asyncio.Future[tuple[int, Address | None]]:
-        """WSARecvFrom into ``buf``: a future of ``(count, address)``."""
+    def recvfrom_into(self, conn: socket.socket, buf: WriteableBuffer, nbytes: int = 0,
+                      flags: int = 0) -> asyncio.Future[tuple[int, Address | None]]:
+        """WSARecvFrom into the first ``nbytes`` bytes of ``buf`` (0: all of it): a future of
+        ``(count, address)``. A larger datagram fails with WSAEMSGSIZE and nothing is written
+        past ``nbytes`` (asyncio's ``sock_recvfrom_into`` passes ``nbytes`` third, as to the
+        stock proactor). ``flags`` must be 0, as WSARecvFrom's in the stock proactor."""
+        target = _first_bytes(buf, nbytes)
+        if flags:
+            raise ValueError(f"recvfrom_into() takes no flags, got {flags!r}")
         try:
             return self._issue(conn, lambda view, pending: _sock(view).recvfrom_into(
-                buf, context=pending), _datagram_count)  # type: ignore[arg-type]
+                target, context=pending), _datagram_count)  # type: ignore[arg-type]
         except BrokenPipeError:
             return self._result((0, None))
 
@@ -576,8 +647,24 @@ class IocpProactor:
             return -1 if owner is None else msvcrt.get_osfhandle(owner.fileno())
 
         source = Handle.borrow(value, repr(file), file_value)
-        return self._issue(sock, lambda view, pending: _sock(view).transmit_file(
+        future = self._issue(sock, lambda view, pending: _sock(view).transmit_file(
             source, count, offset=offset, context=pending), _count)
+        self._transmits[sock] = future
+        _TransmitWatch(self, sock, _sock(self._register_with_iocp(sock)), future)
+        return future
+
+    def connection_closing(self, sock: socket.socket) -> None:
+        """``sock``'s connection is being closed under a pending ``sendfile`` (a transport
+        calls this before it closes its socket): the sendfile fails now, with the
+        ConnectionResetError closesocket gives it on Windows, and its TransmitFile is
+        cancelled while the socket is still open, so its completion comes (Wine leaves a
+        TransmitFile pending when its socket is closed). The port keeps the operation's
+        memory until then."""
+        future = self._transmits.pop(sock, None)
+        if future is not None and not future.done():
+            future.set_exception(ConnectionResetError(
+                None, "the connection was closed during sendfile", None,
+                WinError.ERROR_OPERATION_ABORTED))
 
     def accept_pipe(self, pipe: windows_utils.PipeHandle
                     ) -> asyncio.Future[windows_utils.PipeHandle]:
@@ -617,15 +704,12 @@ class IocpProactor:
     # -- handles -----------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Make a ``select`` waiting in another thread return (one posted packet); a no-op
-        once closed."""
-        port = self._port
-        if port is None:
-            return
-        try:
-            port.post()
-        except OSError:  # closed meanwhile
-            pass
+        """Make a ``select`` waiting in another thread return, from any thread; a no-op once
+        closed. Coalesced (``winiocp.port.Wakeup``): at most one packet is in flight, and it
+        is consumed when ``select`` dequeues it, before the loop reads its ready callbacks
+        (asyncio's ``call_soon_threadsafe`` adds the callback first, then wakes)."""
+        if self._port is not None:
+            self.wakeup.wake()
 
     def wait_for_handle(self, handle: int, timeout: float | None = None
                         ) -> asyncio.Future[bool]:
@@ -724,6 +808,72 @@ class IocpProactor:
             self.close()
 
 
+#: How often the connection under a pending sendfile is checked, in seconds (``_TransmitWatch``).
+TRANSMIT_CHECK_SECONDS = 1.0
+
+
+class _TransmitWatch:
+    """Ends a pending sendfile whose connection is gone, where the TransmitFile itself does
+    not say so.
+
+    Windows documents that TransmitFile "completes when it has sent the specified number of
+    bytes, or when an error occurs" (Microsoft Learn, TransmitFile function), and that
+    closesocket cancels a socket's pending overlapped operations. Wine does neither when the
+    peer closed and then reset the connection, or when the socket is closed under it while
+    the peer is connected: the TransmitFile stays pending, and the sendfile would wait for
+    ever. So every ``TRANSMIT_CHECK_SECONDS`` while it is pending, the connection is looked
+    at (one getpeername, which fails with WSAENOTCONN once it was reset): if it is gone, or
+    the socket was closed, the future fails with ConnectionResetError and the TransmitFile is
+    cancelled; its memory stays the port's until its completion comes (or, if it never
+    does, until the port's close leaves it to the orphans). On Windows the TransmitFile
+    fails first, and the check never finds anything."""
+
+    __slots__ = ("proactor", "sock", "view", "future", "timer")
+
+    def __init__(self, proactor: IocpProactor, sock: socket.socket, view: Socket,
+                 future: _IocpFuture[int]) -> None:
+        self.proactor = proactor
+        self.sock = sock
+        self.view = view
+        self.future = future
+        self.timer: asyncio.TimerHandle | None = None
+        if future.done():
+            self.done(future)
+            return
+        future.add_done_callback(self.done)
+        self.schedule()
+
+    def schedule(self) -> None:
+        self.timer = self.future.get_loop().call_later(TRANSMIT_CHECK_SECONDS, self.check)
+
+    def check(self) -> None:
+        self.timer = None
+        future = self.future
+        if future.done():
+            return
+        try:
+            self.view.getpeername()
+        except ClosedHandleError:
+            error, what = WinError.ERROR_OPERATION_ABORTED, "the socket was closed"
+        except OSError as exc:
+            if exc.winerror != WinError.WSAENOTCONN:
+                self.schedule()
+                return
+            error, what = WinError.WSAECONNRESET, "the connection was reset"
+        else:
+            self.schedule()
+            return
+        future.set_exception(ConnectionResetError(None, f"{what} during sendfile", None, error))
+
+    def done(self, future: asyncio.Future[int]) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
+        transmits = self.proactor._transmits  # pyright: ignore[reportPrivateUsage]
+        if transmits.get(self.sock) is future:
+            del transmits[self.sock]
+
+
 def _pending_of(operation: Operation | None) -> _Pending[object] | None:
     """The record that finishes ``operation``'s future, if it has one."""
     pending = operation.context if operation is not None else None
@@ -734,10 +884,12 @@ def _pending_of(operation: Operation | None) -> _Pending[object] | None:
 _LONGEST_TIMEOUT = MAX_WAIT_MS / 1e3
 
 
-def _finish(completion: Completion) -> None:
-    """Route ``completion`` to its operation's handler (none: a wake-up or a raw post)."""
+def _finish(completion: Completion, wakeup: Wakeup) -> None:
+    """Route ``completion`` to its operation's handler (none: a wake-up, consumed here, or a
+    raw post)."""
     operation = completion.operation
     if operation is None:
+        wakeup.consume(completion)
         return
     handler: CompletionHandler | None = operation.context  # type: ignore[assignment]
     if handler is not None:
@@ -750,6 +902,22 @@ def _accept_socket(family: int) -> socket.socket:
     sock = socket.socket(family)
     sock.settimeout(0)
     return sock
+
+
+def _first_bytes(buf: WriteableBuffer, nbytes: int) -> WriteableBuffer:
+    """The first ``nbytes`` bytes of ``buf`` (all of it for 0); ValueError for a negative
+    ``nbytes`` or one beyond the buffer, as ``socket.recvfrom_into`` says it."""
+    if nbytes < 0:
+        raise ValueError("negative buffersize in recvfrom_into")
+    if not nbytes:
+        return buf
+    view = memoryview(buf)
+    size = view.nbytes
+    if nbytes > size:
+        raise ValueError("nbytes is greater than the length of the buffer")
+    if nbytes == size:
+        return buf
+    return (view if view.format == "B" and view.ndim == 1 else view.cast("B"))[:nbytes]
 
 
 def _sock(view: OverlappedOwner[object]) -> Socket:

@@ -17,6 +17,15 @@ client) raises: the error goes to the loop's exception handler and that one conn
 closed, as asyncio's selector loop does. The stock proactor loop's accept chain ended there,
 and its server accepted nobody after that.
 
+A shortage never ends serving either. When an accept cannot be posted or fails for want of
+descriptors, buffers or memory (WSAEMFILE, WSAENOBUFS, ...: ``winiocp.manager.RESOURCE_ERRORS``,
+the core ``AcceptPool``'s), its slot backs off and is re-armed from the loop, the delay
+doubling from ``ACCEPT_BACKOFF`` to ``ACCEPT_BACKOFF_MAX`` as the core pool's: reported once
+to the loop's exception handler when the shortage begins, and once in the log when an accept
+succeeds again. A client that went away never gets here (``IocpProactor.accept`` goes on with
+the next AcceptEx); only an error of the listening socket itself closes it, as asyncio's
+loops do.
+
 Accepts are tracked per listening socket object, never by its SOCKET value (a closed
 listener's value may be given to the next socket; rule 6).
 """
@@ -31,6 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..addresses import Address
+from ..manager import ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX, RESOURCE_ERRORS
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -62,6 +72,11 @@ class Listener:
         self.most: int = 0
         self._turn = -1
         self._accepted_in_turn = 0
+        #: Slots waiting out a back-off after a shortage, and the timer that re-arms them.
+        self.slots_waiting: int = 0
+        self._backoff = ACCEPT_BACKOFF
+        self._timer: asyncio.TimerHandle | None = None
+        self._short = False  # a shortage was reported, and no accept succeeded since
 
     def start(self, count: int, most: int | None = None) -> None:
         """Post ``count`` accepts, from the loop (as asyncio starts its accept loop); the pool
@@ -74,6 +89,10 @@ class Listener:
     def stop(self) -> None:
         """Cancel every pending accept; nothing is re-posted after this."""
         self.stopped = True
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self.slots_waiting = 0
         for future in list(self.accepts):
             future.cancel()
         self.accepts.clear()
@@ -85,7 +104,10 @@ class Listener:
         try:
             future = proactor.accept(self.sock)
         except OSError as exc:
-            self._failed(exc)
+            if exc.winerror in RESOURCE_ERRORS:
+                self._back_off(exc)
+            else:
+                self._failed(exc)
             return
         self.accepts.add(future)
         future.add_done_callback(self._accepted)
@@ -98,8 +120,15 @@ class Listener:
             self.sock.close()  # as asyncio's: a cancelled accept means the server stopped
             return
         except OSError as exc:
-            self._failed(exc)
+            if exc.winerror in RESOURCE_ERRORS:
+                self._back_off(exc)
+            else:
+                self._failed(exc)
             return
+        if self._short:
+            self._short = False
+            self._backoff = ACCEPT_BACKOFF
+            log.info("%r accepts again after a shortage", self.sock)
         self._post()  # first: the next client needs no callback of its own to be accepted
         self._grow_if_outrun()
         if self.loop.get_debug():
@@ -130,6 +159,33 @@ class Listener:
         for _ in range(grown - self.pool_size):
             self._post()
         self.pool_size = grown
+
+    def _back_off(self, exc: OSError) -> None:
+        """A slot could not accept for want of resources: re-arm it from the loop after the
+        back-off (one timer for all the slots waiting); report the shortage once."""
+        if self.stopped:
+            return
+        self.slots_waiting += 1
+        if not self._short:
+            self._short = True
+            self.loop.call_exception_handler({
+                "message": "Accept failed for want of system resources; the server goes on "
+                           "accepting after a back-off",
+                "exception": exc,
+                "socket": trsock.TransportSocket(self.sock),
+            })
+        if self._timer is None:
+            delay, self._backoff = self._backoff, min(2 * self._backoff, ACCEPT_BACKOFF_MAX)
+            log.debug("%r: %d accept slots back off for %.2f s", self.sock,
+                      self.slots_waiting, delay)
+            self._timer = self.loop.call_later(delay, self._rearm)
+
+    def _rearm(self) -> None:
+        """The back-off is over: post the waiting slots again."""
+        self._timer = None
+        waiting, self.slots_waiting = self.slots_waiting, 0
+        for _ in range(waiting):
+            self._post()
 
     def _failed(self, exc: OSError) -> None:
         """The listener itself failed (a client's own failure never gets here: see
