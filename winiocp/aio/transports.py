@@ -593,6 +593,9 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._spare_send = None
             if sock is not None:
                 loop = state._loop
+                proactor = loop.proactor
+                if proactor is not None:  # a sendfile still pending on it fails now
+                    proactor.connection_closing(sock)
                 if exc is None and not self._abortive and self.wrote \
                         and not self.peer_finished and sock.fileno() != -1 \
                         and hasattr(loop, "_close_orderly"):
