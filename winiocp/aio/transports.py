@@ -558,6 +558,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._abortive = True  # a fatal error: nothing is left to deliver
         self._queue.clear()
         self._queued = 0
+        self._joining = None
+        self._in_flight = []  # (a send still pending keeps its own pins until its packet)
         self._in_flight_size = 0
         self._drop_handlers(sends_too=True)
         super()._force_close(exc)  # type: ignore[misc]
@@ -583,6 +585,10 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             # close's drain goes on from it.
             receive = self._receive if self._receiving else None
             ready = self._held
+            if receive is not None and receive.context is None:
+                # It completed after a _force_close let its handler go: nothing more will
+                # come for it, and what it announced is waiting to be read.
+                receive, ready = None, True
             self._drop_handlers(sends_too=True)
             # No cycle through the transport is left (asyncio's SSL tests check that a
             # closed connection is freed by reference counting alone).
