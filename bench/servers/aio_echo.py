@@ -39,10 +39,16 @@ APIS = ("protocol", "streams")
 
 class Echo(asyncio.Protocol):
     transport: asyncio.Transport
+    #: Connections open now (the memory section checks the server holds them all).
+    open_connections = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: winloop's transports do not derive from asyncio's.
         self.transport = cast(asyncio.Transport, transport)
+        Echo.open_connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        Echo.open_connections -= 1
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     announce(host, port)
 
     def wait_for_stdin() -> None:
-        control_loop()
+        control_loop(lambda: {"connections": Echo.open_connections})
         loop.call_soon_threadsafe(loop.stop)
 
     threading.Thread(target=wait_for_stdin, daemon=True).start()
