@@ -642,12 +642,18 @@ def _release_buffers(completion: Completion) -> None:
 
 
 def _close_at_once(sock: socket.socket, view: Socket | None) -> None:
+    if _cancel_pending(sock, view):
+        # (No shutdown(SHUT_RD) here: under Wine the socket stays open until the cancelled
+        # receive is done, and a socket shut for reading meanwhile takes and drops what the
+        # peer still sends, where closing it resets the peer.)
+        sock.close()
+        return
     if sock.fileno() != -1:
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-    _close_socket(sock, view)
+    sock.close()
 
 
 def _close_socket(sock: socket.socket, view: Socket | None) -> None:
@@ -659,12 +665,18 @@ def _close_socket(sock: socket.socket, view: Socket | None) -> None:
     them: a peer still sending is then neither read nor reset, and waits for good. Cancelling
     first (as the stock transport cancels its read future) ends them on both; their memory
     stays owned by the port until their packets are dequeued."""
-    if view is not None and sock.fileno() != -1:
-        try:
-            view.cancel()
-        except OSError:  # nothing pending, or the view refuses (its socket is closed)
-            pass
+    _cancel_pending(sock, view)
     sock.close()
+
+
+def _cancel_pending(sock: socket.socket, view: Socket | None) -> bool:
+    """Cancel our operations still pending on ``sock``; whether there were any."""
+    if view is None or sock.fileno() == -1:
+        return False
+    try:
+        return view.cancel()
+    except OSError:  # the view refuses (its socket is closed): nothing of ours is pending
+        return False
 
 
 class OrderlyClose:
