@@ -647,14 +647,7 @@ def test_uvicorn_starlette_websocket(name: str) -> None:
         uri = "ws://%s:%d/ws" % server.servers[0].sockets[0].getsockname()[:2]
         async with websockets.asyncio.client.connect(uri, max_size=2 * MiB,
                                                      compression=None) as client:
-            async def send_all() -> None:
-                for message in messages:
-                    await client.send(message)
-
-            sending = asyncio.create_task(send_all())
-            echoed = [await client.recv() for _ in messages]
-            await sending
-            await client.close(1000, "client done")
+            echoed = await echo_through(client, messages)
         assert client.close_code == 1000
         assert messages_hash(echoed) == messages_hash(messages)
         while len(events) < 2:
@@ -681,6 +674,21 @@ def websocket_messages(count: int) -> list[str | bytes]:
     for index in (count // 4, count // 2, count - 1):
         messages[index] = rng.randbytes(MiB)
     return messages
+
+
+async def echo_through(client: websockets.asyncio.client.ClientConnection,
+                       messages: list[str | bytes]) -> list[str | bytes]:
+    """Send ``messages`` on a websockets client while its echoes are read, then close it
+    (1000, "client done"); the echoes, in the order they came."""
+    async def send_all() -> None:
+        for message in messages:
+            await client.send(message)
+
+    sending = asyncio.create_task(send_all())
+    echoed = [await client.recv() for _ in messages]
+    await sending
+    await client.close(1000, "client done")
+    return echoed
 
 
 def messages_hash(messages: list[str | bytes]) -> str:
@@ -717,14 +725,7 @@ def test_websockets_echo(name: str) -> None:
             uri = "ws://%s:%d" % next(iter(server.sockets)).getsockname()[:2]
             async with websockets.asyncio.client.connect(uri, max_size=limit,
                                                          compression=None) as client:
-                async def send_all() -> None:
-                    for message in messages:
-                        await client.send(message)
-
-                sending = asyncio.create_task(send_all())
-                echoed = [await client.recv() for _ in messages]
-                await sending
-                await client.close(1000, "client done")
+                echoed = await echo_through(client, messages)
             assert (client.close_code, client.close_reason) == (1000, "client done")
             assert messages_hash(echoed) == messages_hash(messages)
 
