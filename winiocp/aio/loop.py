@@ -159,7 +159,8 @@ class EventLoop(asyncio.ProactorEventLoop):
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         try:
-            if self.closing_connections and not self.is_closed():
+            # (Not from a finalizer at interpreter exit, where running the loop is unsafe.)
+            if self.closing_connections and not self.is_closed() and not sys.is_finalizing():
                 self._finish_orderly_closes()
         finally:
             left = list(self.closing_connections)
