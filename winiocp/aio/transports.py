@@ -174,13 +174,13 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             view = self._view = proactor.stream_view(self._sock)
         return view
 
-    def _drop_handlers(self, sends_too: bool) -> None:
+    def _drop_handlers(self) -> None:
         """What is still in flight reports to nobody: the transport (its protocol, an SSL
         context...) is not kept alive by an operation whose result nobody will read. The
         operations themselves stay owned by the port until they complete."""
         if self._receiving and self._receive is not None:
             self._receive.context = _release_buffers
-        if sends_too and self._sending is not None:
+        if self._sending is not None:
             self._sending.context = _release_buffers
             self._sending = None
 
@@ -561,7 +561,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._joining = None
         self._in_flight = []  # (a send still pending keeps its own pins until its packet)
         self._in_flight_size = 0
-        self._drop_handlers(sends_too=True)
+        self._drop_handlers()
         super()._force_close(exc)  # type: ignore[misc]
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
@@ -589,7 +589,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 # It completed after a _force_close let its handler go: nothing more will
                 # come for it, and what it announced is waiting to be read.
                 receive, ready = None, True
-            self._drop_handlers(sends_too=True)
+            self._drop_handlers()
             # No cycle through the transport is left (asyncio's SSL tests check that a
             # closed connection is freed by reference counting alone).
             self._on_received = self._on_sent = _ignore
