@@ -42,6 +42,8 @@ DLL_CLASSES = {"kernel32": "Kernel32", "ntdll": "Ntdll", "ws2_32": "Ws2_32", "ip
 SUMMARIES = {
     # kernel32.dll
     "CancelIo": "cancel the I/O the calling thread issued on a handle.",
+    "DeviceIoControl": "send a control code to a device driver; overlapped on a handle opened "
+                       "with FILE_FLAG_OVERLAPPED (winiocp uses it for the AFD driver's poll).",
     "CancelIoEx": "cancel one overlapped operation on a handle (by its OVERLAPPED), or every "
                   "one (NULL), from any thread; the completions still come.",
     "CloseHandle": "close a kernel object handle.",

@@ -55,6 +55,13 @@ class Kernel32(Protocol):
         """
         ...
 
+    def DeviceIoControl(self, hDevice: CData, dwIoControlCode: int, lpInBuffer: CData, nInBufferSize: int, lpOutBuffer: CData, nOutBufferSize: int, lpBytesReturned: CData, lpOverlapped: CData, /) -> int:
+        """``DeviceIoControl`` (kernel32.dll): send a control code to a device driver;
+        overlapped on a handle opened with FILE_FLAG_OVERLAPPED (winiocp uses it for the AFD
+        driver's poll).
+        """
+        ...
+
     def GetCurrentProcess(self) -> CData:
         """``GetCurrentProcess`` (kernel32.dll): a pseudo-handle for the current process (never
         closed).

@@ -38,6 +38,7 @@ HEADERS: tuple[tuple[str, str | None], ...] = (
     ("32_mswsock.h", None),
     ("33_mstcpip.h", None),
     ("40_iphlpapi.h", "iphlpapi"),
+    ("50_afd.h", None),
 )
 
 

@@ -223,6 +223,7 @@ class IoControl(IntEnum):
     FIONBIO = 0x8004667E
     FIONREAD = 0x4004667F
     SIO_GET_EXTENSION_FUNCTION_POINTER = 0xC8000006
+    SIO_BSP_HANDLE_SELECT = 0x4800001C
     SIO_BSP_HANDLE_POLL = 0x4800001D
     SIO_BASE_HANDLE = 0x48000022
     SIO_UDP_CONNRESET = 0x9800000C
@@ -316,6 +317,35 @@ class PipeMode(IntFlag):
     PIPE_TYPE_MESSAGE = 0x4
     PIPE_REJECT_REMOTE_CLIENTS = 0x8
     PIPE_UNLIMITED_INSTANCES = 255
+
+
+#: DeviceIoControl's code for the AFD driver's poll (``winiocp.afd``). Not in any SDK header:
+#: ``_AFD_CONTROL_CODE(AFD_POLL=9, METHOD_BUFFERED)`` as ReactOS's afd/shared.h builds it, the
+#: value Wine, wepoll, mio and libuv use.
+IOCTL_AFD_POLL = 0x00012024
+
+
+class AfdPollEvents(IntFlag):
+    """The events of an AFD poll (``AFD_POLL_*``): asked for in ``AFD_POLL_HANDLE_INFO.Events``
+    and reported in the same field. Not in any SDK header: the bit values of ReactOS's
+    afd/shared.h and Wine's include/wine/afd.h (wepoll, mio and libuv use the same)."""
+
+    #: Data to read (or a datagram).
+    AFD_POLL_RECEIVE = 0x0001
+    #: Out-of-band data to read.
+    AFD_POLL_RECEIVE_EXPEDITED = 0x0002
+    #: Room in the send buffer.
+    AFD_POLL_SEND = 0x0004
+    #: The peer shut its side down (a FIN).
+    AFD_POLL_DISCONNECT = 0x0008
+    #: The connection was reset or aborted.
+    AFD_POLL_ABORT = 0x0010
+    #: The socket was closed (closesocket) while the poll was pending.
+    AFD_POLL_LOCAL_CLOSE = 0x0020
+    #: A connection is waiting on a listening socket.
+    AFD_POLL_ACCEPT = 0x0080
+    #: A connect failed.
+    AFD_POLL_CONNECT_FAIL = 0x0100
 
 
 #: The extension functions' GUIDs (mswsock.h), for SIO_GET_EXTENSION_FUNCTION_POINTER.

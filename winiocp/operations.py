@@ -63,6 +63,7 @@ class OpKind(Enum):
     WRITE = "WriteFile"
     CONNECT_PIPE = "ConnectNamedPipe"
     WAIT = "RegisterWaitForSingleObject"
+    AFD_POLL = "DeviceIoControl"
 
 
 class OpState(Enum):

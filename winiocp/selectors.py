@@ -1,0 +1,217 @@
+"""``AfdSelector``: a ``selectors`` selector for Windows with no cap on the number of sockets.
+
+The standard library's only selector on Windows is ``SelectSelector``, whose ``select()``
+refuses more than 512 sockets per set ("too many file descriptors in select()") and scans
+every registered socket on every call. ``AfdSelector`` keeps the ``selectors.BaseSelector``
+contract (register / modify / unregister / select / get_map / close, level-triggered like
+``select()``), with each socket watched by an AFD poll completing on a completion port of
+its own (``winiocp.readiness``): a call costs what is ready, not what is registered.
+
+Use it wherever a selector is taken: ``asyncio.SelectorEventLoop(AfdSelector())`` (or
+``winiocp.aio.SelectorEventLoop``, which does that), ``selectors``-based servers, tornado's
+and pyzmq's selector loops. Only sockets can be registered (as with ``select()`` on Windows).
+"""
+
+from __future__ import annotations
+
+import math
+import selectors
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from .port import CompletionPort
+from .readiness import EVENT_READ, EVENT_WRITE, PollSet, Watch
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+# How long close() waits for the cancelled polls' completions before leaving their memory to
+# the port's orphan list (cancelling a poll completes it at once on Windows and Wine).
+_CLOSE_WAIT_SECONDS = 5.0
+
+
+def _fileno_of(fileobj: object) -> int:
+    if isinstance(fileobj, int) and not isinstance(fileobj, bool):
+        fd = fileobj
+    else:
+        fileno = getattr(fileobj, "fileno", None)
+        if fileno is None:
+            raise ValueError(f"Invalid file object: {fileobj!r}")
+        try:
+            fd = int(fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def _still_open(fileobj: object, fd: int) -> Callable[[], bool] | None:
+    """A check that ``fileobj`` (not a bare int) still has descriptor ``fd``."""
+    if isinstance(fileobj, int):
+        return None
+
+    def is_open() -> bool:
+        try:
+            return bool(fileobj.fileno() == fd)  # type: ignore[attr-defined]
+        except (OSError, ValueError):
+            return False
+    return is_open
+
+
+class _KeyMap(Mapping["FileDescriptorLike", selectors.SelectorKey]):
+    """``get_map()``: file object (or descriptor) -> key, as selectors' own mapping does."""
+
+    def __init__(self, selector: AfdSelector) -> None:
+        self._selector = selector
+
+    def __len__(self) -> int:
+        return len(self._selector._keys)  # pyright: ignore[reportPrivateUsage]
+
+    def __getitem__(self, fileobj: object) -> selectors.SelectorKey:
+        fd = self._selector._lookup(fileobj)  # pyright: ignore[reportPrivateUsage]
+        try:
+            return self._selector._keys[fd][0]  # pyright: ignore[reportPrivateUsage]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def __iter__(self) -> Iterator[FileDescriptorLike]:
+        return iter(self._selector._keys)  # pyright: ignore[reportPrivateUsage]
+
+
+class AfdSelector(selectors.BaseSelector):
+    """A selector whose sockets are watched by AFD polls on a completion port of its own.
+
+    Level-triggered, like ``select()``: a socket is reported on every ``select()`` while it
+    is ready. Unregister a socket before closing it (as with every selector). A socket
+    object closed while registered reports nothing more; a bare descriptor's value must not
+    be reused by a new socket while the old registration stands.
+    """
+
+    def __init__(self) -> None:
+        self._port: CompletionPort | None = CompletionPort()
+        self._polls = PollSet(self._port)
+        self._keys: dict[int, tuple[selectors.SelectorKey, Watch]] = {}
+        self._map = _KeyMap(self)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {len(self._keys)} registered"
+                f"{' closed' if self._port is None else ''}>")
+
+    def _lookup(self, fileobj: object) -> int:
+        try:
+            return _fileno_of(fileobj)
+        except ValueError:
+            # A closed socket object: find it among the registered ones, as selectors do.
+            for key, _ in self._keys.values():
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise
+
+    def _checked_port(self) -> CompletionPort:
+        port = self._port
+        if port is None:
+            raise RuntimeError("the selector is closed")
+        return port
+
+    def register(self, fileobj: FileDescriptorLike, events: int, data: object = None
+                 ) -> selectors.SelectorKey:
+        """Register a socket (an int or an object with ``fileno()``) for ``events``
+        (EVENT_READ | EVENT_WRITE). Raises ``ValueError`` for bad events or file object,
+        ``KeyError`` if it is already registered, ``OSError`` if it is not a socket."""
+        self._checked_port()
+        if not isinstance(events, int) or not events or events & ~(EVENT_READ | EVENT_WRITE):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = _fileno_of(fileobj)
+        if fd in self._keys:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        watch = self._polls.add(fd, events, key, _still_open(fileobj, fd))
+        self._keys[fd] = (key, watch)
+        return key
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        """Stop watching ``fileobj`` (it may be closed already); its key. ``KeyError`` if it
+        is not registered."""
+        fd = self._lookup(fileobj)
+        try:
+            key, watch = self._keys.pop(fd)
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if not self._polls.closed:
+            self._polls.remove(watch)
+        return key
+
+    def modify(self, fileobj: FileDescriptorLike, events: int, data: object = None
+               ) -> selectors.SelectorKey:
+        """Change the events (and data) of a registered socket; its new key."""
+        fd = self._lookup(fileobj)
+        try:
+            key, watch = self._keys[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if not isinstance(events, int) or not events or events & ~(EVENT_READ | EVENT_WRITE):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise ValueError(f"Invalid events: {events!r}")
+        if events == key.events and data is key.data:
+            return key
+        key = key._replace(events=events, data=data)
+        watch.data = key
+        if events != watch.interest:
+            self._polls.modify(watch, events)
+        self._keys[fd] = (key, watch)
+        return key
+
+    def select(self, timeout: float | None = None
+               ) -> list[tuple[selectors.SelectorKey, int]]:
+        """The registered sockets that are ready, with their ready events; waits up to
+        ``timeout`` seconds (None: until one is; <= 0: not at all) for the first."""
+        port = self._checked_port()
+        polls = self._polls
+        if timeout is None:
+            deadline = math.inf
+        else:
+            deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            polls.arm()
+            wait = deadline - time.monotonic()
+            if wait == math.inf:
+                wait_s: float | None = None
+            else:
+                wait_s = max(wait, 0.0)
+            completions = port.get_many(wait_s)
+            while completions:
+                for completion in completions:
+                    operation = completion.operation
+                    if operation is not None and isinstance(operation.context, Watch):
+                        operation.context(completion)
+                if len(completions) < port.batch_size:
+                    break
+                completions = port.get_many(0)
+            if polls.ready or wait_s == 0.0 or (wait_s is not None and
+                                               time.monotonic() >= deadline):
+                break
+        ready, polls.ready = polls.ready, []
+        result: list[tuple[selectors.SelectorKey, int]] = []
+        for watch, events in ready:
+            key = watch.data
+            if isinstance(key, selectors.SelectorKey) and not watch.removed:
+                result.append((key, events & key.events))
+        return result
+
+    def close(self) -> None:
+        """Unregister everything and release the port (idempotent). Polls still pending are
+        cancelled, and their memory kept until their completions are dequeued."""
+        port, self._port = self._port, None
+        if port is None:
+            return
+        self._keys.clear()
+        self._polls.close()
+        deadline = time.monotonic() + _CLOSE_WAIT_SECONDS
+        while port.pending_count and time.monotonic() < deadline:
+            port.get_many(min(0.1, max(deadline - time.monotonic(), 0.0)))
+        port.close()
+
+    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
+        """The registered file objects' keys (a read-only view)."""
+        return self._map
+
