@@ -73,7 +73,26 @@ APT_HOME = WINENV / "apt"
 EXPECTED = ROOT / "tools" / "asyncio-expected.txt"
 #: Each test that fails with ours and passes with stock, with its error (git-ignored).
 FAILURES_REPORT = RESULTS_HOME / "failures.md"
-MODES = ("stock", "proactor", "loop")
+MODES = ("stock", "proactor", "loop", "selector")
+#: The test packages every mode loads: asyncio's, and the selectors module's (the selector mode
+#: puts ``winiocp.selectors.AfdSelector`` behind ``selectors.DefaultSelector``).
+PACKAGES = ("test.test_asyncio", "test.test_selectors")
+#: The tests the selector mode runs: those whose loop or selector is ``DefaultSelector``'s
+#: (the rest would only run the stock loop again). The other modes run everything.
+SELECTOR_SCOPE = (
+    "test.test_selectors.DefaultSelectorTestCase.*",
+    "test.test_asyncio.test_events.SelectEventLoopTests.*",
+    "test.test_asyncio.test_sock_lowlevel.SelectEventLoopTests.*",
+    "test.test_asyncio.test_sendfile.SelectEventLoopTests.*",
+    "test.test_asyncio.test_buffered_proto.BufferedProtocolSelectorTests.*",
+    "test.test_asyncio.test_sslproto.SelectorStartTLSTests.*",
+    "test.test_asyncio.test_selector_events.*",
+)
+
+
+def in_scope(test_id: str, mode: str) -> bool:
+    """Whether ``mode`` runs ``test_id``."""
+    return mode != "selector" or any(fnmatch.fnmatchcase(test_id, p) for p in SELECTOR_SCOPE)
 # Version -> the Debian suite whose packages carry that CPython's test package.
 DEBIAN_SUITES = {"3.13": "trixie", "3.11": "bookworm"}
 DEFAULT_VERSIONS = ("3.13", "3.11")
@@ -133,7 +152,8 @@ def parse_expectations(text: str) -> list[Expectation]:
             versions = frozenset() if words[1] == "*" else frozenset(words[1].split(","))
             modes = frozenset() if words[2] == "*" else frozenset(words[2].split(","))
             if not modes <= set(MODES) - {"stock"}:
-                raise ValueError(f"asyncio-expected.txt:{number}: modes are proactor, loop or *")
+                raise ValueError(f"asyncio-expected.txt:{number}: modes are proactor, loop, "
+                                 "selector or *")
             expectations.append(Expectation("differ", versions, modes, words[3], reason.strip()))
         else:
             raise ValueError(f"asyncio-expected.txt:{number}: cannot parse {line!r}")
@@ -191,7 +211,12 @@ def swap(mode: str) -> type | None:
     from asyncio import windows_events
 
     aio = importlib.import_module("winiocp.aio")
-    if mode == "proactor":
+    if mode == "selector":
+        import selectors
+
+        selectors.DefaultSelector = importlib.import_module(  # type: ignore[misc]
+            "winiocp.selectors").AfdSelector
+    elif mode == "proactor":
         windows_events.IocpProactor = aio.IocpProactor  # type: ignore[misc]
     else:
         loop = aio.EventLoop
@@ -342,11 +367,12 @@ def run_in_windows(options: argparse.Namespace) -> int:
         sys.stdout = sys.stderr = log
         result = RecordingResult(progress, watchdog, options.timeout, tracer)
         result.arm()  # importing the test modules is watched too
-        loaded = unittest.defaultTestLoader.loadTestsFromName("test.test_asyncio")
+        loaded = unittest.defaultTestLoader.loadTestsFromNames(PACKAGES)
         remaining = unittest.TestSuite()
         for test in iter_tests(loaded):
             test_id = test.id()
-            if test_id in done or not any(fnmatch.fnmatchcase(test_id, p) for p in only):
+            if (test_id in done or not any(fnmatch.fnmatchcase(test_id, p) for p in only)
+                    or not in_scope(test_id, options.mode)):
                 continue
             listed = next((e for e in expectations if e.applies(test_id, options.version,
                                                                 options.mode)), None)
@@ -592,7 +618,8 @@ def compare(stock: Run, ours: Run, expectations: Iterable[Expectation]) -> Compa
             regressions[test_id] = outcome
         else:
             expected[test_id] = listed.reason
-    missing = sorted(set(stock.outcomes) - set(ours.outcomes))
+    missing = sorted(t for t in set(stock.outcomes) - set(ours.outcomes)
+                     if in_scope(t, ours.mode))
     recheck_dir = results_dir(ours.version, ours.mode, "recheck")
     recheck = {}
     if (recheck_dir / "meta.json").exists():

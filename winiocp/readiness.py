@@ -275,6 +275,38 @@ class PollSet:
             self._due[watch] = None
 
 
+def fileno_of(fileobj: object) -> int:
+    """The socket value of ``fileobj``: an int, or what its ``fileno()`` returns. Raises
+    ``ValueError`` for anything else, or a negative value (a closed socket object's -1)."""
+    if isinstance(fileobj, int) and not isinstance(fileobj, bool):
+        fd = fileobj
+    else:
+        fileno = getattr(fileobj, "fileno", None)
+        if fileno is None:
+            raise ValueError(f"Invalid file object: {fileobj!r}")
+        try:
+            fd = int(fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def still_open(fileobj: object, fd: int) -> Callable[[], bool] | None:
+    """For ``PollSet.add``'s ``is_open``: whether ``fileobj`` still has socket value ``fd``
+    (None for a bare int, which cannot tell)."""
+    if isinstance(fileobj, int):
+        return None
+
+    def is_open() -> bool:
+        try:
+            return bool(fileobj.fileno() == fd)  # type: ignore[attr-defined]
+        except (OSError, ValueError):
+            return False
+    return is_open
+
+
 def _check_interest(interest: int) -> None:
     if not isinstance(interest, int) or interest not in _ASKED:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"interest must be EVENT_READ and/or EVENT_WRITE bits, got {interest!r}")

@@ -17,46 +17,17 @@ from __future__ import annotations
 import math
 import selectors
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from .port import CompletionPort
-from .readiness import EVENT_READ, EVENT_WRITE, PollSet, Watch
+from .readiness import EVENT_READ, EVENT_WRITE, PollSet, Watch, fileno_of, still_open
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 # How long close() waits for the cancelled polls' completions before leaving their memory to
 # the port's orphan list (cancelling a poll completes it at once on Windows and Wine).
 _CLOSE_WAIT_SECONDS = 5.0
-
-
-def _fileno_of(fileobj: object) -> int:
-    if isinstance(fileobj, int) and not isinstance(fileobj, bool):
-        fd = fileobj
-    else:
-        fileno = getattr(fileobj, "fileno", None)
-        if fileno is None:
-            raise ValueError(f"Invalid file object: {fileobj!r}")
-        try:
-            fd = int(fileno())
-        except (AttributeError, TypeError, ValueError):
-            raise ValueError(f"Invalid file object: {fileobj!r}") from None
-    if fd < 0:
-        raise ValueError(f"Invalid file descriptor: {fd}")
-    return fd
-
-
-def _still_open(fileobj: object, fd: int) -> Callable[[], bool] | None:
-    """A check that ``fileobj`` (not a bare int) still has descriptor ``fd``."""
-    if isinstance(fileobj, int):
-        return None
-
-    def is_open() -> bool:
-        try:
-            return bool(fileobj.fileno() == fd)  # type: ignore[attr-defined]
-        except (OSError, ValueError):
-            return False
-    return is_open
 
 
 class _KeyMap(Mapping["FileDescriptorLike", selectors.SelectorKey]):
@@ -100,7 +71,7 @@ class AfdSelector(selectors.BaseSelector):
 
     def _lookup(self, fileobj: object) -> int:
         try:
-            return _fileno_of(fileobj)
+            return fileno_of(fileobj)
         except ValueError:
             # A closed socket object: find it among the registered ones, as selectors do.
             for key, _ in self._keys.values():
@@ -122,11 +93,11 @@ class AfdSelector(selectors.BaseSelector):
         self._checked_port()
         if not isinstance(events, int) or not events or events & ~(EVENT_READ | EVENT_WRITE):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"Invalid events: {events!r}")
-        fd = _fileno_of(fileobj)
+        fd = fileno_of(fileobj)
         if fd in self._keys:
             raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
         key = selectors.SelectorKey(fileobj, fd, events, data)
-        watch = self._polls.add(fd, events, key, _still_open(fileobj, fd))
+        watch = self._polls.add(fd, events, key, still_open(fileobj, fd))
         self._keys[fd] = (key, watch)
         return key
 
@@ -210,6 +181,12 @@ class AfdSelector(selectors.BaseSelector):
         while port.pending_count and time.monotonic() < deadline:
             port.get_many(min(0.1, max(deadline - time.monotonic(), 0.0)))
         port.close()
+
+    def get_key(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        """The key of a registered file object; ``KeyError`` if it is not registered,
+        ``RuntimeError`` once the selector is closed."""
+        self._checked_port()
+        return self._map[fileobj]
 
     def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
         """The registered file objects' keys (a read-only view)."""

@@ -12,7 +12,18 @@ Rebinding ``asyncio.windows_events.IocpProactor = winiocp.aio.IocpProactor`` mak
 ``asyncio.ProactorEventLoop()`` (and so ``asyncio.run``) use it.
 """
 
-from .loop import EventLoop, EventLoopPolicy, install, new_event_loop, run
+from .loop import (
+    EventLoop,
+    EventLoopPolicy,
+    SelectorEventLoop,
+    install,
+    new_event_loop,
+    new_selector_event_loop,
+    run,
+)
 from .proactor import IocpProactor
 
-__all__ = ["EventLoop", "EventLoopPolicy", "IocpProactor", "install", "new_event_loop", "run"]
+__all__ = [
+    "EventLoop", "EventLoopPolicy", "IocpProactor", "SelectorEventLoop", "install",
+    "new_event_loop", "new_selector_event_loop", "run",
+]

@@ -3,6 +3,11 @@
 Shaped as uvloop and winloop users know it: ``winiocp.aio.run(main())``, or
 ``asyncio.run(main(), loop_factory=winiocp.aio.new_event_loop)`` on 3.12+, or ``install()``
 to make every new loop of the default policy ours.
+
+``EventLoop`` also has ``add_reader``/``add_writer`` (``readers.py``), which the stock
+proactor loop lacks. For the libraries that insist on a selector loop (psycopg checks for
+one), ``SelectorEventLoop`` is asyncio's selector loop on ``winiocp.selectors.AfdSelector``:
+no 512-socket cap (``run(main, loop="selector")``, ``new_selector_event_loop``).
 """
 
 from __future__ import annotations
@@ -14,15 +19,22 @@ import ssl
 import sys
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from ..addresses import Address
 from .datagram import DatagramTransport
 from .proactor import HasFileno, IocpProactor
 from ..operations import RecvOperation
+from ..selectors import AfdSelector
 from ..sockets import Socket
+from .readers import Readers
 from .serving import ACCEPTS_PER_LISTENER, Listener
 from .transports import READ_BYTES, OrderlyClose, SocketTransport
+
+if TYPE_CHECKING:
+    import selectors
+
+    from _typeshed import FileDescriptorLike
 
 T = TypeVar("T")
 log: logging.Logger = logging.getLogger("winiocp.aio")
@@ -47,7 +59,43 @@ class EventLoop(asyncio.ProactorEventLoop):
         self._orderly_closes_done: asyncio.Future[None] | None = None
         #: The listening sockets being served, each with its pending accepts (``serving.py``).
         self.listeners: dict[socket.socket, Listener] = {}
-        super().__init__(proactor if proactor is not None else IocpProactor())  # type: ignore[arg-type]
+        proactor = proactor if proactor is not None else IocpProactor()
+        self._readers = Readers(self, lambda: proactor.polls)
+        super().__init__(proactor)  # type: ignore[arg-type]
+
+    # -- readiness: add_reader / add_writer, served by AFD polls on the loop's port ------------
+
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object],
+                   *args: object) -> None:
+        """Call ``callback(*args)`` each loop turn while socket ``fd`` is readable."""
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+        self._readers.add(0, fd, callback, args)
+
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for reading; whether it was watched."""
+        if self.is_closed():
+            return False
+        return self._readers.remove(0, fd)
+
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object],
+                   *args: object) -> None:
+        """Call ``callback(*args)`` each loop turn while socket ``fd`` is writable."""
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+        self._readers.add(1, fd, callback, args)
+
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for writing; whether it was watched."""
+        if self.is_closed():
+            return False
+        return self._readers.remove(1, fd)
+
+    def _process_events(self, event_list: object) -> None:
+        proactor = self.proactor
+        polls = proactor._polls if proactor is not None else None  # pyright: ignore[reportPrivateUsage]
+        if polls is not None and polls.ready:
+            self._readers.schedule_ready(polls, self._add_callback)  # type: ignore[attr-defined]
 
     def _start_serving(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
                        sock: socket.socket, sslcontext: ssl.SSLContext | None = None,
@@ -170,6 +218,7 @@ class EventLoop(asyncio.ProactorEventLoop):
                             "lost", len(left))
             for closing in left:
                 closing.finish()
+            self._readers.clear()
             super().close()
 
     def _finish_orderly_closes(self) -> None:
@@ -188,6 +237,20 @@ def new_event_loop() -> EventLoop:
     return EventLoop()
 
 
+class SelectorEventLoop(asyncio.SelectorEventLoop):
+    """``asyncio.SelectorEventLoop`` on ``winiocp.selectors.AfdSelector``: readiness for any
+    number of sockets (the stock one's ``select()`` refuses more than 512), for libraries
+    that require a selector loop."""
+
+    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
+        super().__init__(selector if selector is not None else AfdSelector())
+
+
+def new_selector_event_loop() -> SelectorEventLoop:
+    """A new ``SelectorEventLoop`` (a loop factory, as ``new_event_loop`` is)."""
+    return SelectorEventLoop()
+
+
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
     """The default policy, making ``EventLoop`` instances."""
 
@@ -202,19 +265,27 @@ def install() -> None:
     asyncio.set_event_loop_policy(EventLoopPolicy())  # pyright: ignore[reportDeprecated]
 
 
-def run(main: Coroutine[object, object, T], *, debug: bool | None = None) -> T:
-    """``asyncio.run(main)`` on a winiocp ``EventLoop``."""
+def run(main: Coroutine[object, object, T], *, debug: bool | None = None,
+        loop: Literal["proactor", "selector"] = "proactor") -> T:
+    """``asyncio.run(main)`` on a winiocp ``EventLoop`` (``loop="selector"``: on a
+    ``SelectorEventLoop``)."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "proactor": new_event_loop, "selector": new_selector_event_loop}
+    factory = factories.get(loop)
+    if factory is None:
+        raise ValueError(f"loop must be 'proactor' or 'selector', not {loop!r}")
     if sys.version_info >= (3, 11):
-        with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
             return runner.run(main)
-    return _run_310(main, debug)
+    return _run_310(main, debug, factory)
 
 
-def _run_310(main: Coroutine[object, object, T], debug: bool | None) -> T:
+def _run_310(main: Coroutine[object, object, T], debug: bool | None,
+             factory: Callable[[], asyncio.AbstractEventLoop]) -> T:
     """What ``asyncio.run`` does on 3.10, with our loop (3.10 has no loop factory)."""
     if asyncio.events._get_running_loop() is not None:
         raise RuntimeError("run() cannot be called from a running event loop")
-    loop = new_event_loop()
+    loop = factory()
     try:
         asyncio.set_event_loop(loop)
         if debug is not None:

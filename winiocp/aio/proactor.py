@@ -58,6 +58,7 @@ from ..operations import AddressedOperation, BufferOperation, Operation, RecvOpe
 from ..owner import Lender, OverlappedOwner, weak_fileno
 from ..port import MAX_WAIT_MS, Completion, CompletionPort, Outcome, Wakeup
 from ..raw import INVALID_HANDLE, ffi, kernel32
+from ..readiness import PollSet
 from ..sockets import AcceptOperation, Socket
 from ..waits import WaitOperation, wait_for_handle
 
@@ -386,6 +387,16 @@ class IocpProactor:
         #: out at once holds later writes of the same turn back, so they leave gathered.
         self.turn: int = 0
         self._before_wait: list[Callable[[], None]] = []
+        self._polls: PollSet | None = None
+
+    @property
+    def polls(self) -> PollSet:
+        """The sockets watched for readiness on this proactor's port (the loop's
+        ``add_reader``/``add_writer``): made on first use, re-armed before each wait."""
+        polls = self._polls
+        if polls is None:
+            polls = self._polls = PollSet(self._check_closed())
+        return polls
 
     def __repr__(self) -> str:
         port = self._port
@@ -418,6 +429,8 @@ class IocpProactor:
         self.turn += 1
         if self._before_wait and self._run_before_wait():
             timeout = 0  # they scheduled callbacks: the loop has work, it must not wait
+        if self._polls is not None:
+            self._polls.arm()
         if not self._results:
             self._poll(timeout)
         results, self._results = self._results, []
@@ -761,6 +774,8 @@ class IocpProactor:
         port = self._port
         if port is None:
             return
+        if self._polls is not None:
+            self._polls.close()  # cancels the polls (drained below) and closes the AFD handles
         # Completions not yet routed: the futures' still are; transports' handlers never run
         # once the loop is closing.
         self._unfinished = deque(completion for completion in self._unfinished
