@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
 import winiocp  # noqa: E402  (after the path is set)
 
@@ -27,6 +28,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "myst_parser",
+    "wine_deviations",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
@@ -49,9 +51,11 @@ doctest_test_doctest_blocks = "default"
 
 html_theme = "furo"
 html_title = f"winiocp {release}"
-html_static_path: list[str] = []
-# Code blocks without a language are shell commands or output: not highlighted as Python.
-highlight_language = "none"
+html_static_path = ["_static"]
+html_css_files = ["winiocp.css"]
+# Code blocks without a language (docstring examples, ``::`` blocks) are highlighted as Python
+# when they lex as Python, and shown plain, without a warning, when they do not.
+highlight_language = "default"
 
 myst_heading_anchors = 3
 # Quotes stay as typed: the pages quote code, JSON and command lines.
