@@ -116,6 +116,21 @@ def check_modules_documented(app: Sphinx, env: BuildEnvironment) -> None:
             "public module %s has no page in the API reference (docs/api/)", name)
 
 
+# -- "rule N" in a docstring links to that rule on the design page ----------------------------------
+# The source says "rule 6" (the rules are numbered on docs/design.rst); the API reference
+# renders it as a link to the rule.
+
+_RULE = re.compile(r"(?<![`<\w])rule (1[01]|[1-9])\b")
+
+
+def link_rules(app: Sphinx, what: str, name: str, obj: object, options: object,
+               lines: list[str]) -> None:
+    for index, line in enumerate(lines):
+        if "``" not in line:
+            lines[index] = _RULE.sub(r":ref:`rule \1 <rule-\1>`", line)
+
+
 def setup(app: Sphinx) -> None:
     app.add_role("test", test_role)
+    app.connect("autodoc-process-docstring", link_rules)
     app.connect("env-check-consistency", check_modules_documented)
