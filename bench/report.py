@@ -36,7 +36,7 @@ AIO_API_TITLES = {
     "protocol": "Protocol echo (`data_received` -> `transport.write`)",
     "streams": "Streams echo (`start_server`, `read` -> `write` + `drain`)",
 }
-#: Issue 10's targets for winiocp.aio (messages/s ratios), measured from this baseline on.
+#: The targets for winiocp.aio (messages/s ratios), measured from this baseline on.
 AIO_TARGETS = {"protocol": {"stock": 1.5, "winloop": 1.0}, "streams": {"stock": 1.3}}
 #: Bulk: winiocp.aio's MB/s at least each of these loops'.
 AIO_BULK_TARGETS = ("stock", "winloop")
@@ -45,7 +45,7 @@ AIO_BULK_TITLES = {"protocol": "Protocol", "buffered": "BufferedProtocol"}
 AIO_PYTHON_RATIO = 0.5
 TARGET_COMPLETION_US = 1.5
 TARGET_SUBMIT_US = 3.0
-TARGET_ECHO_TURN_US = 6.0  # issue 10: the core server's echo turn (stubbed)
+TARGET_ECHO_TURN_US = 6.0  # the core server's echo turn (stubbed)
 TARGET_IDLE_BYTES = 4096
 
 
@@ -54,7 +54,7 @@ def _ratio(a: float, b: float) -> float:
 
 
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target of the brief, with the measured value and met/missed."""
+    """Every target, with the measured value and met/missed."""
     targets: list[dict[str, Any]] = []
 
     def add(name: str, value: str, met: bool, area: str) -> None:
@@ -91,14 +91,14 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                 if theirs:
                     ratio = _ratio(ours["messages_per_s"], theirs["messages_per_s"])
                     add(f"aio {api} echo {count} conn: winiocp.aio >= {minimum:g}x "
-                        f"{AIO_LOOP_TITLES[other]} (issue 10)", f"{ratio:.2f}x",
+                        f"{AIO_LOOP_TITLES[other]}", f"{ratio:.2f}x",
                         ratio >= minimum, "aio")
             if api == "protocol" and count == 256:
                 for other in wanted:
                     theirs = loops.get(other, {}).get(str(count))
                     if theirs:
                         add(f"aio protocol echo 256 conn: p99 no worse than "
-                            f"{AIO_LOOP_TITLES[other]} (issue 10)",
+                            f"{AIO_LOOP_TITLES[other]}",
                             f"{ours['p99_us'] / 1000:.1f} ms vs {theirs['p99_us'] / 1000:.1f} ms",
                             ours["p99_us"] <= theirs["p99_us"], "aio")
     _aio_more_targets(results.get("aio", {}), add)
@@ -117,7 +117,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                             "success finishes a loopback send")):
             if key in cost:
                 add(f"core echo turn through the Server's loop (stubbed; {label}) <= "
-                    f"{TARGET_ECHO_TURN_US:g} us (issue 10)", f"{cost[key]:.2f} us",
+                    f"{TARGET_ECHO_TURN_US:g} us", f"{cost[key]:.2f} us",
                     cost[key] <= TARGET_ECHO_TURN_US, "python")
     memory_rows = {row["variant"]: row for row in results.get("memory", {}).get("rows", [])}
     for row in memory_rows.values():
@@ -135,7 +135,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _aio_more_targets(aio: dict[str, Any], add: Callable[[str, str, bool, str], None]) -> None:
-    """Issue 10's targets for bulk (MB/s against the stock loop and winloop), and for the
+    """The targets for bulk (MB/s against the stock loop and winloop), and for the
     stubbed run (Python per echoed message at most half the stock loop's; fewer system
     calls)."""
     for api, by_loop in aio.get("bulk", {}).get("cells", {}).items():
@@ -145,7 +145,7 @@ def _aio_more_targets(aio: dict[str, Any], add: Callable[[str, str, bool, str], 
             if ours and theirs:
                 ratio = _ratio(ours["mb_per_s"], theirs["mb_per_s"])
                 add(f"aio bulk into a {AIO_BULK_TITLES[api]}: winiocp.aio MB/s >= "
-                    f"{AIO_LOOP_TITLES[other]}'s (issue 10)",
+                    f"{AIO_LOOP_TITLES[other]}'s",
                     f"{ours['mb_per_s']:,.0f} vs {theirs['mb_per_s']:,.0f} MB/s "
                     f"({ratio:.2f}x)", ratio >= 1.0, "aio")
     cost = aio.get("cost", {}).get("cells", {})
@@ -154,13 +154,13 @@ def _aio_more_targets(aio: dict[str, Any], add: Callable[[str, str, bool, str], 
         ours, stock = ours_cells[str(count)], stock_cells[str(count)]
         ratio = _ratio(ours["python_us"], stock["python_us"])
         add(f"aio stubbed echo, {count} conn: winiocp.aio's Python per echoed message <= "
-            f"{AIO_PYTHON_RATIO:g}x the stock loop's (issue 10)",
+            f"{AIO_PYTHON_RATIO:g}x the stock loop's",
             f"{ours['python_us']:.1f} vs {stock['python_us']:.1f} us ({ratio:.2f}x)",
             ratio <= AIO_PYTHON_RATIO, "aio")
         ours_calls = ours["system_calls_per_message"]
         stock_calls = stock["system_calls_per_message"]
         add(f"aio stubbed echo, {count} conn: fewer system calls per echoed message than "
-            "the stock loop (issue 10)", f"{ours_calls:.2f} vs {stock_calls:.2f}",
+            "the stock loop", f"{ours_calls:.2f} vs {stock_calls:.2f}",
             ours_calls < stock_calls, "aio")
 
 
@@ -192,6 +192,46 @@ LATENCY_NOTE = ("Latency p50 / p99 in ms (lower is better; a message still unans
                 "connections had no message answered in the measured window):")
 
 
+#: How each setting of ``bench/run.py`` reads in the report (``{}`` is its value).
+_SETTING_TEXTS: dict[str, str] = {
+    "quick": "quick run (`--quick`): {}",
+    "counts": "connection counts of the ping-pong sections: {}",
+    "workers": "worker threads of the IOCP servers: {}",
+    "echo_seconds": "each ping-pong run: {} s",
+    "warmup": "warm-up before each run: {} s",
+    "echo_repeats": "ping-pong runs per cell (the median is shown): {}",
+    "drain_seconds": "each drain run: {} s",
+    "drain_repeats": "drain runs: {}",
+    "churn_seconds": "each churn run: {} s",
+    "churn_concurrency": "churn clients at once: {}",
+    "bulk_bytes": "bytes per bulk run: {}",
+    "bulk_repeats": "bulk runs per cell: {}",
+    "memory_connections": "connections held in the memory section: {}",
+    "memory_base": "connections of the memory section's base: {}",
+    "rehold": "memory measured again after the connections are released and held again: {}",
+    "wait_quiet": "longest wait in all for other test runs to end: {} s",
+    "traced_messages": "messages echoed with wineserver tracing on: {}",
+}
+
+
+def _setting_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and value >= 2**20 and value % 2**20 == 0:
+        return f"{value // 2**20} MiB"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_setting_value(item) for item in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _settings_lines(settings: dict[str, Any]) -> list[str]:
+    """The run's settings as sentences, one per setting, in the order ``run.py`` has them."""
+    return [_SETTING_TEXTS.get(key, key + ": {}").format(_setting_value(value))
+            for key, value in settings.items()]
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines: list[str] = []
     out = lines.append
@@ -218,9 +258,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"{_wine_call_cost(results)}), and Wine 8's GetQueuedCompletionStatusEx removes "
         "entries one at a time, so end-to-end numbers are dominated by Wine and hide the "
         "Python layer's own overhead; the stubbed micro-benchmarks (section 2) measure that "
-        "overhead alone. The brief expected ~50 us per call; on this machine it is less.")
+        "overhead alone. About 50 us per call was expected; on this machine it is less.")
     out("")
-    out(f"Settings: {json.dumps(settings)}")
+    out("Settings:")
+    out("")
+    for line in _settings_lines(settings):
+        out(f"- {line}")
     out("")
     load = results.get("load", {})
     if load:
@@ -528,7 +571,7 @@ def _aio_markdown(aio: dict[str, Any]) -> list[str]:
         others = [loop for loop in loops if loop != "winiocp"]
         if "winiocp" in cells and others:
             out("winiocp.aio as a ratio of each other loop (messages/s, then p99; "
-                "targets of issue 10: "
+                "targets: "
                 + ", ".join(f">= {v:g}x {AIO_LOOP_TITLES[k]}"
                             for k, v in AIO_TARGETS.get(api, {}).items()) + "):")
             out("")

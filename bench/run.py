@@ -327,7 +327,7 @@ def server_cpu(pid: int) -> tuple[float, float]:
 
 
 def bench_aio_bulk(settings: Settings) -> dict[str, Any]:
-    """Issue 10's workload 3: one connection, ``bulk_bytes`` client -> server, MB/s, into a
+    """The bulk workload: one connection, ``bulk_bytes`` client -> server, MB/s, into a
     Protocol and into a BufferedProtocol on each loop (bench/servers/aio_bulk.py)."""
     commands = {loop: python_command("-m", "bench.servers.aio_bulk", "--loop", loop)
                 for loop in AIO_LOOPS}
@@ -391,7 +391,7 @@ def bench_aio_bulk(settings: Settings) -> dict[str, Any]:
 
 
 def bench_aio_churn(settings: Settings) -> dict[str, Any]:
-    """Issue 10's workload 4: connect, one 64-byte exchange, close (the client first), at a
+    """The churn workload: connect, one 64-byte exchange, close (the client first), at a
     fixed concurrency, against the Protocol echo on each loop; connections/s."""
     commands = {loop: python_command("-m", "bench.servers.aio_echo", "--loop", loop, "--api",
                                      "protocol") for loop in AIO_LOOPS}
@@ -429,7 +429,7 @@ def bench_aio_churn(settings: Settings) -> dict[str, Any]:
 
 
 def bench_aio_cost(settings: Settings) -> dict[str, Any]:
-    """Issue 10's workload 5: Python cost and system calls per echoed message, kernel
+    """The Python-cost workload: Python cost and system calls per echoed message, kernel
     stubbed (bench/micro/aio_cost.py), winiocp.aio and the stock loop, one process each,
     ``echo_repeats`` times in alternating order; per loop and connection count the run least
     disturbed by other processes (the lowest median) is kept, every run's median beside it."""
@@ -816,14 +816,14 @@ def aio_findings(results: dict[str, Any]) -> list[str]:
 
 
 def echo_turn_finding(cost: dict[str, Any]) -> str:
-    """Why the core echo turn is over issue 10's target: its measured parts, and the flat
+    """Why the core echo turn is over its target: its measured parts, and the flat
     floor of the same work (``bench/micro/echo_floor.py``) that shows what the layers cost."""
     parts = cost["run_once_us"] + cost["connection_send_us"] + cost["submit_recv_us"]
     calls = cost.get("calls_per_echo_turn")
     inline = cost.get("echo_turn_inline_us")
     floor = cost.get("echo_floor_us")
     text = (
-        f"**The core echo turn is over issue 10's {report.TARGET_ECHO_TURN_US:g} us**: "
+        f"**The core echo turn is over its {report.TARGET_ECHO_TURN_US:g} us target**: "
         f"{cost['echo_turn_us']:.2f} us stubbed with the send pending"
         + (f", {inline:.2f} us with the send finished inline (as skip-on-success finishes a "
            "loopback send with room in the socket buffer)" if inline is not None else "")

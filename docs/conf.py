@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
 import winiocp  # noqa: E402  (after the path is set)
 
@@ -27,6 +28,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "myst_parser",
+    "wine_deviations",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
@@ -49,9 +51,11 @@ doctest_test_doctest_blocks = "default"
 
 html_theme = "furo"
 html_title = f"winiocp {release}"
-html_static_path: list[str] = []
-# Code blocks without a language are shell commands or output: not highlighted as Python.
-highlight_language = "none"
+html_static_path = ["_static"]
+html_css_files = ["winiocp.css"]
+# Code blocks without a language (docstring examples, ``::`` blocks) are highlighted as Python
+# when they lex as Python, and shown plain, without a warning, when they do not.
+highlight_language = "default"
 
 myst_heading_anchors = 3
 # Quotes stay as typed: the pages quote code, JSON and command lines.
@@ -112,6 +116,21 @@ def check_modules_documented(app: Sphinx, env: BuildEnvironment) -> None:
             "public module %s has no page in the API reference (docs/api/)", name)
 
 
+# -- "rule N" in a docstring links to that rule on the design page ----------------------------------
+# The source says "rule 6" (the rules are numbered on docs/design.rst); the API reference
+# renders it as a link to the rule.
+
+_RULE = re.compile(r"(?<![`<\w])rule (1[01]|[1-9])\b")
+
+
+def link_rules(app: Sphinx, what: str, name: str, obj: object, options: object,
+               lines: list[str]) -> None:
+    for index, line in enumerate(lines):
+        if "``" not in line:
+            lines[index] = _RULE.sub(r":ref:`rule \1 <rule-\1>`", line)
+
+
 def setup(app: Sphinx) -> None:
     app.add_role("test", test_role)
+    app.connect("autodoc-process-docstring", link_rules)
     app.connect("env-check-consistency", check_modules_documented)

@@ -30,10 +30,18 @@ class Handle(OverlappedOwner[CData]):
 
     It owns the handle: ``close()`` calls CloseHandle once (a ``borrow`` view never does).
     Each read, write or pipe connect is an operation that owns its OVERLAPPED and buffer
-    until its completion is dequeued. Raises ``ValueError`` for INVALID_HANDLE_VALUE or NULL.
+    until its completion is dequeued. Raises ``TypeError`` for anything but a cffi pointer
+    (an int handle value: ``ffi.cast("HANDLE", value)``), ``ValueError`` for
+    INVALID_HANDLE_VALUE or NULL.
     """
 
     def __init__(self, handle: CData, name: str) -> None:
+        if (not isinstance(handle, CData)  # pyright: ignore[reportUnnecessaryIsInstance]
+                or ffi.typeof(handle).kind != "pointer"):
+            raise TypeError(
+                f"Handle needs a HANDLE (a cffi pointer, as kernel32.CreateFileW returns), not "
+                f"{type(handle).__name__}: for a handle value use "
+                "Handle(ffi.cast('HANDLE', value), name) to take it over, or Handle.borrow")
         if handle == INVALID_HANDLE or handle == ffi.NULL:
             raise ValueError("not a valid handle")
         super().__init__(handle)

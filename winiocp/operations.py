@@ -288,7 +288,14 @@ class BufferOperation(Operation):
 
     @property
     def data(self) -> bytes:
-        """The bytes transferred (received, or sent), gathered from the buffers in order."""
+        """The bytes transferred (received, or sent), gathered from the buffers in order.
+
+        Raises ``OperationPendingError`` while the operation is pending: nothing is
+        transferred yet, and an empty result would read as the peer's end of file.
+        """
+        if self.state is _PENDING:
+            raise OperationPendingError(
+                f"{self!r} is still pending: its data is known once its completion is dequeued")
         if len(self.buffers) == 1:
             return bytes(memoryview(self.buffers[0]).cast("B")[:self.bytes_transferred])
         remaining = self.bytes_transferred

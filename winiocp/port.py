@@ -52,6 +52,7 @@ then the interrupt propagates.
 from __future__ import annotations
 
 import itertools
+import socket as _stdlib_socket
 import struct
 import threading
 from collections import deque
@@ -213,11 +214,16 @@ class CompletionPort:
     the registry of pending operations, which keeps each one's memory alive until its
     completion is dequeued; operations still pending when the port closes are kept for the
     life of the process. ``concurrency`` is CreateIoCompletionPort's thread limit (0: one per
-    CPU), ``batch_size`` the most entries one ``get_many`` dequeues. Raises ``ValueError``
-    for either out of range, and the ``OSError`` of CreateIoCompletionPort's error.
+    CPU), ``batch_size`` the most entries one ``get_many`` dequeues. Raises ``TypeError``
+    for either not an int, ``ValueError`` for either out of range, and the ``OSError`` of
+    CreateIoCompletionPort's error.
     """
 
     def __init__(self, concurrency: int = 0, *, batch_size: int = 64) -> None:
+        for name, value in (("concurrency", concurrency), ("batch_size", batch_size)):
+            if (not isinstance(value, int)  # pyright: ignore[reportUnnecessaryIsInstance]
+                    or isinstance(value, bool)):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
         if not 0 <= concurrency <= 0xFFFFFFFF:
             raise ValueError(f"concurrency must be 0 (one per CPU) or a positive DWORD, got {concurrency}")
         if not 1 <= batch_size <= 0xFFFF:
@@ -322,10 +328,14 @@ class CompletionPort:
         Without ``key``, a fresh number is used, never reused for the life of the process, so a
         key names one connection, not a handle value the OS may recycle (rule 6).
 
-        Raises ``ValueError`` for a key that does not fit a ULONG_PTR or a target already
+        Raises ``TypeError`` for a target that is not a winiocp ``Socket`` or ``Handle`` (a
+        ``socket.socket`` must be wrapped: ``Socket.from_stdlib`` or ``Socket.borrow``),
+        ``ValueError`` for a key that does not fit a ULONG_PTR or a target already
         associated, ``ClosedHandleError`` if the port or the target is closed, and the
         ``OSError`` of CreateIoCompletionPort's error.
         """
+        if not hasattr(target, "_associate"):  # not a Socket or Handle (the Associable hook)
+            raise TypeError(_not_associable(target))
         key = next(_keys) if key is None else key
         if not 0 <= key < 1 << (8 * ffi.sizeof("ULONG_PTR")):
             raise ValueError(f"key must fit in a ULONG_PTR, got {key}")
@@ -453,7 +463,9 @@ class CompletionPort:
         """Dequeue one completion, waiting up to ``timeout`` seconds (None: until one comes).
 
         Never raises for an operation's failure (that is a FAILED completion); raises only for
-        a failure of the port itself. With ``timeout=None`` the wait is sliced so Ctrl-C works.
+        a failure of the port itself, and ``TypeError`` / ``ValueError`` for a ``timeout``
+        that is not a number of seconds >= 0. With ``timeout=None`` the wait is sliced so
+        Ctrl-C works.
         """
         if self._ready:
             try:
@@ -575,7 +587,11 @@ class CompletionPort:
         if out.kernel_due:
             out.kernel_due = False
         if timeout is not None:
-            if 0 < timeout < _LONGEST_WAIT_SECONDS:  # _milliseconds()'s common case, inline
+            try:
+                common = 0 < timeout < _LONGEST_WAIT_SECONDS  # _milliseconds()'s, inline
+            except TypeError:  # not a number: _milliseconds() says so
+                common = False
+            if common:
                 return self._get_many_once(out, count, int(timeout * 1000 + 0.999))
             return self._get_many_once(out, count, 0 if timeout == 0 else _milliseconds(timeout))
         slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)  # sliced, as in get(), for Ctrl-C
@@ -780,11 +796,24 @@ def _entry_error(internal: int) -> int:
 
 
 def _milliseconds(timeout: float) -> int:
-    if timeout != timeout or timeout < 0:  # NaN or negative
+    try:
+        negative = timeout != timeout or timeout < 0  # NaN or negative
+    except TypeError:  # not a number: no cost on the path of a number
+        raise TypeError("timeout must be a number of seconds or None, not "
+                        f"{type(timeout).__name__}") from None
+    if negative:
         raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout}")
     if timeout >= _LONGEST_WAIT_SECONDS:  # also infinity: the longest finite wait
         return MAX_WAIT_MS
     return int(timeout * 1000 + 0.999)
+
+
+def _not_associable(target: object) -> str:
+    message = f"associate() takes a winiocp Socket or Handle, not {type(target).__name__}"
+    if isinstance(target, _stdlib_socket.socket):
+        message += (": wrap a socket.socket with winiocp.Socket.from_stdlib(sock) (which takes "
+                    "it over) or Socket.borrow(sock) (which leaves it the stdlib socket's)")
+    return message
 
 
 def orphaned_operation_count() -> int:

@@ -793,7 +793,11 @@ def _as_buffer_list(data: BufferLike | Sequence[BufferLike]) -> Sequence[BufferL
     try:
         memoryview(data)  # type: ignore[arg-type]
     except TypeError:
-        return list(data)
+        try:
+            return list(data)
+        except TypeError:
+            raise TypeError("send() needs bytes-like data or a list of buffers, not "
+                            f"{type(data).__name__}") from None
     return [data]  # type: ignore[list-item]
 
 

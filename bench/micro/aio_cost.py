@@ -1,6 +1,6 @@
 """Python cost and system calls per echoed message of an asyncio loop, with the kernel stubbed.
 
-Issue 10's workload 5: winiocp.aio against the stock ProactorEventLoop, each driving the same
+The Python-cost workload: winiocp.aio against the stock ProactorEventLoop, each driving the same
 ``asyncio.Protocol`` echo (``data_received`` -> ``transport.write``) over the same fake kernel,
 so that what is timed is each loop's own Python above the Win32 functions and what is counted
 is the Win32 calls each loop makes per message.

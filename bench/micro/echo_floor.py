@@ -1,6 +1,6 @@
 """The stubbed echo turn's floor: its necessary work written flat, with none of winiocp's layers.
 
-Why: issue 10 asks 6 us for the core echo turn (``python_cost``'s ``echo_turn_us``), and the
+Why: the target for the core echo turn is 6 us (``python_cost``'s ``echo_turn_us``), and the
 turn is made of layers a user can call on their own (``Socket.send``/``recv_into`` with their
 checks, the port's registration protocol, ``Connection``'s delivery queue and flow control,
 the manager's routing). This module does what every turn must do, in few Python calls (a

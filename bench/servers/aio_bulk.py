@@ -1,6 +1,6 @@
 """The ``aio`` section's bulk sink: one asyncio server that counts and discards what it receives.
 
-Why: issue 10's bulk workload (one connection, hundreds of MiB one way, client -> server)
+Why: the bulk workload (one connection, hundreds of MiB one way, client -> server)
 measures a loop's receive path at full speed, where the per-read cost and the read size count
 and the write path does not. The same application code runs on every loop (the factories of
 ``aio_echo.py``); only the loop differs. Two receivers, on two ports of the same process:

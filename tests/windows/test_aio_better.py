@@ -1,4 +1,4 @@
-"""Where ``winiocp.aio`` is better than the stock ProactorEventLoop (issue 9).
+"""Where ``winiocp.aio`` is better than the stock ProactorEventLoop.
 
 Each scenario runs on both loops in the same test. Ours must pass; what the stock loop did is
 printed (run with ``-s`` to see it) and, where the stock loop is known to fail, asserted too,

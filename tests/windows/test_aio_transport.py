@@ -1,4 +1,4 @@
-"""winiocp.aio's own socket transport (issue 10): completions call the protocol directly, a
+"""winiocp.aio's own socket transport: completions call the protocol directly, a
 BufferedProtocol is received into without a copy, queued writes are gathered, and the
 transport contract holds (pause/resume with data in flight, errors in callbacks, context).
 

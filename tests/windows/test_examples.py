@@ -10,7 +10,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["raw_echo", "wrappers_echo"])
+@pytest.mark.parametrize("name", ["raw_echo", "wrappers_echo", "aio_echo", "udp_echo"])
 def test_example_main_returns_0(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None

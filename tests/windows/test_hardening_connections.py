@@ -1,4 +1,4 @@
-"""Connections under the scenarios an IOCP server review found wrong (issue 8).
+"""Connections under the scenarios an IOCP server review found wrong.
 
 Each test names the defect it guards against; each failed on the code before its fix (the
 closing note of the change says how). Everything runs against the real ws2_32 on 127.0.0.1

@@ -1,12 +1,12 @@
-"""Core hardening (issue 8, defects 3, 6, 7 and 10): each test shows a defect of the port,
-owner, socket, address and error layers against real Winsock (or Wine).
+"""Core hardening: each test shows a defect of the port, owner, socket, address and error
+layers against real Winsock (or Wine), fixed:
 
-* 3: a send that fails at once with a warning code (WSAEMSGSIZE) raises, and keeps nothing
+* a send that fails at once with a warning code (WSAEMSGSIZE) raises, and keeps nothing
   registered: only receive kinds get a packet after a warning status;
-* 6: whatever one entry of a dequeue raises, every dequeued completion is handed back;
-* 7: post() and associate() count themselves as users of the port handle, and associate()
+* whatever one entry of a dequeue raises, every dequeued completion is handed back;
+* post() and associate() count themselves as users of the port handle, and associate()
   reads the owner's value under its lock, so a racing close() never recycles either;
-* 10: close()'s wake-ups reach every waiter, re-armed datagram receives start clean, a
+* close()'s wake-ups reach every waiter, re-armed datagram receives start clean, a
   truncated datagram says who sent it, unreachable errors get their own failure and errno,
   SIO_UDP_CONNRESET can be turned off, literal addresses never reach getaddrinfo.
 """

@@ -1,4 +1,4 @@
-"""The manager's batch loop and the connection's direct delivery (issue 10).
+"""The manager's batch loop and the connection's direct delivery.
 
 ``run_once`` dequeues a batch of completions at once and routes them in order; a receive's
 data is handed to the handler without the delivery queue when nothing else of its connection
