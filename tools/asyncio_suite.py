@@ -90,6 +90,27 @@ SELECTOR_SCOPE = (
 )
 
 
+#: test_events' readiness tests, which it skips for the proactor loop ("IocpEventLoop does not
+#: have add_reader()"): the loop mode runs them on ``winiocp.aio.EventLoop`` too.
+READINESS_TESTS = ("test_reader_callback", "test_reader_callback_cancel", "test_writer_callback",
+                   "test_writer_callback_cancel", "test_remove_fds_after_closing")
+
+
+def readiness_tests() -> unittest.TestSuite:
+    """test_events' readiness tests on ``winiocp.aio.EventLoop``: its ``EventLoopTestsMixin``
+    with our loop as the loop it creates (as its own test classes pick theirs)."""
+    import importlib
+
+    test_events = importlib.import_module("test.test_asyncio.test_events")
+    test_utils = importlib.import_module("test.test_asyncio.utils")
+    loop_class = importlib.import_module("winiocp.aio").EventLoop
+    case = type("ReadinessOnWiniocpEventLoopTests",
+                (test_events.EventLoopTestsMixin, test_utils.TestCase),
+                {"create_event_loop": lambda self: loop_class(),
+                 "__module__": "test.test_asyncio.test_events"})
+    return unittest.TestSuite(case(name) for name in READINESS_TESTS if hasattr(case, name))
+
+
 def in_scope(test_id: str, mode: str) -> bool:
     """Whether ``mode`` runs ``test_id``."""
     return mode != "selector" or any(fnmatch.fnmatchcase(test_id, p) for p in SELECTOR_SCOPE)
@@ -368,6 +389,8 @@ def run_in_windows(options: argparse.Namespace) -> int:
         result = RecordingResult(progress, watchdog, options.timeout, tracer)
         result.arm()  # importing the test modules is watched too
         loaded = unittest.defaultTestLoader.loadTestsFromNames(PACKAGES)
+        if options.mode == "loop":
+            loaded.addTest(readiness_tests())
         remaining = unittest.TestSuite()
         for test in iter_tests(loaded):
             test_id = test.id()
