@@ -1,6 +1,6 @@
 """An aiohttp web app served on ``winiocp.aio``: only the event loop changes.
 
-``web.run_app`` takes the loop to run on (``loop=``, aiohttp 3.8 and later)::
+``web.run_app`` takes the loop to run on (``loop=``; aiohttp 3.14, the version tested)::
 
     web.run_app(app, loop=winiocp.aio.new_event_loop())
 
@@ -25,12 +25,12 @@ from aiohttp import web
 import winiocp.aio
 
 
-def greeting(loop: asyncio.AbstractEventLoop) -> str:
-    return f"Hello from aiohttp on {type(loop).__module__}.{type(loop).__qualname__}"
+def greeting(loop_class: type[asyncio.AbstractEventLoop]) -> str:
+    return f"Hello from aiohttp on {loop_class.__module__}.{loop_class.__qualname__}"
 
 
 async def hello(request: web.Request) -> web.Response:
-    return web.Response(text=greeting(asyncio.get_running_loop()))
+    return web.Response(text=greeting(type(asyncio.get_running_loop())))
 
 
 def make_app() -> web.Application:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(None)   # run_app made it the current loop: leave none behind
     client.join(10)
     print("client got:", answers)
-    return 0 if answers == [greeting(loop)] else 1
+    return 0 if answers == [greeting(winiocp.aio.EventLoop)] else 1
 
 
 if __name__ == "__main__":
