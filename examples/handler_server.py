@@ -15,6 +15,8 @@ import sys
 from winiocp.connections import CloseReason, Connection, State
 from winiocp.servers.base import Server
 
+MAX_LINE = 64 * 1024
+
 
 class UpperHandler:
     """Answers every line (ending in ``\\n``) with the line upper-cased; ``quit`` closes."""
@@ -24,6 +26,9 @@ class UpperHandler:
 
     def data_received(self, connection: Connection, data: bytes) -> None:
         *lines, self.partial = (self.partial + data).split(b"\n")
+        if len(self.partial) > MAX_LINE:    # a line that never ends: drop the client
+            connection.abort()
+            return
         for line in lines:
             if connection.state is not State.OPEN:  # closing: no more sends
                 return
