@@ -10,11 +10,16 @@ exactly the ready ones.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import gc
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from winiocp.afd import AfdDevice, AfdPollOperation, base_socket
 from winiocp.constants import AfdPollEvents
@@ -248,3 +253,76 @@ def test_many_sockets_report_exactly_the_ready_ones(port: CompletionPort, polls:
         for x, y in pairs:
             x.close()
             y.close()
+
+
+# -- random sequences ----------------------------------------------------------------------------
+
+SOCKETS = 4
+step = st.one_of(
+    st.tuples(st.just("add"), st.integers(0, SOCKETS - 1), st.sampled_from([1, 2, 3])),
+    st.tuples(st.just("modify"), st.integers(0, SOCKETS - 1), st.sampled_from([1, 2, 3])),
+    st.tuples(st.just("remove"), st.integers(0, SOCKETS - 1), st.just(0)),
+    st.tuples(st.just("send"), st.integers(0, SOCKETS - 1), st.just(0)),
+    st.tuples(st.just("read"), st.integers(0, SOCKETS - 1), st.just(0)),
+    st.tuples(st.just("turn"), st.just(0), st.just(0)),
+    st.tuples(st.just("replace"), st.integers(0, SOCKETS - 1), st.just(0)),
+)
+
+
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, max_size=30))
+def test_random_sequences_keep_one_poll_per_socket_and_every_poll_owned(
+        steps: list[tuple[str, int, int]]) -> None:
+    """Watches added, changed and removed, sockets sent to, read, closed and replaced (their
+    values free for reuse), in any order: never two polls of one watch in flight, never an
+    event for a removed watch, and after closing the set every poll's completion is dequeued
+    (none left to the port's orphan list)."""
+    with CompletionPort() as port:
+        polls = PollSet(port)
+        pairs = [socket.socketpair() for _ in range(SOCKETS)]
+        for a, _ in pairs:
+            a.setblocking(False)
+        watches: dict[int, Watch] = {}
+        removed: list[Watch] = []
+        try:
+            for action, index, interest in steps:
+                a, b = pairs[index]
+                watch = watches.get(index)
+                if action == "add" and watch is None:
+                    watches[index] = polls.add(a.fileno(), interest, index)
+                elif action == "modify" and watch is not None:
+                    polls.modify(watch, interest)
+                elif action in ("remove", "replace") and watch is not None:
+                    polls.remove(watches.pop(index))
+                    removed.append(watch)
+                if action == "replace" and watch is not None:
+                    a.close()
+                    b.close()
+                    pairs[index] = socket.socketpair()
+                    pairs[index][0].setblocking(False)
+                elif action == "send":
+                    b.send(b"x")
+                elif action == "read":
+                    with contextlib.suppress(BlockingIOError):
+                        a.recv(100)
+                elif action == "turn":
+                    for ready_watch, _ in turn(port, polls, 0.02):
+                        assert ready_watch not in removed
+                in_flight = collections.Counter(id(op.context) for op in port.pending_operations()
+                                                if isinstance(op.context, Watch)
+                                                and not op.context.removed)
+                assert max(in_flight.values(), default=0) <= 1
+        finally:
+            polls.close()
+            deadline = time.monotonic() + WAIT
+            while port.pending_count and time.monotonic() < deadline:
+                for completion in port.get_many(0.1):
+                    assert completion.operation is not None
+                    handler = completion.operation.context
+                    if isinstance(handler, Watch):
+                        handler(completion)
+            assert port.pending_count == 0
+            for a, b in pairs:
+                a.close()
+                b.close()
