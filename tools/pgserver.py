@@ -61,6 +61,9 @@ def start() -> str | None:
     host has no PostgreSQL (an error on CI). The server stops when this process exits."""
     if os.environ.get(VARIABLE):
         return os.environ[VARIABLE]
+    if sys.platform == "win32":
+        raise RuntimeError("a Linux host's helper: on Windows, set WINIOCP_TEST_POSTGRES to "
+                           "a server's connection string")
     bin_dir = server_bin()
     if bin_dir is None:
         if os.environ.get("CI"):
@@ -85,13 +88,14 @@ def start() -> str | None:
         shutil.rmtree(folder, ignore_errors=True)
 
     atexit.register(stop)
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
     subprocess.run([*as_account, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-                    "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"], check=True, **quiet)
+                    "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off"
     started = subprocess.run([*as_account, str(bin_dir / "pg_ctl"), "-D", str(data), "-l",
                               str(folder / "server.log"), "-o", options, "-w", "-t", "60",
-                              "start"], check=False, **quiet)
+                              "start"], check=False,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     if started.returncode != 0:
         log_text = (folder / "server.log").read_text(errors="replace")
         raise RuntimeError(f"PostgreSQL did not start (pg_ctl exit {started.returncode}):\n"
