@@ -349,18 +349,18 @@ async def pyzmq_scenario(outcome: Outcome) -> dict[str, bool]:
         subscriber.subscribe(b"wanted")
         subscriber.connect(f"tcp://{LOOPBACK}:{port}")
         # A subscription reaches the publisher some time after connect: publish a probe until
-        # one arrives (what is published before then is dropped, by design).
+        # one arrives (what is published before then is dropped, by design; probes still on
+        # their way are skipped below).
         while not await subscriber.poll(timeout=50):
             await publisher.send_multipart([b"wanted", b"probe"])
-        while await subscriber.poll(timeout=0):
-            assert await subscriber.recv_multipart() == [b"wanted", b"probe"]
         for index in range(PUBLISHED):
             topic = b"wanted" if index % 2 == 0 else b"other"
             await publisher.send_multipart([topic, index.to_bytes(4, "little") * 64])
         await publisher.send_multipart([b"wanted", b"end"])
         received = []
         while (frames := await subscriber.recv_multipart())[1] != b"end":
-            received.append(frames)
+            if frames[1] != b"probe":
+                received.append(frames)
         seen["pub/sub"] = received == [[b"wanted", index.to_bytes(4, "little") * 64]
                                        for index in range(0, PUBLISHED, 2)]
         outcome.threads = threads_started(before)
