@@ -7,13 +7,17 @@ lacks, and each decides what to do about it by one check, ``isinstance(loop,
 asyncio.ProactorEventLoop)``, not by whether the loop's ``add_reader`` works:
 
 * psycopg 3.3 refuses such a loop in ``AsyncConnection.connect`` (an ``InterfaceError``), our
-  ``EventLoop`` too although its ``add_reader`` serves libpq's socket (shown by a test that
-  steps past the check); on ``winiocp.aio.SelectorEventLoop`` it works.
+  ``EventLoop`` too; on ``winiocp.aio.SelectorEventLoop`` it works.
 * tornado 6.5 (``BaseAsyncIOLoop.initialize``) wraps such a loop in
   ``AddThreadSelectorEventLoop``: a second thread, "Tornado selector", runs ``select()``
   and hands the events over; pyzmq 27 (``zmq.asyncio._get_selector_windows``) does the same
   through tornado, with a ``RuntimeWarning`` (and, without tornado, raises). On our
   ``EventLoop`` both start that thread too; on ``SelectorEventLoop`` neither does.
+
+The tests named ``..._past_its_isinstance_check`` show that the check alone is the cause:
+with ``asyncio.ProactorEventLoop`` made another class for the test, each library runs the
+same scenario on our ``EventLoop``, its sockets watched by ``EventLoop.add_reader`` and
+``add_writer``, with no thread.
 
 Each test checks the data exactly, which threads the library started (the threads alive
 during the scenario that were not before, less the loop's default executor's workers), and
@@ -78,6 +82,20 @@ REFUSAL = "Psycopg cannot use the 'ProactorEventLoop' to run in async mode"
 
 def is_proactor(name: str) -> bool:
     return name != "winiocp-selector"
+
+
+class NotTheProactorLoop:
+    """What ``asyncio.ProactorEventLoop`` is while ``past_the_proactor_check`` is in force."""
+
+
+@pytest.fixture
+def past_the_proactor_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step past the libraries' one check, ``isinstance(loop, asyncio.ProactorEventLoop)``,
+    by making that name another class for the test (the loops are made by our factories,
+    which do not look it up): what each library does with our ``EventLoop`` when it goes by
+    the loop's working ``add_reader`` instead. Not something users should do; it shows what
+    the check alone costs."""
+    monkeypatch.setattr(asyncio, "ProactorEventLoop", NotTheProactorLoop)
 
 
 @dataclass
@@ -292,19 +310,10 @@ def test_psycopg_refuses_proactor_loops(name: str) -> None:
 
 
 @needs_postgres
-def test_psycopg_works_on_our_proactor_loop_past_its_isinstance_check(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only psycopg's check refuses our ``EventLoop``: with the check stepped past (its
-    ``sys.platform == "win32"`` condition made false for ``connect`` alone), the same
-    scenario runs, libpq's socket served by ``EventLoop.add_reader``/``add_writer``, with
-    no thread. Not something users should do: it shows what psycopg would need to accept."""
-
-    class NotWindows:
-        platform = "not win32"
-
-    import psycopg.connection_async
-
-    monkeypatch.setattr(psycopg.connection_async, "sys", NotWindows)
+@pytest.mark.usefixtures("past_the_proactor_check")
+def test_psycopg_works_on_our_proactor_loop_past_its_isinstance_check() -> None:
+    """Only psycopg's check refuses our ``EventLoop``: past it, the same scenario runs, libpq's
+    socket served by ``EventLoop.add_reader``/``add_writer``, with no thread."""
     seen, outcome = run("winiocp", psycopg_scenario)
     assert seen == ALL_CHECKS
     assert outcome.threads == []
@@ -383,6 +392,16 @@ def test_pyzmq_req_rep_and_pub_sub(name: str) -> None:
     else:
         assert outcome.threads == []
         outcome.assert_clean()
+
+
+@pytest.mark.usefixtures("past_the_proactor_check")
+def test_pyzmq_on_our_proactor_loop_past_its_isinstance_check() -> None:
+    """Past its check, pyzmq watches its sockets with ``EventLoop.add_reader``: no thread, no
+    warning."""
+    seen, outcome = run("winiocp", pyzmq_scenario)
+    assert seen == {"req/rep": True, "pub/sub": True}
+    assert outcome.threads == []
+    outcome.assert_clean()
 
 
 # --- tornado ---------------------------------------------------------------------------------
@@ -465,4 +484,15 @@ def test_tornado_http_server_and_clients(name: str) -> None:
     assert seen == {"get": True, "post echo": True, "big": True, "many": True,
                     "keep-alive": True}
     assert outcome.threads == ([SELECTOR_THREAD] if is_proactor(name) else [])
+    outcome.assert_clean()
+
+
+@pytest.mark.usefixtures("past_the_proactor_check")
+def test_tornado_on_our_proactor_loop_past_its_isinstance_check() -> None:
+    """Past its check, tornado's IOLoop uses ``EventLoop.add_reader``/``add_writer``
+    itself: no thread."""
+    seen, outcome = run("winiocp", tornado_scenario)
+    assert seen == {"get": True, "post echo": True, "big": True, "many": True,
+                    "keep-alive": True}
+    assert outcome.threads == []
     outcome.assert_clean()
