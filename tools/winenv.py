@@ -324,6 +324,16 @@ def run_host_tests(pytest_args: list[str]) -> int:
     ).returncode
 
 
+def start_test_postgres() -> None:
+    """Start a PostgreSQL server on loopback for the Windows tests' psycopg cases
+    (``tools/pgserver.py``: its address goes to them in ``WINIOCP_TEST_POSTGRES``; it stops
+    when this process exits). Without one on the host those tests skip (not on CI)."""
+    if not ON_WINDOWS:
+        import pgserver  # here: Windows CPython's ._pth leaves tools/ off its path
+
+        pgserver.start()
+
+
 def command_test(options: argparse.Namespace) -> int:
     """Host tests, the docs (built and their examples run), then the Windows tests per version.
 
@@ -334,6 +344,7 @@ def command_test(options: argparse.Namespace) -> int:
         steps.append(("host tests", lambda: run_host_tests(options.pytest_args)))
     if not options.no_docs:
         steps.append(("docs", command_docs))
+    start_test_postgres()
     for version in options.python.split(","):
         def windows_tests(version: str = version) -> int:
             log(f"Windows tests on CPython {version}")
