@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import selectors
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from .port import CompletionPort
@@ -59,15 +59,30 @@ class AfdSelector(selectors.BaseSelector):
     be reused by a new socket while the old registration stands.
     """
 
-    def __init__(self) -> None:
-        self._port: CompletionPort | None = CompletionPort()
-        self._polls = PollSet(self._port)
+    def __init__(self, polls: PollSet | None = None,
+                 wait: Callable[[float | None], object] | None = None) -> None:
+        """A selector on a completion port of its own; or, given ``polls`` and ``wait``, on
+        ``polls``'s port, shared with whoever owns it: ``wait(timeout)`` then waits on the
+        port and routes every completion dequeued (the polls' to their watches), as
+        ``winiocp.aio.SelectorEventLoop`` does with its proactor's ``select``."""
+        self._closed = False
+        self._own_port: CompletionPort | None = None
+        if polls is None:
+            if wait is not None:
+                raise TypeError("wait is for a shared PollSet: give polls too")
+            self._own_port = CompletionPort()
+            polls = PollSet(self._own_port)
+            wait = self._wait
+        elif wait is None:
+            raise TypeError("a shared PollSet needs the wait that routes its port's completions")
+        self._polls: PollSet = polls
+        self._wait_for = wait
         self._keys: dict[int, tuple[selectors.SelectorKey, Watch]] = {}
         self._map = _KeyMap(self)
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {len(self._keys)} registered"
-                f"{' closed' if self._port is None else ''}>")
+                f"{' closed' if self._closed else ''}>")
 
     def _lookup(self, fileobj: object) -> int:
         try:
@@ -79,18 +94,31 @@ class AfdSelector(selectors.BaseSelector):
                     return key.fd
             raise
 
-    def _checked_port(self) -> CompletionPort:
-        port = self._port
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the selector is closed")
+
+    def _wait(self, timeout: float | None) -> None:
+        """Wait on the selector's own port; route the polls' completions to their watches."""
+        port = self._own_port
         if port is None:
             raise RuntimeError("the selector is closed")
-        return port
+        completions = port.get_many(timeout)
+        while completions:
+            for completion in completions:
+                operation = completion.operation
+                if operation is not None and isinstance(operation.context, Watch):
+                    operation.context(completion)
+            if len(completions) < port.batch_size:
+                break
+            completions = port.get_many(0)
 
     def register(self, fileobj: FileDescriptorLike, events: int, data: object = None
                  ) -> selectors.SelectorKey:
         """Register a socket (an int or an object with ``fileno()``) for ``events``
         (EVENT_READ | EVENT_WRITE). Raises ``ValueError`` for bad events or file object,
         ``KeyError`` if it is already registered, ``OSError`` if it is not a socket."""
-        self._checked_port()
+        self._check_open()
         if not isinstance(events, int) or not events or events & ~(EVENT_READ | EVENT_WRITE):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError(f"Invalid events: {events!r}")
         fd = fileno_of(fileobj)
@@ -136,7 +164,7 @@ class AfdSelector(selectors.BaseSelector):
                ) -> list[tuple[selectors.SelectorKey, int]]:
         """The registered sockets that are ready, with their ready events; waits up to
         ``timeout`` seconds (None: until one is; <= 0: not at all) for the first."""
-        port = self._checked_port()
+        self._check_open()
         polls = self._polls
         if timeout is None:
             deadline = math.inf
@@ -149,17 +177,11 @@ class AfdSelector(selectors.BaseSelector):
                 wait_s: float | None = None
             else:
                 wait_s = max(wait, 0.0)
-            completions = port.get_many(wait_s)
-            while completions:
-                for completion in completions:
-                    operation = completion.operation
-                    if operation is not None and isinstance(operation.context, Watch):
-                        operation.context(completion)
-                if len(completions) < port.batch_size:
-                    break
-                completions = port.get_many(0)
-            if polls.ready or wait_s == 0.0 or (wait_s is not None and
-                                               time.monotonic() >= deadline):
+            self._wait_for(wait_s)
+            # On a shared port other completions came too, and their owner must see them
+            # now: one wait. On its own port the selector waits on until a socket is ready.
+            if (polls.ready or self._own_port is None or wait_s == 0.0
+                    or (wait_s is not None and time.monotonic() >= deadline)):
                 break
         ready, polls.ready = polls.ready, []
         result: list[tuple[selectors.SelectorKey, int]] = []
@@ -172,8 +194,15 @@ class AfdSelector(selectors.BaseSelector):
     def close(self) -> None:
         """Unregister everything and release the port (idempotent). Polls still pending are
         cancelled, and their memory kept until their completions are dequeued."""
-        port, self._port = self._port, None
-        if port is None:
+        if self._closed:
+            return
+        self._closed = True
+        port, self._own_port = self._own_port, None
+        if port is None:  # a shared PollSet: its owner closes it
+            for _, watch in self._keys.values():
+                if not self._polls.closed:
+                    self._polls.remove(watch)
+            self._keys.clear()
             return
         self._keys.clear()
         self._polls.close()
@@ -185,7 +214,7 @@ class AfdSelector(selectors.BaseSelector):
     def get_key(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
         """The key of a registered file object; ``KeyError`` if it is not registered,
         ``RuntimeError`` once the selector is closed."""
-        self._checked_port()
+        self._check_open()
         return self._map[fileobj]
 
     def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:

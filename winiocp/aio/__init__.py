@@ -15,12 +15,11 @@ Rebinding ``asyncio.windows_events.IocpProactor = winiocp.aio.IocpProactor`` mak
 from .loop import (
     EventLoop,
     EventLoopPolicy,
-    SelectorEventLoop,
     install,
     new_event_loop,
-    new_selector_event_loop,
     run,
 )
+from .selector_loop import SelectorEventLoop, new_selector_event_loop
 from .proactor import IocpProactor
 
 __all__ = [

@@ -25,15 +25,13 @@ from ..addresses import Address
 from .datagram import DatagramTransport
 from .proactor import HasFileno, IocpProactor
 from ..operations import RecvOperation
-from ..selectors import AfdSelector
 from ..sockets import Socket
 from .readers import Readers
+from .selector_loop import new_selector_event_loop
 from .serving import ACCEPTS_PER_LISTENER, Listener
 from .transports import READ_BYTES, OrderlyClose, SocketTransport
 
 if TYPE_CHECKING:
-    import selectors
-
     from _typeshed import FileDescriptorLike
 
 T = TypeVar("T")
@@ -235,20 +233,6 @@ class EventLoop(asyncio.ProactorEventLoop):
 def new_event_loop() -> EventLoop:
     """A new ``EventLoop`` (a loop factory for ``asyncio.run`` and ``asyncio.Runner``)."""
     return EventLoop()
-
-
-class SelectorEventLoop(asyncio.SelectorEventLoop):
-    """``asyncio.SelectorEventLoop`` on ``winiocp.selectors.AfdSelector``: readiness for any
-    number of sockets (the stock one's ``select()`` refuses more than 512), for libraries
-    that require a selector loop."""
-
-    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
-        super().__init__(selector if selector is not None else AfdSelector())
-
-
-def new_selector_event_loop() -> SelectorEventLoop:
-    """A new ``SelectorEventLoop`` (a loop factory, as ``new_event_loop`` is)."""
-    return SelectorEventLoop()
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
