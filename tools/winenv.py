@@ -68,6 +68,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WINENV = ROOT / ".winenv"
 PREFIX = WINENV / "prefix"
 WINDOWS_REQUIREMENTS = ROOT / "tools" / "requirements-windows.txt"
+#: Its pins with each wheel's sha256 (tools/lock_windows.py writes it): what is installed.
+WINDOWS_HASHES = ROOT / "tools" / "requirements-windows-hashes.txt"
 HOST_REQUIREMENTS = ROOT / "tools" / "requirements-host.txt"
 LINT_REQUIREMENTS = ROOT / "tools" / "requirements-lint.txt"
 DOCS_REQUIREMENTS = ROOT / "tools" / "requirements-docs.txt"
@@ -160,6 +162,12 @@ def python_dir(version: str) -> Path:
     return WINENV / f"py{version.replace('.', '')}"
 
 
+#: pip's arguments that install the Windows tests' wheels, each checked against its sha256
+#: (the file lists every dependency, so pip need not resolve any: its markers would be the
+#: host's).
+WINDOWS_HASHED = ["--no-deps", "--require-hashes", "-r", str(WINDOWS_HASHES)]
+
+
 def venv_python(folder: Path) -> Path:
     return folder / ("Scripts/python.exe" if ON_WINDOWS else "bin/python")
 
@@ -177,7 +185,7 @@ def ensure_host_venv() -> Path:
     only with its ``python3.X-venv`` package (ensurepip): installed with apt-get if missing.
     """
     python = venv_python(HOST_VENV)
-    requirements = [HOST_REQUIREMENTS, *([WINDOWS_REQUIREMENTS] if ON_WINDOWS else [])]
+    requirements = [HOST_REQUIREMENTS, *([WINDOWS_HASHES] if ON_WINDOWS else [])]
     wanted = hashlib.sha256(b"".join(r.read_bytes() for r in requirements)
                             + f"{sys.executable} {sys.version}".encode()).hexdigest()
     stamp = HOST_VENV / ".winenv-host"
@@ -195,8 +203,9 @@ def ensure_host_venv() -> Path:
     if not python.exists():
         raise SystemExit(f"winenv: {sys.executable} -m venv made no {python}")
     log("installing the host requirements into it")
-    pip(*[arg for r in requirements for arg in ("-r", str(r))], python=python)
-    if ON_WINDOWS:  # the checkout on the path of the Windows tests' Python
+    pip("-r", str(HOST_REQUIREMENTS), python=python)
+    if ON_WINDOWS:  # the Windows tests' packages, and the checkout on the path
+        pip(*WINDOWS_HASHED, python=python)
         purelib = subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
             check=True, capture_output=True, text=True).stdout.strip()
@@ -283,12 +292,12 @@ def ensure_embedded_python(version: str) -> Path:
         embed_stamp.write_text(embed_version)
     site_packages = target / "Lib" / "site-packages"
     wheels_stamp = target / ".winenv-wheels"
-    wanted = hashlib.sha256(WINDOWS_REQUIREMENTS.read_bytes()).hexdigest()
+    wanted = hashlib.sha256(WINDOWS_HASHES.read_bytes()).hexdigest()
     if not stamp_is_current(wheels_stamp, wanted):
         log(f"installing win_amd64 wheels for {version}")
         pip("--target", str(site_packages), "--upgrade", "--platform", "win_amd64",
             "--python-version", interpreter_version, "--implementation", "cp", "--only-binary=:all:",
-            "-r", str(WINDOWS_REQUIREMENTS))
+            *WINDOWS_HASHED)
         wheels_stamp.write_text(wanted)
     site_packages.mkdir(parents=True, exist_ok=True)
     (site_packages / "winiocp-checkout.pth").write_text(windows_path(ROOT) + "\n")

@@ -163,3 +163,25 @@ def test_natively_the_windows_tests_run_in_the_venv_of_the_running_python(
     other = "3.10" if winenv.native_version() != "3.10" else "3.13"
     with pytest.raises(SystemExit, match=f"run it with Python {other}"):
         winenv.setup(other)
+
+
+def test_the_windows_wheels_hashes_match_their_pins() -> None:
+    """tools/requirements-windows-hashes.txt (what is installed) pins what
+    tools/requirements-windows.txt says, with at least one sha256 each: run
+    tools/lock_windows.py after changing the pins."""
+    import lock_windows
+
+    hashed: dict[str, str] = {}
+    digests: dict[str, int] = {}
+    name = ""
+    for line in winenv.WINDOWS_HASHES.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if line.startswith(" "):
+            digests[name] += line.strip().startswith("--hash=sha256:")
+            continue
+        requirement, _, version = line.rstrip(" \\").partition("==")
+        name = lock_windows.canonical(requirement)
+        hashed[name], digests[name] = version, 0
+    assert hashed == lock_windows.pins(winenv.WINDOWS_REQUIREMENTS)
+    assert all(digests.values()), digests
