@@ -187,9 +187,18 @@ def ensure_host_venv() -> Path:
     python = venv_python(HOST_VENV)
     requirements = [HOST_REQUIREMENTS, *([WINDOWS_HASHES] if ON_WINDOWS else [])]
     wanted = hashlib.sha256(b"".join(r.read_bytes() for r in requirements)
-                            + f"{sys.executable} {sys.version}".encode()).hexdigest()
+                            + f"{base_interpreter()} {sys.version}".encode()).hexdigest()
     stamp = HOST_VENV / ".winenv-host"
     if stamp_is_current(stamp, wanted) and python.exists():
+        return python
+    if running_in(HOST_VENV):
+        # The tool run by the venv's own python (a host test runs it): never remove the venv
+        # under the running interpreter; bring its packages up to date in place.
+        log(f"updating {HOST_VENV.relative_to(ROOT)}, which runs this tool")
+        pip("-r", str(HOST_REQUIREMENTS), python=python)
+        if ON_WINDOWS:
+            pip(*WINDOWS_HASHED, python=python)
+        stamp.write_text(wanted)
         return python
     log(f"making {HOST_VENV.relative_to(ROOT)} (Python {sys.version.split()[0]}) for the "
         "host's tools")
@@ -212,6 +221,18 @@ def ensure_host_venv() -> Path:
         (Path(purelib) / "winiocp-checkout.pth").write_text(str(ROOT) + "\n")
     stamp.write_text(wanted)
     return python
+
+
+def base_interpreter() -> str:
+    """The Python installation running this tool: the same whether it runs directly or from
+    a venv made by it (the host venv's python runs this tool in some host tests)."""
+    executable = (getattr(sys, "_base_executable", sys.executable)
+                  if sys.prefix != sys.base_prefix else sys.executable)
+    return str(Path(executable).resolve())
+
+
+def running_in(venv: Path) -> bool:
+    return Path(sys.prefix).resolve() == venv.resolve()
 
 
 def make_venv(folder: Path) -> bool:

@@ -185,3 +185,29 @@ def test_the_windows_wheels_hashes_match_their_pins() -> None:
         hashed[name], digests[name] = version, 0
     assert hashed == lock_windows.pins(winenv.WINDOWS_REQUIREMENTS)
     assert all(digests.values()), digests
+
+
+def test_the_venv_running_the_tool_is_updated_in_place_never_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host test runs ``winenv.py run`` with the host venv's own python (so with another
+    sys.executable than the tool's first run): the venv under the running pytest stays."""
+    ran: list[list[str]] = []
+
+    def run(argv: list[str], *args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append([str(a) for a in argv])
+        return subprocess.CompletedProcess(argv, 0)
+
+    venv = tmp_path / "host-venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    (venv / ".winenv-host").write_text("made by another interpreter")
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(winenv, "ON_WINDOWS", False)
+    monkeypatch.setattr(winenv, "HOST_VENV", venv)
+    monkeypatch.setattr(winenv, "ROOT", tmp_path)
+    monkeypatch.setattr(sys, "prefix", str(venv))
+
+    assert winenv.host_python() == venv / "bin" / "python"
+    assert (venv / "bin" / "python").exists()
+    assert not [argv for argv in ran if "venv" in argv]
+    assert [argv[1:4] for argv in ran] == [["-m", "pip", "install"]]
