@@ -697,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         options.pytest_args = strip_separator(options.pytest_args)
         return command_test(options)
     if options.command == "demo":
-        return run_windows(options.python, ["python", "-m", "winiocp", "demo", *options.argv])
+        return run_windows(options.python, ["python", "-m", "winiocp", "demo",
+                                            *strip_separator(options.argv)])
     if options.command == "docs":
         return command_docs(options.python)
     if options.command == "asyncio-suite":
