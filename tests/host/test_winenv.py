@@ -216,8 +216,12 @@ def test_the_venv_running_the_tool_is_updated_in_place_never_removed(
 def test_demo_passes_what_follows_the_separator_to_the_demo(
         commands: list[list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
     relayed: list[list[str]] = []
-    monkeypatch.setattr(winenv, "relay_under_wine",
-                        lambda argv, env, timeout: relayed.append(argv) or 0)
+
+    def relay(argv: list[str], env: dict[str, str], timeout: float | None) -> int:
+        relayed.append(argv)
+        return 0
+
+    monkeypatch.setattr(winenv, "relay_under_wine", relay)
     assert winenv.main(["demo", "--", "--clients", "2"]) == 0
     (argv,) = relayed
     assert argv[-5:] == ["-m", "winiocp", "demo", "--clients", "2"]
