@@ -66,7 +66,10 @@ def serve(kind: str, host: str, port: int, workers: int, duration: float | None)
 
 
 def reason(exc: OSError) -> str:
-    """An ``OSError``'s message without the arguments it repeats (errno, the call)."""
+    """An ``OSError``'s message without what the CLI's line says already: winiocp's errors
+    read ``<call> on <socket>: <Windows' text> [<WinError name>]``, and only the end is kept."""
+    if exc.strerror and isinstance(getattr(exc, "winerror", None), int):
+        return exc.strerror.rpartition(": ")[2]
     return exc.strerror or str(exc)
 
 
