@@ -1,6 +1,6 @@
 """Run every winiocp benchmark in one go and write the report.
 
-    python3 bench/run.py [--quick] [--only echo,aio,wine,python,drain,churn,memory]
+    python3 bench/run.py [--quick] [--only echo,aio,wine,readiness,python,drain,churn,memory]
 
 On the Linux host: provisions Wine, the Windows CPython and the bench-only wheels (pywin32,
 winloop; through tools/winenv.py),
@@ -17,6 +17,12 @@ side by side on this machine under the same Wine and the same load generator:
    calls per echoed message over a stubbed kernel (bench/micro/aio_cost.py);
 1c. (``wine``) the wineserver requests each loop makes per echoed message, per connection of
    churn and per MiB of bulk (bench/wine_requests.py): what the work costs under Wine;
+1d. (``readiness``) ``winiocp.selectors.AfdSelector`` vs the stdlib's ``SelectSelector``
+   (select(0) with N registered and K ready, and a one-socket round trip), and an
+   ``add_reader`` ping-pong on ``winiocp.aio.EventLoop`` vs tornado's
+   ``AddThreadSelectorEventLoop`` around the stock ProactorEventLoop vs
+   ``winiocp.aio.SelectorEventLoop`` vs the stock SelectorEventLoop
+   (bench/micro/readiness.py);
 2. winiocp's own Python cost per completion and per submission (system calls stubbed), and
    Post+GQCS drain rates (winiocp, raw cffi, ``_overlapped``, pywin32, C);
 3. connection churn with and without TIME_WAIT avoidance, and the TIME_WAIT left behind;
@@ -52,7 +58,7 @@ if str(ROOT) not in sys.path:
 from bench import harness, report, wine_requests  # noqa: E402
 from bench.harness import WindowsProcess, exe_command, log, python_command  # noqa: E402
 
-SECTIONS = ("echo", "aio", "wine", "python", "drain", "churn", "memory")
+SECTIONS = ("echo", "aio", "wine", "readiness", "python", "drain", "churn", "memory")
 
 
 @dataclass(frozen=True)
@@ -529,6 +535,48 @@ def profile_aio_server(settings: Settings, loop: str) -> tuple[str, dict[str, An
     start, end = text.find("PROFILE-BEGIN"), text.find("PROFILE-END")
     summary = text[start + len("PROFILE-BEGIN"):end].strip() if start >= 0 else text[-4000:]
     return summary, load
+
+
+# -- 1d. readiness: AfdSelector and add_reader -----------------------------------------------
+
+def bench_readiness(settings: Settings) -> dict[str, Any]:
+    """``bench/micro/readiness.py``'s two parts, one Windows process each (the variants
+    alternate inside them, round by round): the selectors, then the loops' add_reader
+    ping-pong. A part that fails is reported, the other is kept."""
+    results: dict[str, Any] = {"skipped": {}}
+    for part in ("selectors", "loops"):
+        args = ["-m", "bench.micro.readiness", "--part", part] + (
+            ["--quick"] if settings.quick else [])
+        try:
+            results[part] = harness.run_json(python_command(*args), f"readiness {part}",
+                                             timeout=300)
+        except (RuntimeError, TimeoutError) as error:
+            results["skipped"][part] = _last_lines(error)
+            log(f"readiness {part}: not measured: {results['skipped'][part]}")
+            continue
+        if part == "selectors":
+            for cell, by_variant in results[part]["select"].items():
+                log(f"readiness select(0) N/K {cell:8} " + ", ".join(
+                    f"{name} {value['us_per_call']:8.1f} us" for name, value in
+                    by_variant.items()))
+            for count, by_variant in results[part]["round_trip"].items():
+                log(f"readiness round trip N {count:5} " + ", ".join(
+                    f"{name} {value['us_per_trip']:8.1f} us" for name, value in
+                    by_variant.items()))
+        else:
+            for pairs, by_loop in results[part]["cells"].items():
+                log(f"readiness add_reader ping-pong {pairs:>2} pair(s): " + ", ".join(
+                    f"{name} {value['hops_per_s']:,.0f}/s" for name, value in by_loop.items()))
+    results["note"] = (
+        "One Windows process per part (`bench/micro/readiness.py`), over "
+        "`socket.socketpair()` pairs; the variants of each cell are timed in turns, the order "
+        "alternating from round to round, so other load on the machine (shared with other "
+        "engineers' Wine runs) hits them alike; each cell is the median of its rounds. Under "
+        "Wine each AFD poll is a wineserver round trip (issued, then completed by wineserver "
+        "onto the port), while `select()` is one request for the whole set: small-N figures "
+        "favour `select()` here. On Windows the cost model differs (an AFD poll is one "
+        "kernel call into afd.sys; `select()` polls every socket in the set on every call).")
+    return results
 
 
 # -- 2. Python cost and drain rates -----------------------------------------------------------
@@ -1097,8 +1145,8 @@ def main(argv: list[str] | None = None) -> int:
     previous_path = harness.RESULTS / "results.json"
     if options.merge and previous_path.exists():
         previous = json.loads(previous_path.read_text())
-        keys = {"echo": "echo", "aio": "aio", "wine": "wine_requests", "python": "python_cost",
-                "drain": "drain",
+        keys = {"echo": "echo", "aio": "aio", "wine": "wine_requests", "readiness": "readiness",
+                "python": "python_cost", "drain": "drain",
                 "churn": "churn", "memory": "memory"}
         for section, key in keys.items():
             if section not in sections and key in previous:
@@ -1137,6 +1185,9 @@ def main(argv: list[str] | None = None) -> int:
         results["aio"]["cost"] = bench_aio_cost(settings)
     if "wine" in sections:
         results["wine_requests"] = bench_aio_wine_requests(settings)  # counts, not timings
+    if "readiness" in sections:
+        before("readiness")
+        results["readiness"] = bench_readiness(settings)
     if "python" in sections:
         before("python")
         results["python_cost"] = bench_python_cost(settings)
