@@ -857,9 +857,9 @@ def _readiness_markdown(readiness: dict[str, Any]) -> list[str]:
         out("")
         out("Microseconds per trip with N registered (the peer sends one byte, `select(1.0)` "
             "until the socket is reported, one `recv`; the socket changes every trip); median of "
-            "the rounds. Others: sockets reported in the trips that were not the one just "
-            "made ready (a report of a poll still in flight from an earlier call: nothing to "
-            "read in them).")
+            "the rounds. Each selector watches sockets of its own, so one variant's trips never "
+            "touch the sockets the other watches. Others: sockets reported in the trips that "
+            "were not the one just made ready (a check: 0 means no stale report).")
         out("")
         out("| N registered | AfdSelector us/trip | SelectSelector us/trip | "
             "SelectSelector / AfdSelector | others reported (Afd / Select) |")

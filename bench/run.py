@@ -571,11 +571,14 @@ def bench_readiness(settings: Settings) -> dict[str, Any]:
         "One Windows process per part (`bench/micro/readiness.py`), over "
         "`socket.socketpair()` pairs; the variants of each cell are timed in turns, the order "
         "alternating from round to round, so other load on the machine (shared with other "
-        "engineers' Wine runs) hits them alike; each cell is the median of its rounds. Under "
-        "Wine each AFD poll is a wineserver round trip (issued, then completed by wineserver "
-        "onto the port), while `select()` is one request for the whole set: small-N figures "
-        "favour `select()` here. On Windows the cost model differs (an AFD poll is one "
-        "kernel call into afd.sys; `select()` polls every socket in the set on every call).")
+        "engineers' Wine runs) hits them alike; each cell is the median of its rounds. "
+        "**Under Wine each AFD poll is a wineserver round trip** (AfdSelector re-issues one "
+        "per reported socket per call, and dequeues each completion with another), while "
+        "`select()` is one poll request over the whole set (Wine implements it with one "
+        "IOCTL_AFD_POLL), whose wineserver work grows with the set: small-N figures favour "
+        "`select()` here, and large-N figures show the per-socket scan. On Windows the cost "
+        "model differs: an AFD poll is a system call into afd.sys with no server process in "
+        "between, and `select()` has the kernel poll every socket of the set on every call.")
     return results
 
 

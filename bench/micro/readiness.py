@@ -11,9 +11,9 @@ sockets over with ``call_soon_threadsafe``). Everything here is in one process, 
 alternating from round to round) so that other load on the machine hits them alike, and
 each cell is the median of its rounds.
 
-``--part selectors``: N registered sockets (one end of N pairs), K of them ready (a byte
-sent by the peer and left unread: both selectors are level-triggered and report them on
-every call): microseconds per ``select(0)`` call. Then the round trip: one socket becomes
+``--part selectors``: N registered sockets (one end of N pairs; each selector its own N),
+K of them ready (a byte sent by the peer and left unread: both selectors are level-triggered
+and report them on every call): microseconds per ``select(0)`` call. Then the round trip: one socket becomes
 ready (its peer sends a byte), ``select()`` reports it, it is read; microseconds per trip.
 N = 2000 for ``AfdSelector`` alone (``SelectSelector`` refuses more than 512).
 
@@ -146,16 +146,20 @@ def bench_selectors(quick: bool) -> dict[str, Any]:
     cells: dict[str, dict[str, Any]] = {}
     trips: dict[str, dict[str, Any]] = {}
     for count in counts:
-        mine = pairs[:count]
         variants: dict[str, selectors.BaseSelector] = {"afd": AfdSelector()}
+        # Each selector watches sockets of its own (from either end of the pairs): a round
+        # trip of one must not make ready, then read, sockets the other is watching.
+        mine: dict[str, list[Pair]] = {"afd": pairs[:count]}
         if count <= SELECT_LIMIT:
             variants["select"] = selectors.SelectSelector()
-        for selector in variants.values():
-            for a, _ in mine:
+            mine["select"] = pairs[len(pairs) - count:]
+        for name, selector in variants.items():
+            for a, _ in mine[name]:
                 selector.register(a, selectors.EVENT_READ)
         try:
             for ready in readies:
-                chosen = [mine[i * count // ready] for i in range(ready)]
+                chosen = [pair for name in variants
+                          for pair in (mine[name][i * count // ready] for i in range(ready))]
                 for _, b in chosen:
                     b.send(b"x")
                 for selector in variants.values():
@@ -188,7 +192,7 @@ def bench_selectors(quick: bool) -> dict[str, Any]:
                 names = list(variants)
                 for name in names if repeat % 2 == 0 else names[::-1]:
                     per_trip, position[name], others = time_round_trip(
-                        variants[name], mine, batch, position[name])
+                        variants[name], mine[name], batch, position[name])
                     trip_samples[name].append(per_trip)
                     spurious[name] += others
             trips[str(count)] = {name: {"us_per_trip": statistics.median(values),
