@@ -39,6 +39,7 @@ import selectors
 import socket
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -138,8 +139,8 @@ def time_round_trip(selector: selectors.BaseSelector, pairs: list[Pair], seconds
 def bench_selectors(quick: bool) -> dict[str, Any]:
     counts = (10, 100, 500, 2000)
     readies = (1, 10)
-    rounds = 5 if quick else 9
-    batch = 0.03 if quick else 0.06
+    rounds = 5 if quick else 15
+    batch = 0.03 if quick else 0.04
     began = time.monotonic()
     pairs = make_pairs(max(counts))
     setup_s = time.monotonic() - began
@@ -262,19 +263,36 @@ def pingpong(loop: asyncio.AbstractEventLoop, pairs: int, warmup: float, seconds
         for a, b in sockets:
             loop.remove_reader(a)
             loop.remove_reader(b)
+        # Let the loop take the removals in before the sockets are closed: tornado's select()
+        # thread may still be waiting on them (a closed socket there can end that thread).
+        await asyncio.sleep(0.05)
 
     try:
         loop.run_until_complete(run())
     finally:
         close_pairs(sockets)
     (t0, h0), (t1, h1) = marks
+    if h1 == h0:
+        raise RuntimeError(f"no message moved in {t1 - t0:.1f} s"
+                           + (f" ({THREAD_ERRORS[-1]})" if THREAD_ERRORS else ""))
     return (h1 - h0) / (t1 - t0)
 
 
+#: Exceptions that ended a thread (tornado's select() thread), for the skip reason.
+THREAD_ERRORS: list[str] = []
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    THREAD_ERRORS.append(f"thread {args.thread.name if args.thread else '?'} died: "
+                         f"{args.exc_type.__name__}: {args.exc_value}")
+    print(THREAD_ERRORS[-1], file=sys.stderr, flush=True)
+
+
 def bench_loops(quick: bool) -> dict[str, Any]:
-    rounds = 3 if quick else 7
-    seconds = 0.5 if quick else 1.0
+    rounds = 3 if quick else 11
+    seconds = 0.5
     warmup = 0.1
+    threading.excepthook = _thread_died
     loops: dict[str, asyncio.AbstractEventLoop] = {}
     skipped: dict[str, str] = {}
     for name, factory in LOOPS.items():
