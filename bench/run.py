@@ -843,6 +843,7 @@ def findings(results: dict[str, Any]) -> list[str]:
             "with 2 workers (each completion tends to wake the other thread: a cross-thread "
             "hand-off per message; the C server shows the same effect). The CLI's default is 4.")
     found.extend(aio_findings(results))
+    found.extend(readiness_findings(results))
     cost = results.get("python_cost", {})
     turns = {key: cost[key] for key in ("echo_turn_us", "echo_turn_inline_us") if key in cost}
     if turns and max(turns.values()) > report.TARGET_ECHO_TURN_US \
@@ -857,6 +858,49 @@ def findings(results: dict[str, Any]) -> list[str]:
             f"{cost['echo_turn_us']:.2f} us of Python, i.e. a ceiling of "
             f"{cost['echo_ceiling_msgs_per_s']:,.0f} messages/s per core before any system "
             "call. See the profiles below for the split.")
+    return found
+
+
+def readiness_findings(results: dict[str, Any]) -> list[str]:
+    """Where AfdSelector overtakes select(), and add_reader on winiocp.aio against tornado's
+    select() thread (section 1d)."""
+    readiness = results.get("readiness", {})
+    found: list[str] = []
+    cells: dict[str, dict[str, Any]] = readiness.get("selectors", {}).get("select", {})
+    compared = [(int(cell.split("/")[0]), int(cell.split("/")[1]),
+                 float(by["select"]["us_per_call"]) / float(by["afd"]["us_per_call"]))
+                for cell, by in cells.items() if {"afd", "select"} <= by.keys()]
+    if compared:
+        faster = [f"N={n} K={k} {ratio:.1f}x" for n, k, ratio in compared if ratio > 1]
+        slower = [f"N={n} K={k} {1 / ratio:.1f}x" for n, k, ratio in compared if ratio <= 1]
+        found.append(
+            "**AfdSelector against select() under Wine** (`select(0)`, section 1d): "
+            + (f"AfdSelector faster at {', '.join(faster)}" if faster else "never faster")
+            + (f"; SelectSelector faster at {', '.join(slower)}" if slower else "")
+            + ". AfdSelector's call costs what is ready (one AFD poll re-issued per reported "
+            "socket, a wineserver round trip each here), select()'s what is registered (one "
+            "poll request over the whole set, the 512-socket cap): the crossover under Wine "
+            "says little about Windows, where neither call involves a server process.")
+    loops: dict[str, dict[str, Any]] = readiness.get("loops", {}).get("cells", {})
+    parts = []
+    for pairs, by_loop in loops.items():
+        ours, theirs = by_loop.get("winiocp"), by_loop.get("tornado")
+        if ours and theirs:
+            parts.append(f"{pairs} pair(s): {ours['hops_per_s']:,.0f} vs "
+                         f"{theirs['hops_per_s']:,.0f} messages/s "
+                         f"({ours['hops_per_s'] / theirs['hops_per_s']:.2f}x)")
+    if parts:
+        behind = any(by.get("winiocp", {}).get("hops_per_s", 0)
+                     < by.get("tornado", {}).get("hops_per_s", 0) for by in loops.values())
+        found.append(
+            "**add_reader on winiocp.aio.EventLoop against tornado's select() thread beside "
+            "the stock proactor loop** (ping-pong, section 1d): " + "; ".join(parts) + "."
+            + (" Where tornado leads, it is batching: its thread's one select() reports every "
+               "ready socket of the turn at once, while the loop's port re-issues one AFD poll "
+               "per socket it reported (a wineserver round trip each under Wine). With one pair "
+               "there is nothing to batch, and the thread's hand-off to the loop "
+               "(call_soon_threadsafe, then its waker) is what it pays on top."
+               if behind else ""))
     return found
 
 
