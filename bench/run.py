@@ -30,8 +30,8 @@ side by side on this machine under the same Wine and the same load generator:
    64 KiB buffer.
 
 Writes bench/results/results.json and results.md (and chart.png with matplotlib), and copies
-the markdown to bench/RESULTS.md. Full run: about 14 minutes on 2 cores (the aio section
-about 8 of them); --quick: about 3.
+the markdown to bench/RESULTS.md. Full run: about 16 minutes on 2 cores (the aio section
+about 8 of them, readiness 1.5); --quick: about 3.
 """
 
 from __future__ import annotations
