@@ -85,7 +85,7 @@ def provision() -> Path:
     stamp = target / ".bench-wheels"
     wanted = hashlib.sha256(BENCH_REQUIREMENTS.read_bytes()).hexdigest()
     if not (stamp.exists() and stamp.read_text() == wanted):
-        log("installing bench-only win_amd64 wheels (pywin32, winloop)")
+        log("installing bench-only win_amd64 wheels (pywin32, winloop, tornado)")
         interpreter_version = winenv.PYTHONS[PYTHON][1]
         winenv.pip("--target", str(target / "Lib" / "site-packages"), "--upgrade",
                    "--platform", "win_amd64", "--python-version", interpreter_version,

@@ -381,6 +381,9 @@ def markdown(results: dict[str, Any]) -> str:
     requests = results.get("wine_requests", {})
     if requests.get("cells") or requests.get("skipped"):
         lines.extend(_aio_wine_requests_markdown(requests))
+    readiness = results.get("readiness", {})
+    if readiness:
+        lines.extend(_readiness_markdown(readiness))
 
     # -- 2. Python cost ------------------------------------------------------------------------
     cost = results.get("python_cost", {})
@@ -794,6 +797,113 @@ def _aio_cost_markdown(cost: dict[str, Any]) -> list[str]:
             for loop in loops for cell in list(cells[loop].values())[:1]]
     out("FILE_SKIP_COMPLETION_PORT_ON_SUCCESS on the echo sockets: " + "; ".join(skip) + ".")
     out("")
+    return lines
+
+
+READINESS_SELECTORS = {"afd": "`AfdSelector`", "select": "`SelectSelector`"}
+READINESS_LOOPS = {
+    "winiocp": "`winiocp.aio.EventLoop` (add_reader on its port)",
+    "tornado": "tornado `AddThreadSelectorEventLoop` around the stock proactor loop",
+    "winiocp-selector": "`winiocp.aio.SelectorEventLoop` (AfdSelector)",
+    "selector": "stock `asyncio.SelectorEventLoop` (select)",
+}
+
+
+def _runs_range(cell: dict[str, Any], key: str, digits: int) -> str:
+    values = [float(v) for v in cell.get(key, [])]
+    if len(values) > 1:
+        return f" ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+    return ""
+
+
+def _readiness_markdown(readiness: dict[str, Any]) -> list[str]:
+    """Section 1d: AfdSelector vs SelectSelector, and add_reader on each loop."""
+    lines = ["## 1d. Readiness (`readiness`): AfdSelector and add_reader", "",
+             readiness.get("note", ""), ""]
+    out = lines.append
+    for part, reason in readiness.get("skipped", {}).items():
+        out(f"- **{part} not measured**: {reason}")
+    if readiness.get("skipped"):
+        out("")
+    selectors = readiness.get("selectors", {})
+    if selectors.get("select"):
+        out("### `select(0)` with N sockets registered, K of them ready")
+        out("")
+        out("Microseconds per call that reports the K ready sockets (a byte left unread in "
+            "each: level-triggered, both selectors report them on every call); median of "
+            f"{selectors.get('rounds', '?')} rounds of {selectors.get('batch_s', 0) * 1000:g} ms "
+            "per variant (the rounds' range in brackets). Calls that reported fewer than K: "
+            "counted beside. `SelectSelector` refuses more than 512 sockets, hence no N = 2000.")
+        out("")
+        out("| N registered | K ready | AfdSelector us/call | SelectSelector us/call | "
+            "SelectSelector / AfdSelector |")
+        out("|---:|---:|---:|---:|---:|")
+        for cell, by_variant in selectors["select"].items():
+            count, ready = cell.split("/")
+            row = []
+            for name in ("afd", "select"):
+                value = by_variant.get(name)
+                row.append("-" if not value else f"{value['us_per_call']:,.1f}"
+                           + _runs_range(value, "runs_us", 0)
+                           + (f", {value['short_calls']} short" if value.get("short_calls")
+                              else ""))
+            afd, select = by_variant.get("afd"), by_variant.get("select")
+            ratio = (f"{_ratio(select['us_per_call'], afd['us_per_call']):.2f}x"
+                     if afd and select else "-")
+            out(f"| {count} | {ready} | " + " | ".join(row) + f" | {ratio} |")
+        out("")
+    if selectors.get("round_trip"):
+        out("### Round trip: one socket becomes ready, `select()` reports it, it is read")
+        out("")
+        out("Microseconds per trip with N registered (the peer sends one byte, `select(1.0)` "
+            "until the socket is reported, one `recv`; the socket changes every trip); median of "
+            "the rounds. Each selector watches sockets of its own, so one variant's trips never "
+            "touch the sockets the other watches. Others: sockets reported in the trips that "
+            "were not the one just made ready (a check: 0 means no stale report).")
+        out("")
+        out("| N registered | AfdSelector us/trip | SelectSelector us/trip | "
+            "SelectSelector / AfdSelector | others reported (Afd / Select) |")
+        out("|---:|---:|---:|---:|---:|")
+        for count, by_variant in selectors["round_trip"].items():
+            afd, select = by_variant.get("afd"), by_variant.get("select")
+            row = ["-" if not value else f"{value['us_per_trip']:,.1f}"
+                   + _runs_range(value, "runs_us", 0) for value in (afd, select)]
+            ratio = (f"{_ratio(select['us_per_trip'], afd['us_per_trip']):.2f}x"
+                     if afd and select else "-")
+            others = " / ".join("-" if not value else str(value.get("other_sockets_reported", 0))
+                                for value in (afd, select))
+            out(f"| {count} | " + " | ".join(row) + f" | {ratio} | {others} |")
+        out("")
+    loops = readiness.get("loops", {})
+    if loops.get("cells") or loops.get("skipped"):
+        out("### `add_reader` ping-pong: messages/s")
+        out("")
+        out("Socket pairs, both ends watched with `add_reader`; the callback reads the 64-byte "
+            "message and writes it back, so each pair always has one message in flight. "
+            "Messages (callbacks that read and answered) per second over "
+            f"{loops.get('seconds', '?')} s after {loops.get('warmup', '?')} s of warm-up; "
+            f"median of {loops.get('rounds', '?')} rounds, the loops in turns (the rounds' range "
+            "in brackets). The ratio is to tornado's `AddThreadSelectorEventLoop` (a "
+            "`select()` thread beside the stock ProactorEventLoop, which has no add_reader): "
+            "the stock way a proactor-loop user gets readiness today.")
+        out("")
+        for name, reason in loops.get("skipped", {}).items():
+            out(f"- **{READINESS_LOOPS.get(name, name)} not measured**: {reason}")
+        if loops.get("skipped"):
+            out("")
+        out("| pairs | loop | messages/s | vs tornado's thread |")
+        out("|---:|---|---:|---:|")
+        for pairs, by_loop in loops.get("cells", {}).items():
+            base = by_loop.get("tornado")
+            for name, title in READINESS_LOOPS.items():
+                cell = by_loop.get(name)
+                if not cell:
+                    continue
+                ratio = (f"{_ratio(cell['hops_per_s'], base['hops_per_s']):.2f}x"
+                         if base else "-")
+                out(f"| {pairs} | {title} | {_fmt_rate(cell['hops_per_s'])}"
+                    f"{_runs_range(cell, 'runs', 0)} | {ratio} |")
+        out("")
     return lines
 
 
