@@ -47,6 +47,10 @@ MARKER = "SDK_PROBE_JSON "
 SDK_ABSENT: dict[str, str] = {
     "ERROR_HANDLES_CLOSED": "MinGW-w64's winerror.h lacks it; Microsoft's winerror.h has "
                             "`#define ERROR_HANDLES_CLOSED 676L`",
+    "struct _AFD_POLL_HANDLE_INFO": "the AFD driver's poll request is in no SDK header "
+                                    "(cdefs/50_afd.h says where its layout comes from)",
+    "struct _AFD_POLL_INFO": "the AFD driver's poll request is in no SDK header "
+                             "(cdefs/50_afd.h says where its layout comes from)",
     "AFD_POLL_HANDLE_INFO": "the AFD driver's poll request is in no SDK header (cdefs/50_afd.h "
                             "says where its layout comes from; test_afd.py checks it)",
     "AFD_POLL_INFO": "the AFD driver's poll request is in no SDK header (cdefs/50_afd.h says "

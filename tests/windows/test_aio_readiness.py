@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -285,3 +286,34 @@ def test_run_takes_the_selector_loop_by_name() -> None:
     with pytest.raises(ValueError):
         winiocp.aio.run(coroutine, loop="threads")  # type: ignore[arg-type]
     coroutine.close()
+
+
+@pytest.mark.parametrize("factory", [
+    pytest.param(asyncio.SelectorEventLoop, id="stock", marks=pytest.mark.xfail(
+        strict=True, raises=(NotImplementedError, OSError),
+        reason="the stock selector loop cannot run subprocesses on Windows (its select() is "
+               "handed the child's pipes, which are no sockets: WSAENOTSOCK)")),
+    pytest.param(winiocp.aio.new_selector_event_loop, id="winiocp"),
+])
+def test_the_selector_loop_runs_subprocesses_beside_its_readers(
+        factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """The selector loop's proactor side (same port) serves the child's pipes and its exit,
+    while a reader on a socket is served by the selector side."""
+    async def main() -> tuple[bytes, int, bytes]:
+        loop = asyncio.get_running_loop()
+        a, b = nonblocking_pair()
+        try:
+            got = loop.create_future()
+            loop.add_reader(a, lambda: settle(got, a.recv(100)))
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            b.send(b"socket")
+            out, _ = await child.communicate(b"pipe " * 20000)
+            loop.remove_reader(a)
+            return out, child.returncode or 0, await got
+        finally:
+            a.close()
+            b.close()
+
+    assert run(factory, main) == (b"PIPE " * 20000, 0, b"socket")
