@@ -5,7 +5,7 @@
     python -m winiocp raw-echo
 
 ``raw-echo`` runs ``examples/raw_echo.py`` of a source checkout; it is loaded by path because
-``examples/`` is not part of the package.
+``examples/`` is not part of the package, and an installed package does not offer it.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                               help="worker threads on the completion port")
     serve_parser.add_argument("--duration", type=seconds, default=None,
                               help="seconds to serve (None: until Ctrl-C)")
-    commands.add_parser("raw-echo", help="echo one message with the raw API only")
+    if EXAMPLE.is_file():  # a source checkout: examples/ is not part of an installed package
+        commands.add_parser("raw-echo", help="echo one message with the raw API only "
+                            "(runs examples/raw_echo.py of this source checkout)")
     options = parser.parse_args(argv)
     if options.command == "demo":
         from .demo import run

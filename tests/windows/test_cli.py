@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from helpers_servers import (
     HTTP_BODY,
     WAIT_S,
@@ -226,3 +227,24 @@ def test_serve_help_shows_every_default() -> None:
     text = " ".join(result.stdout.split())  # argparse wraps the help text
     for default in ("127.0.0.1", "(default: 0)", "(default: 4)", "(default: None)"):
         assert default in text, result.stdout
+
+
+def test_an_installed_package_does_not_offer_the_source_checkouts_example(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """From an installed package (no examples/ beside it), ``raw-echo`` is not listed, and
+    asking for it is a one-line usage error, not "the example was not found"."""
+    import winiocp.__main__ as cli
+
+    assert "raw-echo" in _help(cli, capsys)  # this checkout has examples/
+    monkeypatch.setattr(cli, "EXAMPLE", cli.EXAMPLE.with_name("not_installed.py"))
+    assert "raw-echo" not in _help(cli, capsys)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["raw-echo"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'raw-echo'" in capsys.readouterr().err
+
+
+def _help(cli: object, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        getattr(cli, "main")(["--help"])
+    return capsys.readouterr().out
