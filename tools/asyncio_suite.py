@@ -667,6 +667,33 @@ def table(runs: list[Run]) -> str:
                      for row in rows)
 
 
+#: The results table the documentation includes (docs/aio.md), written by a complete run.
+DOCS_TABLE = ROOT / "docs" / "asyncio-suite-results.md"
+
+
+def docs_table(runs: list[Run], day: str) -> str:
+    """The runs as the Markdown table the documentation includes: made by the tool from its
+    own results, never by hand."""
+    lines = [f"Measured {day} by `python3 tools/winenv.py asyncio-suite` (a 2-core machine, "
+             "under Wine); this table is written by that run.", "",
+             "| version | mode | ran | passed | failed | errors | skipped | hangs "
+             "| tests whose I/O our proactor served |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in runs:
+        served = run.io_tests.get("ours", 0)
+        if run.mode == "stock":
+            served_text = f"0 ({run.io_tests.get('stock', 0)} on the stock one)"
+        elif run.mode == "selector":
+            served_text = "- (readiness only)"
+        else:
+            served_text = str(served)
+        lines.append(f"| {run.version} | {run.mode} | {len(run.outcomes)} "
+                     f"| {run.count('pass', 'xfail')} | {run.count('fail', 'xpass')} "
+                     f"| {run.count('error')} | {run.count('skip')} | {run.count('hang')} "
+                     f"| {served_text} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(runs: list[Run], expectations: list[Expectation]) -> tuple[str, list[Comparison]]:
     lines = [table(runs), ""]
     comparisons = []
@@ -779,6 +806,12 @@ def command(versions: list[str], modes: list[str], timeout: float = TEST_TIMEOUT
     text, comparisons = report(runs, expectations)
     print(text, flush=True)
     write_failures_report(expectations)
+    # The documentation's table, once the latest run of every version and mode is complete
+    # (CI runs one version per call: the last call writes it).
+    latest = [load_run(v, m) for v in DEFAULT_VERSIONS for m in MODES]
+    if rerun and all(run.complete for run in latest):
+        DOCS_TABLE.write_text(docs_table(latest, time.strftime("%Y-%m-%d")), encoding="utf-8")
+        log(f"wrote {DOCS_TABLE.relative_to(ROOT)}")
     # A test that fails with ours in the loaded suite but passes when run again on its own is
     # reported as a load flake, not counted: stock's run of it happened at another moment.
     for comparison in comparisons:

@@ -85,3 +85,14 @@ def test_a_regression_that_passes_again_alone_is_a_flake_not_a_failure() -> None
     assert comparison.real_regressions() == ["t.c"]
     comparison.recheck = {}
     assert comparison.real_regressions() == ["t.a", "t.c"]  # not run again: counted
+
+
+def test_the_documentations_table_is_made_from_the_runs() -> None:
+    runs = [Run("3.13", "stock", outcomes={"t.a": "pass", "t.b": "fail", "t.c": "skip"},
+                io_tests={"stock": 2}),
+            Run("3.13", "loop", outcomes={"t.a": "pass", "t.b": "pass", "t.c": "skip"},
+                io_tests={"ours": 2})]
+    table = asyncio_suite.docs_table(runs, "2026-12-07").splitlines()
+    assert "2026-12-07" in table[0]
+    assert table[-2:] == ["| 3.13 | stock | 3 | 1 | 1 | 0 | 1 | 0 | 0 (2 on the stock one) |",
+                          "| 3.13 | loop | 3 | 2 | 0 | 0 | 1 | 0 | 2 |"]
