@@ -6,13 +6,14 @@ websockets, lifespan, graceful shutdown), a ``websockets`` echo (10,000 messages
 (TCP echo, ``run_process`` and a dialog with a child process, threads calling back), and
 asyncio's own TLS server with a self-signed certificate (``tests/windows/data``).
 
-Every test runs the same scenario on the stock ``asyncio.ProactorEventLoop`` and on
-``winiocp.aio.new_event_loop``, so a failure says whether it is ours. Each checks the bytes
+Every test runs the same scenario on the stock ``asyncio.ProactorEventLoop``, on
+``winiocp.aio.new_event_loop`` and on ``winiocp.aio.new_selector_event_loop``, so a failure
+says whether it is ours. Each checks the bytes
 (or messages) exactly, by hash, that every connection closes cleanly, and that nothing
 reached the loop's exception handler, a logger (WARNING and above), ``sys.unraisablehook``
 or the warnings machinery, and that no task was left behind.
 
-The whole file takes 30 to 50 s per Python under Wine on two shared cores.
+The whole file takes 45 to 75 s per Python under Wine on two shared cores.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ WAIT = 120.0
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "stock": asyncio.ProactorEventLoop,
     "winiocp": winiocp.aio.new_event_loop,
+    "selector": winiocp.aio.new_selector_event_loop,
 }
 DATA = Path(__file__).resolve().parent / "data"
 #: A self-signed certificate (valid until 2126) for localhost, 127.0.0.1 and ::1, and its key.
