@@ -90,8 +90,7 @@ class EventLoop(asyncio.ProactorEventLoop):
         return self._readers.remove(1, fd)
 
     def _process_events(self, event_list: object) -> None:
-        proactor = self.proactor
-        polls = proactor._polls if proactor is not None else None  # pyright: ignore[reportPrivateUsage]
+        polls = self._readers.polls  # (once per loop turn: two attribute loads when unused)
         if polls is not None and polls.ready:
             self._readers.schedule_ready(polls, self._add_callback)  # type: ignore[attr-defined]
 

@@ -30,8 +30,16 @@ class Readers:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, polls: Callable[[], PollSet]) -> None:
         self._loop = loop
-        self._polls = polls  # the proactor's, made on first use
+        self._make_polls = polls  # the proactor's, made on first use
+        #: The proactor's ``PollSet`` once a reader or writer was added (None before).
+        self.polls: PollSet | None = None
         self._watches: dict[int, Watch] = {}
+
+    def _polls(self) -> PollSet:
+        polls = self.polls
+        if polls is None:
+            polls = self.polls = self._make_polls()
+        return polls
 
     def add(self, which: int, fd: FileDescriptorLike, callback: Callable[..., object],
             args: tuple[object, ...]) -> None:
