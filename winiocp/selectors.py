@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 _CLOSE_WAIT_SECONDS = 5.0
 
 
+def _check_events(events: int) -> None:
+    if not isinstance(events, int) or not events or events & ~(EVENT_READ | EVENT_WRITE):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"Invalid events: {events!r}")
+
+
 class _KeyMap(Mapping["FileDescriptorLike", selectors.SelectorKey]):
     """``get_map()``: file object (or descriptor) -> key, as selectors' own mapping does."""
 
@@ -119,8 +124,7 @@ class AfdSelector(selectors.BaseSelector):
         (EVENT_READ | EVENT_WRITE). Raises ``ValueError`` for bad events or file object,
         ``KeyError`` if it is already registered, ``OSError`` if it is not a socket."""
         self._check_open()
-        if not isinstance(events, int) or not events or events & ~(EVENT_READ | EVENT_WRITE):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise ValueError(f"Invalid events: {events!r}")
+        _check_events(events)
         fd = fileno_of(fileobj)
         if fd in self._keys:
             raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
@@ -149,8 +153,7 @@ class AfdSelector(selectors.BaseSelector):
             key, watch = self._keys[fd]
         except KeyError:
             raise KeyError(f"{fileobj!r} is not registered") from None
-        if not isinstance(events, int) or not events or events & ~(EVENT_READ | EVENT_WRITE):  # pyright: ignore[reportUnnecessaryIsInstance]
-            raise ValueError(f"Invalid events: {events!r}")
+        _check_events(events)
         if events == key.events and data is key.data:
             return key
         key = key._replace(events=events, data=data)

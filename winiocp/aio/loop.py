@@ -26,7 +26,7 @@ from .datagram import DatagramTransport
 from .proactor import HasFileno, IocpProactor
 from ..operations import RecvOperation
 from ..sockets import Socket
-from .readers import Readers
+from .readers import READER, WRITER, Readers
 from .selector_loop import new_selector_event_loop
 from .serving import ACCEPTS_PER_LISTENER, Listener
 from .transports import READ_BYTES, OrderlyClose, SocketTransport
@@ -66,28 +66,20 @@ class EventLoop(asyncio.ProactorEventLoop):
     def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., object],
                    *args: object) -> None:
         """Call ``callback(*args)`` each loop turn while socket ``fd`` is readable."""
-        if self.is_closed():
-            raise RuntimeError("Event loop is closed")
-        self._readers.add(0, fd, callback, args)
+        self._readers.add(READER, fd, callback, args)
 
     def remove_reader(self, fd: FileDescriptorLike) -> bool:
         """Stop watching ``fd`` for reading; whether it was watched."""
-        if self.is_closed():
-            return False
-        return self._readers.remove(0, fd)
+        return self._readers.remove(READER, fd)
 
     def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., object],
                    *args: object) -> None:
         """Call ``callback(*args)`` each loop turn while socket ``fd`` is writable."""
-        if self.is_closed():
-            raise RuntimeError("Event loop is closed")
-        self._readers.add(1, fd, callback, args)
+        self._readers.add(WRITER, fd, callback, args)
 
     def remove_writer(self, fd: FileDescriptorLike) -> bool:
         """Stop watching ``fd`` for writing; whether it was watched."""
-        if self.is_closed():
-            return False
-        return self._readers.remove(1, fd)
+        return self._readers.remove(WRITER, fd)
 
     def _process_events(self, event_list: object) -> None:
         polls = self._readers.polls  # (once per loop turn: two attribute loads when unused)

@@ -22,7 +22,8 @@ from ..readiness import EVENT_READ, EVENT_WRITE, PollSet, Watch, fileno_of, stil
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
-_READER, _WRITER = 0, 1
+#: Which of a socket's two callbacks ``Readers.add``/``remove`` mean.
+READER, WRITER = 0, 1
 
 
 class Readers:
@@ -43,6 +44,10 @@ class Readers:
 
     def add(self, which: int, fd: FileDescriptorLike, callback: Callable[..., object],
             args: tuple[object, ...]) -> None:
+        """Call ``callback(*args)`` each turn while ``fd`` is ready for ``which`` (READER or
+        WRITER), replacing the one it had. ``RuntimeError`` once the loop is closed."""
+        if self._loop.is_closed():
+            raise RuntimeError("Event loop is closed")
         fileno = fileno_of(fd)
         handle = asyncio.Handle(callback, args, self._loop, None)
         watch = self._watches.get(fileno)
@@ -60,6 +65,10 @@ class Readers:
         self._polls().modify(watch, watch.interest | _EVENT[which])
 
     def remove(self, which: int, fd: FileDescriptorLike) -> bool:
+        """Stop calling ``fd``'s ``which`` callback; whether it had one (False once the loop
+        is closed)."""
+        if self._loop.is_closed():
+            return False
         try:
             fileno = fileno_of(fd)
         except ValueError:
@@ -90,7 +99,7 @@ class Readers:
             if watch.removed:
                 continue
             callbacks = _callbacks(watch)
-            for which in (_READER, _WRITER):
+            for which in (READER, WRITER):
                 handle = callbacks[which]
                 if handle is not None and events & _EVENT[which] and not handle.cancelled():
                     schedule(handle)
