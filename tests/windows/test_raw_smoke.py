@@ -550,11 +550,3 @@ def test_raw_echo_example_returns_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_raw_echo_runs_the_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["raw-echo"]) == 0
     assert "through a completion port" in capsys.readouterr().out
-
-
-def test_cli_raw_echo_without_the_example_exits_2(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr("winiocp.__main__.EXAMPLE", tmp_path / "raw_echo.py")
-    assert cli_main(["raw-echo"]) == 2
-    assert "not found" in capsys.readouterr().err
