@@ -9,18 +9,20 @@ send handlers as their context: the proactor routes a completion straight to its
 which calls the protocol at once (in the context the transport was made in), with no future
 and no ``call_soon`` in between.
 
-* Receiving: one zero-byte receive pending at a time (re-armed after each completion),
-  which completes when data (or the FIN) is there without taking any and pins no buffer:
-  an idle connection holds a few KiB of objects, not a receive buffer (the stock loop pins
-  64 KiB per connection). Then the transport reads what is there with non-blocking reads,
-  as libuv reads: a ``BufferedProtocol`` straight into ``get_buffer()`` (zero copies), each
-  read followed at once by ``buffer_updated``; a plain ``Protocol`` into the loop's one read
-  buffer (``EventLoop.read_buffer``), from which ``data_received`` gets a copy. Reads go on
-  while they fill their buffer (a bulk transfer), at most ``MAX_READS`` per wake-up. So no
-  protocol's buffer is lent to the kernel between callbacks: asyncio promises nothing about
-  a buffer once ``buffer_updated`` returned, and a protocol may move, resize or reuse it
-  (asyncio's own loops call ``get_buffer`` right before the read). While reading is paused
-  no receive is issued; one already completed is held and read on ``resume_reading``.
+* Receiving: one receive pending at a time, into the transport's own small buffer
+  (``RECEIVE_BYTES``, 4 KiB), re-armed as it is after each completion: one system call per
+  message, and an idle connection pins 4 KiB (the stock loop pins 64 KiB). The data is
+  copied out and the next receive posted before the protocol runs (as the stock transport
+  does); a ``BufferedProtocol`` is fed the copy through ``get_buffer``/``buffer_updated``.
+  A receive that filled the buffer means more may be waiting (a bulk transfer): the
+  transport then reads with non-blocking reads, as libuv reads, a ``BufferedProtocol``
+  straight into ``get_buffer()`` (zero copies, each read followed at once by
+  ``buffer_updated``), a plain ``Protocol`` into the loop's one 256 KiB read buffer
+  (``EventLoop.read_buffer``), while they fill their buffer, at most ``MAX_READS`` per
+  wake-up. No protocol's buffer is ever lent to the kernel between callbacks: asyncio
+  promises nothing about a buffer once ``buffer_updated`` returned, and a protocol may move,
+  resize or reuse it. While reading is paused no receive is issued; one already completed
+  is held and delivered on ``resume_reading``.
 * Writing: ``write()`` sends at once when nothing is in flight; what is written meanwhile is
   queued and goes out as one WSASend gathering all of it when the send in flight completes.
   Large writes are queued as they are (bytes are not copied; other buffers are, once); small
@@ -47,8 +49,9 @@ exactly when the stock transport calls it), then closes the socket the orderly w
 (``OrderlyClose``): ``shutdown(SD_SEND)`` (Windows sends what is queued, then a FIN), read and
 discard until the peer's FIN, then ``closesocket``, bounded by a deadline
 (``EventLoop.close_timeout``, 5 s) after which the socket is closed anyway, with a warning.
-The drain reads as the transport did (its zero-byte receive, then non-blocking reads into the
-loop's read buffer), so a closing connection holds no buffer either. The loop finishes these
+The drain takes over the transport's receive (pending, or completed and held), then waits with
+zero-byte receives and reads with non-blocking reads into the loop's read buffer, so a
+closing connection holds no buffer of its own. The loop finishes these
 closes before it closes itself (``EventLoop.close``), however the program ends it.
 ``abort()`` and fatal errors still close at once. So does a transport that read the peer's
 FIN already: nothing can arrive after it to be left unread, so ``closesocket`` cannot reset,
@@ -80,6 +83,12 @@ log: logging.Logger = logging.getLogger("winiocp.aio")
 #: Protocol's data (or of a closing connection's drain) takes. Every read costs the same
 #: system call whatever it brings, so a bulk transfer moves in few of them.
 READ_BYTES = 262144
+#: The size of a transport's own receive buffer, pinned while its receive is pending: small,
+#: so that an idle connection holds little (the stock loop pins 64 KiB per connection), and
+#: large enough for a typical request or message in one receive. A receive that fills it is
+#: followed by non-blocking reads into ``EventLoop.read_buffer`` (or a BufferedProtocol's
+#: buffer), so bulk transfers still move in large reads.
+RECEIVE_BYTES = 4096
 #: The most chunks one WSASend gathers (the rest wait for the next one).
 MAX_GATHER = 64
 #: The most reads per completed zero-byte receive, while they fill their buffer (then the
@@ -141,12 +150,15 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         #: turn wait for its end (``_flush``) to leave together.
         self._sent_in_turn = -1
         self._flush_due = False
-        #: The zero-byte receive, re-armed for each wait for data.
+        #: The receive, re-armed on the same buffer for each wait for data.
         self._receive: RecvOperation | None = None
         self._receiving = False
-        #: The zero-byte receive completed while reading was paused (or after ``close()``):
-        #: data, the FIN or an error is waiting to be read.
-        self._held = False
+        self._receive_buffer = bytearray(RECEIVE_BYTES)
+        self._receive_list = [self._receive_buffer]
+        self._receive_view = memoryview(self._receive_buffer)
+        #: The receive's completion while reading was paused (or after ``close()``): its data
+        #: (or the FIN) is in the receive buffer, not yet delivered.
+        self._held: Completion | None = None
         self._sending: SendOperation | None = None
         #: The last send, finished, re-armed for the next one (one send in flight at a time).
         self._spare_send: SendOperation | None = None
@@ -187,19 +199,18 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     # -- reading -------------------------------------------------------------------------------
 
     def _loop_reading(self, fut: object = None) -> None:
-        """Post the zero-byte receive, if the transport should be reading now. (Scheduled by
-        asyncio's own ``__init__``, after ``connection_made``: reading starts there.)"""
-        if not self._receiving and not self._held and not self._closing \
+        """Post the receive, if the transport should be reading now. (Scheduled by asyncio's
+        own ``__init__``, after ``connection_made``: reading starts there.)"""
+        if not self._receiving and self._held is None and not self._closing \
                 and not self._paused and not self.peer_finished:
             self._issue_receive()
 
     def _issue_receive(self) -> None:
-        """Wait for data with a zero-byte receive: it completes once data (or the FIN) is
-        there without taking any, so nothing is pinned while the connection is idle, and the
-        data is then read by ``_read_ready`` into the buffer it is for at that moment."""
+        """Post a WSARecv into the transport's small receive buffer, re-armed as it is (the
+        buffer stays pinned between receives: nothing is rebuilt per message)."""
         try:
             view = self._view or self._socket_view()
-            self._receive = view.recv_into(_PROBE_LIST, reuse=self._receive,
+            self._receive = view.recv_into(self._receive_list, reuse=self._receive,
                                            context=self._on_received)
         except ConnectionResetError as exc:
             self._force_close(exc)
@@ -209,18 +220,18 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             self._receiving = True
 
     def _received(self, completion: Completion) -> None:
-        """The zero-byte receive completed (called by the proactor, in the transport's
-        context): read what is there, or hold it while reading is paused. After ``close()``
-        it is held for the orderly close, which reads (and discards) it."""
+        """The receive completed (called by the proactor, in the transport's context):
+        deliver what it brought, or hold it while reading is paused. After ``close()`` it is
+        held for the orderly close, which discards it."""
         self._receiving = False
         if self._closing or (self._paused and completion.outcome is not Outcome.FAILED):
-            self._held = True  # read by resume_reading, or by the orderly close's drain
+            self._held = completion  # delivered by resume_reading, or dropped by the close
             return
         try:
             if completion.outcome is Outcome.FAILED:
                 self._failed(completion, "Fatal read error on pipe transport")
             else:
-                self._read_ready()
+                self._deliver(completion.bytes_transferred)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -234,13 +245,36 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         else:
             self._fatal_error(exc, message)
 
+    def _deliver(self, count: int) -> None:
+        """Hand the protocol the ``count`` bytes the receive brought (0: the peer's FIN). The
+        next receive is posted first, as the stock transport re-posts its read before the
+        protocol runs; a receive that filled the buffer is followed by non-blocking reads
+        of what else is there (a bulk transfer), then the next receive."""
+        if not count:
+            self.peer_finished = True
+            self._eof_received()
+            return
+        data = bytes(self._receive_view[:count])  # (copied out: the buffer is re-armed)
+        full = count == RECEIVE_BYTES
+        if not full:
+            self._loop_reading()
+        protocol = self._protocol
+        if isinstance(protocol, protocols.BufferedProtocol):
+            # (as the stock transport feeds one: get_buffer/buffer_updated until all is in)
+            protocols._feed_data_to_buffered_proto(protocol, data)  # type: ignore[attr-defined]
+        else:
+            protocol.data_received(data)  # type: ignore[attr-defined]
+        if full:
+            self._read_ready()
+
     def _read_ready(self) -> None:
-        """Data (or the FIN) is waiting: read it now, as long as reads fill their buffer (at
-        most MAX_READS, then the other connections' turn); then the next zero-byte receive."""
+        """More may be waiting: read it now, as long as reads fill their buffer (at most
+        MAX_READS, then the other connections' turn); then the next receive."""
         protocol = self._protocol
         try:
             for _ in range(MAX_READS):
-                if not self._read_into(protocol):
+                if self._closing or self._paused or self._protocol is not protocol \
+                        or not self._read_into(protocol):
                     break
         finally:
             self._loop_reading()  # (also after an interrupt: reading never stops for good)
@@ -269,7 +303,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         try:
             count = self._sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
-            return False  # nothing (more) to read: the zero-byte receive waits for it
+            return False  # nothing (more) to read: the receive waits for it
         except ConnectionResetError as exc:
             self._force_close(exc)
             return False
@@ -286,10 +320,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             if buffered:
                 protocol.buffer_updated(count)  # type: ignore[attr-defined]
             else:
-                data = bytes(buffer[:count])
-                if count < size:  # all there was: wait for more before the protocol runs
-                    self._loop_reading()  # (as the stock transport re-posts its read first)
-                protocol.data_received(data)  # type: ignore[attr-defined]
+                protocol.data_received(bytes(buffer[:count]))  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -297,8 +328,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                               if buffered else
                               "Fatal error: protocol.data_received() call failed.")
             return False
-        return (count == size and not self._closing and not self._paused
-                and self._protocol is protocol)
+        return count == size
 
     def pause_reading(self) -> None:
         """As asyncio's: no receive is issued until ``resume_reading`` (one in flight is
@@ -317,10 +347,10 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
     def _resume(self) -> None:
         if self._paused or self._closing:
             return
-        held, self._held = self._held, False
+        held, self._held = self._held, None
         try:
-            if held:
-                self._read_ready()
+            if held is not None:
+                self._deliver(held.bytes_transferred)
             else:
                 self._loop_reading()
         except (SystemExit, KeyboardInterrupt):
@@ -584,7 +614,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             # The zero-byte receive still pending, or completed and held: the orderly
             # close's drain goes on from it.
             receive = self._receive if self._receiving else None
-            ready = self._held
+            ready = self._held is not None
             if receive is not None and receive.context is None:
                 # It completed after a _force_close let its handler go: nothing more will
                 # come for it, and what it announced is waiting to be read.
@@ -594,7 +624,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             # closed connection is freed by reference counting alone).
             self._on_received = self._on_sent = _ignore
             self._on_flush = _nothing
-            self._held = False
+            self._held = None
             self._receive = None  # (if still pending, the port owns it until it completes)
             self._spare_send = None
             if sock is not None:
@@ -684,10 +714,10 @@ class OrderlyClose:
     the peer's FIN, then ``closesocket``; at the loop's ``close_timeout`` deadline the socket
     is closed anyway, with a warning.
 
-    It reads as the transport did, from the transport's own zero-byte receive (still pending,
-    or completed and ``ready``): when that completes, non-blocking reads into the loop's read
-    buffer until nothing is left, then the next zero-byte receive. So a closing connection
-    pins no buffer of its own, and one receive at most is pending for it.
+    It goes on from the transport's own receive (still pending, or completed and ``ready``):
+    when that completes, non-blocking reads into the loop's read buffer until nothing is left,
+    then a zero-byte receive, which pins no buffer. So a closing connection holds no buffer
+    of its own, and one receive at most is pending for it.
     """
 
     def __init__(self, loop: EventLoop, sock: socket.socket, view: Socket | None,
