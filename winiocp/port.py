@@ -75,6 +75,7 @@ from .raw import INVALID_HANDLE, ffi, kernel32, ntdll
 
 #: Longest single wait when the caller asked for no time-out: Python sees Ctrl-C between waits.
 INTERRUPT_CHECK_SECONDS = 0.5
+_INTERRUPT_CHECK_MS = int(INTERRUPT_CHECK_SECONDS * 1000)
 MAX_WAIT_MS = INFINITE - 1
 _LONGEST_WAIT_SECONDS = MAX_WAIT_MS / 1000
 _WAIT_TIMEOUT = int(WinError.WAIT_TIMEOUT)  # a plain int: compared on every empty dequeue
@@ -487,7 +488,7 @@ class CompletionPort:
         out.kernel_due = False
         if timeout is not None:
             return self._get_once(_milliseconds(timeout))
-        slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)
+        slice_ms = _INTERRUPT_CHECK_MS
         while True:
             completion = self._get_once(slice_ms)
             if completion.outcome is not Outcome.TIMED_OUT:
@@ -594,7 +595,7 @@ class CompletionPort:
             if common:
                 return self._get_many_once(out, count, int(timeout * 1000 + 0.999))
             return self._get_many_once(out, count, 0 if timeout == 0 else _milliseconds(timeout))
-        slice_ms = _milliseconds(INTERRUPT_CHECK_SECONDS)  # sliced, as in get(), for Ctrl-C
+        slice_ms = _INTERRUPT_CHECK_MS  # sliced, as in get(), for Ctrl-C
         while True:
             completions = self._get_many_once(out, count, slice_ms)
             if not completions and self._inline:  # queued by another thread meanwhile

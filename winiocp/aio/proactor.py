@@ -462,16 +462,11 @@ class IocpProactor:
                 raise ValueError("negative timeout")
             if timeout > _LONGEST_TIMEOUT:  # ceil(timeout * 1e3) would reach INFINITE
                 raise ValueError("timeout too big")
-        unfinished = self._unfinished
-        if unfinished:  # an interrupt cut the last batch short: finish it first
+        if self._unfinished:  # an interrupt cut the last batch short: finish it first
             timeout = 0
-        wakeup = self.wakeup
         completions = port.get_many(timeout)
         while True:
-            if completions or unfinished:
-                unfinished.extend(completions)
-                while unfinished:
-                    _finish(unfinished.popleft(), wakeup)
+            self._dispatch(completions)
             if len(completions) < port.batch_size:
                 break
             completions = port.get_many(0)
@@ -480,9 +475,25 @@ class IocpProactor:
         # cannot keep the loop here.
         inline = port.get_inline()
         if inline:
-            unfinished.extend(inline)
-            while unfinished:
-                _finish(unfinished.popleft(), wakeup)
+            self._dispatch(inline)
+
+    def _dispatch(self, completions: list[Completion]) -> None:
+        """Route each completion to its operation's handler (none: a wake-up, consumed here,
+        or a raw post). An interrupt in a handler keeps the rest of the batch for the next
+        ``select`` (``_unfinished``)."""
+        unfinished = self._unfinished
+        unfinished.extend(completions)
+        popleft = unfinished.popleft
+        while unfinished:
+            completion = popleft()
+            operation = completion.operation
+            if operation is None:
+                self.wakeup.consume(completion)
+                continue
+            handler: CompletionHandler | None = operation.context  # type: ignore[assignment]
+            if handler is not None:
+                operation.context = None  # finished: the handler may go (or re-arm it)
+                handler(completion)
 
     def _result(self, value: T) -> asyncio.Future[T]:
         future: asyncio.Future[T] = self._get_loop().create_future()
@@ -897,19 +908,6 @@ def _pending_of(operation: Operation | None) -> _Pending[object] | None:
 
 #: The longest timeout ``select`` accepts, in seconds: the port's longest finite wait.
 _LONGEST_TIMEOUT = MAX_WAIT_MS / 1e3
-
-
-def _finish(completion: Completion, wakeup: Wakeup) -> None:
-    """Route ``completion`` to its operation's handler (none: a wake-up, consumed here, or a
-    raw post)."""
-    operation = completion.operation
-    if operation is None:
-        wakeup.consume(completion)
-        return
-    handler: CompletionHandler | None = operation.context  # type: ignore[assignment]
-    if handler is not None:
-        operation.context = None  # finished: the handler may go (or re-arm the operation)
-        handler(completion)
 
 
 def _accept_socket(family: int) -> socket.socket:

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import socket
@@ -139,12 +140,12 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                  extra: dict[str, object] | None = None,
                  server: asyncio.base_events.Server | None = None) -> None:
         self._view: Socket | None = None  # made on the first operation
-        context = contextvars.copy_context()
-        self._on_received: Callable[[Completion], None] = (
-            lambda completion: context.run(self._received, completion))
-        self._on_sent: Callable[[Completion], None] = (
-            lambda completion: context.run(self._sent, completion))
-        self._on_flush: Callable[[], None] = lambda: context.run(self._flush)
+        # The handlers run in the context the transport was made in (C-level partials: no
+        # Python frame of their own on the way to the protocol).
+        run = contextvars.copy_context().run
+        self._on_received: Callable[[Completion], None] = functools.partial(run, self._received)
+        self._on_sent: Callable[[Completion], None] = functools.partial(run, self._sent)
+        self._on_flush: Callable[[], None] = functools.partial(run, self._flush)
         self._loop_proactor = loop.proactor
         #: The loop turn of the last send that went out at once, and whether writes of that
         #: turn wait for its end (``_flush``) to leave together.
@@ -395,10 +396,21 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             state._conn_lost += 1
             return
         self.wrote = True
-        if self._queue or len(chunks) > 1:
+        queue = self._queue
+        if self._sending is None and not self._flush_due and not queue and len(chunks) == 1:
+            proactor = self._loop_proactor
+            if proactor is None or self._sent_in_turn != proactor.turn:
+                # (the common case: nothing waits, nothing in flight: sent as it is)
+                if not self._send([chunks[0]], size):
+                    if not self._queue:
+                        return  # went out whole: nothing is buffered, nothing waits for it
+                    self._send_queued()  # the rest of a partial send
+                self._maybe_pause_protocol()  # type: ignore[attr-defined]
+                return
+        if queue or len(chunks) > 1:
             self._enqueue(chunks)
-        else:  # (the common case: one write with nothing waiting, sent as it is)
-            self._queue.extend(chunks)
+        else:
+            queue.extend(chunks)
         self._queued += size
         if self._sending is None and not self._flush_due:
             proactor = self._loop_proactor
@@ -450,32 +462,47 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                 chunks = [queue.popleft() for _ in range(MAX_GATHER)]
                 size = sum(map(len, chunks))
                 self._queued -= size
-            try:
-                sending = (self._view or self._socket_view()).send(
-                    chunks, reuse=self._spare_send, context=self._on_sent, finish_inline=True)
-            except ConnectionResetError as exc:
-                self._force_close(exc)
+            if self._send(chunks, size):
                 return
-            except OSError as exc:
-                self._fatal_error(exc, "Fatal write error on pipe transport")
-                return
-            if sending.pending:
-                self._spare_send = None
-                self._sending = sending
-                self._in_flight = chunks
-                self._in_flight_size = size
-                return
-            if sending.error:  # (a send completes at once only when it succeeds)
-                self._failed(Completion(Outcome.FAILED, 0, 0, sending, sending.error,
-                                        sending.failure, sending.address),
-                             "Fatal write error on pipe transport")
-                return
-            sending.buffers = ()  # sent: the spare keeps its OVERLAPPED, not the data
-            self._spare_send = sending  # (finished inline: the port cleared its context)
-            if self._loop_proactor is not None:
-                self._sent_in_turn = self._loop_proactor.turn
-            if sending.bytes_transferred < size:
-                self._requeue_unsent(chunks, sending.bytes_transferred)
+        self._after_sends()
+
+    def _send(self, chunks: list[Chunk], size: int) -> bool:
+        """One gathering WSASend of ``chunks`` (``size`` bytes); whether the sending is over
+        for now: a send in flight, or an error (which closed the transport). A send that went
+        out at once (skip-on-success) is finished right here, with no completion to dequeue;
+        what it left unsent is put back in front of the queue."""
+        try:
+            sending = (self._view or self._socket_view()).send(
+                chunks, reuse=self._spare_send, context=self._on_sent, finish_inline=True)
+        except ConnectionResetError as exc:
+            self._force_close(exc)
+            return True
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+            return True
+        if sending.pending:
+            self._spare_send = None
+            self._sending = sending
+            self._in_flight = chunks
+            self._in_flight_size = size
+            return True
+        if sending.error:  # (a send completes at once only when it succeeds)
+            self._failed(Completion(Outcome.FAILED, 0, 0, sending, sending.error,
+                                    sending.failure, sending.address),
+                         "Fatal write error on pipe transport")
+            return True
+        sending.buffers = ()  # sent: the spare keeps its OVERLAPPED, not the data
+        self._spare_send = sending  # (finished inline: the port cleared its context)
+        proactor = self._loop_proactor
+        if proactor is not None:
+            self._sent_in_turn = proactor.turn
+        if sending.bytes_transferred < size:  # (the rest goes next, in front of the queue)
+            self._requeue_unsent(chunks, sending.bytes_transferred)
+        return False
+
+    def _after_sends(self) -> None:
+        """Everything written is sent: what waited for that (``connection_lost`` after
+        ``close()``, ``write_eof``'s FIN)."""
         state: Any = self
         if state._closing:
             self._loop.call_soon(self._call_connection_lost, None)
