@@ -142,7 +142,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         self._view: Socket | None = None  # made on the first operation
         # The handlers run in the context the transport was made in (C-level partials: no
         # Python frame of their own on the way to the protocol).
-        run = contextvars.copy_context().run
+        # (``Any``: mypy's checking of partial does not see through Context.run's ParamSpec)
+        run: Callable[..., Any] = contextvars.copy_context().run
         self._on_received: Callable[[Completion], None] = functools.partial(run, self._received)
         self._on_sent: Callable[[Completion], None] = functools.partial(run, self._sent)
         self._on_flush: Callable[[], None] = functools.partial(run, self._flush)
