@@ -170,6 +170,55 @@ class Collect(asyncio.BufferedProtocol):
         return False
 
 
+class EchoUntilEof(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.done.set_result(None)
+        return False
+
+
+def test_a_small_message_takes_one_receive_and_no_read_after_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each message of a ping-pong arrives through the receive the transport keeps pending
+    (into its own small buffer): no non-blocking read follows it. (A zero-byte receive, which
+    pins no buffer, needs one read per message after it: a system call more per message.)"""
+    reads: list[int] = []
+    original = socket.socket.recv_into
+
+    def counting(sock: socket.socket, buffer: Any, *args: Any) -> int:
+        reads.append(sock.fileno())
+        return original(sock, buffer, *args)
+
+    monkeypatch.setattr(socket.socket, "recv_into", counting)
+    messages = [os.urandom(64) for _ in range(50)]
+
+    def ping_pong(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            for message in messages:
+                peer.sendall(message)
+                echoed = b""
+                while len(echoed) < len(message):
+                    echoed += peer.recv(len(message) - len(echoed))
+                assert echoed == message
+            peer.shutdown(socket.SHUT_WR)
+            peer.recv(1)
+
+    protocol = run(winiocp.aio.new_event_loop(), serve_one(EchoUntilEof, ping_pong))
+    assert protocol.received == 64 * len(messages)
+    assert reads == []
+
+
 @pytest.mark.parametrize("name", ["stock", "winiocp"])
 def test_a_bulk_transfer_is_read_straight_into_a_buffered_protocols_buffer(
         name: str, monkeypatch: pytest.MonkeyPatch) -> None:
