@@ -47,9 +47,9 @@ construction of its ``Overlapped`` objects, are timed as stubs), winiocp loses t
 themselves (their argument conversion) but keeps what it does in Python to build their
 arguments (``ffi.new``, WSABUFs, pins), which is its own layer's cost. Each loop keeps the cost
 of one Python call per stubbed function (a C method call, or a cffi call, costs about as much
-or more in the real loop). The one call through Python's ``socket`` module that a loop makes
-per message, winiocp.aio's non-blocking ``recv_into`` after its zero-byte receive completed,
-goes to the fake kernel too (``KernelSocket``), counted as the ``recv`` system call it is. Any
+or more in the real loop). The calls through Python's ``socket`` module that a loop may make,
+winiocp.aio's non-blocking ``recv_into`` after a receive that filled its buffer, go to the
+fake kernel too (``KernelSocket``), each counted as the ``recv`` system call it is. Any
 other call on the real sockets is neither stubbed nor seen: a loop that echoed that way would
 never finish a round (the fake peer sees no echo), and is reported as failing.
 
@@ -233,9 +233,9 @@ class Kernel:
 
 
 class KernelSocket(socket.socket):
-    """A socket whose non-blocking reads are the fake kernel's: winiocp.aio reads what a
-    completed zero-byte receive announced with ``recv_into`` (a ``recv`` system call); the
-    stock loop never reads that way."""
+    """A socket whose non-blocking reads are the fake kernel's: winiocp.aio reads with
+    ``recv_into`` (a ``recv`` system call) after a receive that filled its buffer; the stock
+    loop never reads that way."""
 
     kernel: Kernel
 
