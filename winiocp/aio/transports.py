@@ -237,7 +237,7 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            self._fatal_error(exc, self._delivery_failed())
 
     def _failed(self, completion: Completion, message: str) -> None:
         """An operation failed: a reset closes at once, anything else is a fatal error."""
@@ -322,13 +322,14 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             if buffered:
                 protocol.buffer_updated(count)  # type: ignore[attr-defined]
             else:
-                protocol.data_received(bytes(buffer[:count]))  # type: ignore[attr-defined]
+                data = bytes(buffer[:count])
+                if count < size:  # all there was: the next receive waits for more before
+                    self._loop_reading()  # the protocol runs (as in ``_deliver``)
+                protocol.data_received(data)  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed."
-                              if buffered else
-                              "Fatal error: protocol.data_received() call failed.")
+            self._fatal_error(exc, self._delivery_failed())
             return False
         return count == size
 
@@ -358,7 +359,13 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            self._fatal_error(exc, self._delivery_failed())
+
+    def _delivery_failed(self) -> str:
+        """The message of a fatal error in a delivery to the protocol (the stock transport's)."""
+        if isinstance(self._protocol, protocols.BufferedProtocol):
+            return "Fatal error: protocol.buffer_updated() call failed."
+        return "Fatal error: protocol.data_received() call failed."
 
     # -- writing -------------------------------------------------------------------------------
 
