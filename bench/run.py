@@ -846,7 +846,8 @@ def findings(results: dict[str, Any]) -> list[str]:
     found.extend(readiness_findings(results))
     cost = results.get("python_cost", {})
     turns = {key: cost[key] for key in ("echo_turn_us", "echo_turn_inline_us") if key in cost}
-    if turns and max(turns.values()) > report.TARGET_ECHO_TURN_US \
+    floor = cost.get("echo_floor_us")
+    if turns and floor and max(turns.values()) > report.TARGET_ECHO_TURN_FLOOR_RATIO * floor \
             and {"run_once_us", "submit_recv_us", "connection_send_us"} <= cost.keys():
         found.append(echo_turn_finding(cost))
     if cost and cost.get("run_once_us", 0) > report.TARGET_COMPLETION_US:
@@ -918,7 +919,8 @@ def echo_turn_finding(cost: dict[str, Any]) -> str:
     inline = cost.get("echo_turn_inline_us")
     floor = cost.get("echo_floor_us")
     text = (
-        f"**The core echo turn is over its {report.TARGET_ECHO_TURN_US:g} us target**: "
+        f"**The core echo turn is over its target ({report.TARGET_ECHO_TURN_FLOOR_RATIO:g}x the "
+        "flat floor of the same run)**: "
         f"{cost['echo_turn_us']:.2f} us stubbed with the send pending"
         + (f", {inline:.2f} us with the send finished inline (as skip-on-success finishes a "
            "loopback send with room in the socket buffer)" if inline is not None else "")
@@ -932,6 +934,7 @@ def echo_turn_finding(cost: dict[str, Any]) -> str:
            "them lock acquisitions that make the core safe with several threads on one port "
            "(the connection's four times, the socket's twice). " if calls else ""))
     if floor is not None:
+        target = report.TARGET_ECHO_TURN_FLOOR_RATIO * floor
         text += (
             f"The same turn's necessary work written flat (`bench/micro/echo_floor.py`: the "
             "same stubs, registry, locks, OVERLAPPED re-arms, pins and Completion objects, "
@@ -939,8 +942,8 @@ def echo_turn_finding(cost: dict[str, Any]) -> str:
             f"{cost['echo_turn_us'] - floor:.2f} us are the layers (Socket.send/recv_into "
             "with their checks, the port's registration, the connection's delivery queue and "
             "flow control, one function per job). "
-            f"{report.TARGET_ECHO_TURN_US:g} us needs "
-            f"{(cost['echo_turn_us'] - report.TARGET_ECHO_TURN_US) / (cost['echo_turn_us'] - floor):.0%}"
+            f"{report.TARGET_ECHO_TURN_FLOOR_RATIO:g}x the floor ({target:.2f} us) needs "
+            f"{(cost['echo_turn_us'] - target) / (cost['echo_turn_us'] - floor):.0%}"
             " of that layering gone, i.e. a flatter hot path through the core, not a faster "
             "part.")
     return text
@@ -1022,12 +1025,13 @@ def aio_cost_findings(results: dict[str, Any]) -> list[str]:
                 f"routing, transport, protocol) {above:.1f} us, against {stock:.1f} us for "
                 f"all of the stock loop's Python ({above / stock:.2f}x)"
                 for c, core, above, stock in split)
-            + ". " + ("Above the core, winiocp.aio is within the half-of-stock target at "
-                      "every count; " if all(above <= 0.5 * stock for _, _, above, stock in split)
-                      else "") +
+            + ". " + (f"Above the core, winiocp.aio is within the {report.AIO_PYTHON_RATIO:g}x "
+                      "target at every count; "
+                      if all(above <= report.AIO_PYTHON_RATIO * stock
+                             for _, _, above, stock in split) else "") +
             "the core's per-operation Python alone is most of the stock loop's whole budget, "
-            "so halving the stock loop's Python would need that per-operation work in "
-            "compiled code, which an ABI-mode binding does not ship.")
+            f"so {report.AIO_PYTHON_RATIO:g}x of the stock loop's Python would need that "
+            "per-operation work in compiled code, which an ABI-mode binding does not ship.")
     where = ("" if len(dearer) == len(counts)
              else " at " + ", ".join(f"{c} connection(s)" for c in dearer))
     return [

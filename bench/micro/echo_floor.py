@@ -1,16 +1,16 @@
 """The stubbed echo turn's floor: its necessary work written flat, with none of winiocp's layers.
 
-Why: the target for the core echo turn is 6 us (``python_cost``'s ``echo_turn_us``), and the
-turn is made of layers a user can call on their own (``Socket.send``/``recv_into`` with their
-checks, the port's registration protocol, ``Connection``'s delivery queue and flow control,
-the manager's routing). This module does what every turn must do, in few Python calls (a
-function per step, one issue function for both calls): classify the two OVERLAPPED_ENTRY
-records (registry pop, NT status, a ``Completion`` each), route each to its handler, take
-the connection's lock three times and the socket's twice (the same locks the core holds for
-thread safety), copy the data out, re-arm and register the receive and the send (OVERLAPPED
-zeroed, the data pinned), and make the same stubbed WSARecv/WSASend/WSAGetLastError calls.
-What ``echo_turn_us`` costs beyond this floor is the layering, not the work: the number the
-finding in ``bench/run.py`` reports.
+Why: the target for the core echo turn (``python_cost``'s ``echo_turn_us``) is 1.3x this floor,
+and the turn is made of layers a user can call on their own (``Socket.send``/``recv_into``
+with their checks, the port's registration protocol, ``Connection``'s delivery queue and flow
+control, the manager's routing). This module does what every turn must do, in few Python calls
+(a function per step, one issue function for both calls): classify the two OVERLAPPED_ENTRY
+records (registry pop, NT status, a ``Completion`` each), route each to its handler, take the
+connection's lock three times and the socket's twice (the same locks the core holds for thread
+safety), copy the data out, re-arm and register the receive and the send (OVERLAPPED zeroed,
+the data pinned), and make the same stubbed WSARecv/WSASend/WSAGetLastError calls. What
+``echo_turn_us`` costs beyond this floor is the layering, not the work: the number the finding
+in ``bench/run.py`` reports.
 
 Not a server: no close, no errors, no flow control beyond the counters. Run by
 ``python_cost`` inside its stubs; ``floor_echo_turn_us`` is its only entry point.
