@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import hashlib
 import os
+import random
 import socket
 import threading
 import time
@@ -217,6 +218,80 @@ def test_a_small_message_takes_one_receive_and_no_read_after_it(
     protocol = run(winiocp.aio.new_event_loop(), serve_one(EchoUntilEof, ping_pong))
     assert protocol.received == 64 * len(messages)
     assert reads == []
+
+
+class Pausing:
+    """Collects what arrives and, now and then (seeded), pauses reading after a delivery and
+    resumes it a moment later: deliveries then meet a receive held while paused."""
+
+    def __init__(self, seed: int) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.data = bytearray()
+        self.random = random.Random(seed)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def delivered(self) -> None:
+        if self.random.random() < 0.3:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(0.002, self.transport.resume_reading)
+
+    def eof_received(self) -> bool:
+        self.done.set_result(None)
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class PausingProtocol(Pausing, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.delivered()
+
+
+class PausingBufferedProtocol(Pausing, asyncio.BufferedProtocol):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.buffer = bytearray(3000)  # smaller than a receive: fed in several pieces
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buffer[:nbytes]
+        self.delivered()
+
+
+@pytest.mark.parametrize("protocol", [PausingProtocol, PausingBufferedProtocol],
+                         ids=["Protocol", "BufferedProtocol"])
+@pytest.mark.parametrize("name", ["stock", "winiocp"])
+def test_every_byte_arrives_in_order_across_receive_sizes_and_pauses(
+        name: str, protocol: Callable[[int], Pausing]) -> None:
+    """Chunks around the transport's receive size (one byte less, exactly, one more, several
+    times it), sent one by one or back to back, while the protocol pauses and resumes reading:
+    the protocol gets every byte once, in order."""
+    chooser = random.Random(7)
+    sizes = [RECEIVE_BYTES - 1, RECEIVE_BYTES, RECEIVE_BYTES + 1, 1, 3 * RECEIVE_BYTES + 5,
+             64, READ_BYTES + 1]
+    chunks = [os.urandom(chooser.choice(sizes)) for _ in range(120)]
+    payload = b"".join(chunks)
+
+    def send(address: tuple[str, int]) -> None:
+        with socket.create_connection(address, timeout=WAIT) as peer:
+            for chunk in chunks:
+                peer.sendall(chunk)
+                if chooser.random() < 0.3:  # (the rest arrive back to back, coalesced)
+                    time.sleep(0.001)
+            peer.shutdown(socket.SHUT_WR)
+            peer.recv(1)
+
+    received = run(LOOPS[name](), serve_one(lambda: protocol(11), send))
+    assert len(received.data) == len(payload)
+    assert bytes(received.data) == payload
 
 
 @pytest.mark.parametrize("name", ["stock", "winiocp"])
