@@ -158,7 +158,7 @@ class EventLoop(asyncio.ProactorEventLoop):
 
     def _close_orderly(self, sock: socket.socket, view: Socket | None,
                        receive: RecvOperation | None, ready: bool) -> None:
-        """Finish closing ``sock`` after its transport is gone (its zero-byte ``receive``
+        """Finish closing ``sock`` after its transport is gone (its ``receive``
         still pending, or completed and ``ready`` to read): see ``transports.py``."""
         if self.is_closed():
             sock.close()

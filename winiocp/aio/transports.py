@@ -92,8 +92,8 @@ READ_BYTES = 262144
 RECEIVE_BYTES = 4096
 #: The most chunks one WSASend gathers (the rest wait for the next one).
 MAX_GATHER = 64
-#: The most reads per completed zero-byte receive, while they fill their buffer (then the
-#: other connections' turn).
+#: The most non-blocking reads after a receive that filled its buffer, while they fill theirs
+#: (then the other connections' turn).
 MAX_READS = 32
 #: The zero-byte receive's one (empty) buffer: nothing is received into it.
 _PROBE_LIST: list[bytearray] = [bytearray()]
@@ -405,28 +405,31 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
             return
         self.wrote = True
         queue = self._queue
-        if self._sending is None and not self._flush_due and not queue and len(chunks) == 1:
+        send_now = False
+        if self._sending is None and not self._flush_due:
             proactor = self._loop_proactor
-            if proactor is None or self._sent_in_turn != proactor.turn:
+            if proactor is not None and self._sent_in_turn == proactor.turn:
+                # A send of this turn went out at once: the rest of the turn's writes leave
+                # in one gathering send at its end.
+                self._flush_due = True
+                proactor.call_before_wait(self._on_flush)
+            elif not queue and len(chunks) == 1:
                 # (the common case: nothing waits, nothing in flight: sent as it is)
                 if not self._send([chunks[0]], size):
-                    if not self._queue:
+                    if not queue:
                         return  # went out whole: nothing is buffered, nothing waits for it
                     self._send_queued()  # the rest of a partial send
                 self._maybe_pause_protocol()  # type: ignore[attr-defined]
                 return
+            else:
+                send_now = True
         if queue or len(chunks) > 1:
             self._enqueue(chunks)
         else:
             queue.extend(chunks)
         self._queued += size
-        if self._sending is None and not self._flush_due:
-            proactor = self._loop_proactor
-            if proactor is None or self._sent_in_turn != proactor.turn:
-                self._send_queued()
-            else:  # a send of this turn went out at once: the rest of the turn's writes
-                self._flush_due = True  # leave in one gathering send at its end
-                proactor.call_before_wait(self._on_flush)
+        if send_now:
+            self._send_queued()
         self._maybe_pause_protocol()  # type: ignore[attr-defined]
 
     def _enqueue(self, chunks: Iterable[Chunk]) -> None:
@@ -646,8 +649,8 @@ class SocketTransport(proactor_events._ProactorSocketTransport):  # pyright: ign
                     server._detach()
                 state._server = None
             state._called_connection_lost = True
-            # The zero-byte receive still pending, or completed and held: the orderly
-            # close's drain goes on from it.
+            # The receive still pending, or completed and held: the orderly close's drain
+            # goes on from it.
             receive = self._receive if self._receiving else None
             ready = self._held is not None
             if receive is not None and receive.context is None:
@@ -829,7 +832,7 @@ class OrderlyClose:
 
     def finish(self) -> None:
         """Close the socket now (idempotent); the peer's FIN, the deadline or the loop's
-        close. A zero-byte receive still pending stays owned by the port until its packet."""
+        close. A receive still pending stays owned by the port until its packet."""
         sock, self.sock = self.sock, None
         if sock is None:
             return
