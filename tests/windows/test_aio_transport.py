@@ -171,18 +171,14 @@ class Collect(asyncio.BufferedProtocol):
         return False
 
 
-class EchoUntilEof(asyncio.Protocol):
+class EchoUntilEof(Echo):
     def __init__(self) -> None:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.received = 0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
-        self.transport.write(data)
+        super().data_received(data)
 
     def eof_received(self) -> bool:
         self.done.set_result(None)
